@@ -1,0 +1,50 @@
+"""The `kvmtrace` command line.  Each command lives in kvmtrace/commands/<name>.py."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__, exitcodes
+from .commands.convert import convert
+from .commands.show import show
+from .errors import fail_line
+from .schema import SchemaError
+from .tracefile import TraceFileError
+
+EPILOG = """\b
+Examples:
+  kvmtrace show fixtures/lab_two_vcpu_flush.ftrace.txt
+  kvmtrace convert trace.txt -o trace.parquet
+Exit codes: 0 ok, 1 violation found, 2 usage or bad input,
+            3 inconclusive or suspect, 4 this host cannot do it.
+"""
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kvmtrace")
+def cli() -> None:
+    """Find guest TLB flushes that KVM completes before syncing its shadow page tables."""
+
+
+cli.add_command(show)
+cli.add_command(convert)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = cli.main(args=argv, prog_name="kvmtrace", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exitcodes.BAD_INPUT
+    except click.exceptions.Abort:
+        click.echo("kvmtrace: interrupted", err=True)
+        code = 130
+    except (TraceFileError, SchemaError) as exc:
+        fail_line(str(exc))
+        code = exitcodes.BAD_INPUT
+    except BrokenPipeError:
+        code = 0
+    sys.exit(code or 0)

@@ -1,0 +1,27 @@
+"""kvmtrace show: summarise a trace file."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..importers import load
+from ..summary import render, summarize
+from .options import tgid_map_option
+
+
+@click.command(epilog="""\b
+Examples:
+  kvmtrace show fixtures/lab_two_vcpu_flush.ftrace.txt
+  kvmtrace show --json recording.parquet
+""")
+@click.argument("trace", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@tgid_map_option
+def show(trace: str, as_json: bool, tgid_map: dict[int, int] | None) -> None:
+    """Summarise TRACE: events by kind, VMs, vCPUs, time span, lost events, metadata."""
+    loaded = load(trace, tgid_map=tgid_map)
+    for warning in loaded.warnings:
+        click.echo(f"kvmtrace: warning: {trace}: {warning}", err=True)
+    summary = summarize(loaded)
+    click.echo(json.dumps(summary, indent=2) if as_json else render(summary))

@@ -1,0 +1,179 @@
+"""The normalised kvmtrace event: one row per host-side KVM event, from any source.
+
+Every source (the BCC recorder, tracefs text, trace-cmd, perf) is turned into these
+columns.  A row models one firing of a KVM tracepoint or of a kprobe/kretprobe on a KVM
+function; ``kind`` says which, the payload columns say what it carried.  Columns that a
+kind does not use hold their ``MISSING`` value.
+
+Kind codes are part of the file format: append new kinds, never renumber.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, asdict
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+
+class Kind(enum.IntEnum):
+    """What happened.  Comments name the kernel event each kind stands for."""
+
+    LOST = 0                  # records dropped by the collector; value = how many
+
+    # A guest asked for a TLB flush.
+    FLUSH_REQUEST_PV = 1      # kvm:kvm_pv_tlb_flush (record_steal_time); need_flush
+    FLUSH_REQUEST_GUEST = 2   # KVM_REQ_TLB_FLUSH_GUEST seen pending (kvm_exit.requests, 6.14+)
+    FLUSH_REQUEST_HYPERV = 3  # kvm:kvm_hv_flush_tlb / kvm_hv_flush_tlb_ex
+
+    # Function probes on the flush and MMU-root paths (arch/x86/kvm/x86.c, mmu/mmu.c).
+    FLUSH_GUEST_ENTRY = 4     # kvm_vcpu_flush_tlb_guest()
+    FLUSH_GUEST_RETURN = 5
+    FLUSH_SERVICE = 6         # kvm_service_local_tlb_flush_requests() (5.15.y, 5.16+)
+    HW_FLUSH = 7              # vendor flush: vmx_flush_tlb_guest, svm_flush_tlb*, pvm_flush_tlb_guest
+    MMU_UNLOAD = 8            # kvm_mmu_unload()
+    MMU_LOAD_ENTRY = 9        # kvm_mmu_load()
+    MMU_LOAD_RETURN = 10      # kvm_mmu_load() returned; value = return code
+    SYNC_ROOTS = 11           # kvm_mmu_sync_roots()
+    SYNC_PREV_ROOTS = 12      # kvm_mmu_sync_prev_roots() (5.16+)
+
+    # kvmmmu shadow-page events (VM-wide; attributed to a vCPU only through the thread).
+    SP_GET = 20               # kvmmmu:kvm_mmu_get_page; created
+    SP_UNSYNC = 21            # kvmmmu:kvm_mmu_unsync_page
+    SP_SYNC = 22              # kvmmmu:kvm_mmu_sync_page (also fires when an unsync SP is zapped)
+    SP_ZAP = 23               # kvmmmu:kvm_mmu_prepare_zap_page
+    WALK_ELEMENT = 24         # kvmmmu:kvm_mmu_paging_element; value = guest PTE, level
+
+    # Guest-run evidence: the vCPU executed guest code at or just before this event.
+    GUEST_ENTRY = 30          # kvm:kvm_entry; value = rip
+    GUEST_EXIT = 31           # kvm:kvm_exit; value = requests (6.14+) or -1
+    SPTE_INSTALL = 32         # kvmmmu:kvm_mmu_set_spte (from a guest fault); gfn, level, value = spte
+    EMULATE = 33              # kvm:kvm_emulate_insn; value = rip
+    PIO = 34                  # kvm:kvm_pio; value = port
+    MMIO = 35                 # kvm:kvm_mmio; value = gpa
+    HYPERCALL = 36            # kvm:kvm_hypercall; value = nr
+    USERSPACE_EXIT = 37       # kvm:kvm_userspace_exit; value = exit reason, or errno (< 0)
+    PAGE_FAULT = 38           # kvm:kvm_page_fault; value = fault address
+    WALK_START = 39           # kvmmmu:kvm_mmu_pagetable_walk (a guest fault); value = address
+
+
+KIND_NAMES: dict[int, str] = {k.value: k.name.lower() for k in Kind}
+KIND_BY_NAME: dict[str, Kind] = {k.name.lower(): k for k in Kind}
+
+FLUSH_REQUEST_KINDS = frozenset({Kind.FLUSH_REQUEST_PV, Kind.FLUSH_REQUEST_GUEST,
+                                 Kind.FLUSH_REQUEST_HYPERV})
+FUNCTION_KINDS = frozenset({Kind.FLUSH_GUEST_ENTRY, Kind.FLUSH_GUEST_RETURN, Kind.FLUSH_SERVICE,
+                            Kind.HW_FLUSH, Kind.MMU_UNLOAD, Kind.MMU_LOAD_ENTRY,
+                            Kind.MMU_LOAD_RETURN, Kind.SYNC_ROOTS, Kind.SYNC_PREV_ROOTS})
+SP_KINDS = frozenset({Kind.SP_GET, Kind.SP_UNSYNC, Kind.SP_SYNC, Kind.SP_ZAP})
+EVIDENCE_KINDS = frozenset({Kind.GUEST_ENTRY, Kind.GUEST_EXIT, Kind.SPTE_INSTALL, Kind.EMULATE,
+                            Kind.PIO, Kind.MMIO, Kind.HYPERCALL, Kind.USERSPACE_EXIT,
+                            Kind.PAGE_FAULT, Kind.WALK_START})
+
+# include/uapi/linux/kvm.h: KVM_EXIT_INTR is a KVM_RUN that returned for a signal
+# before (or without) entering the guest, so it proves nothing about guest execution.
+KVM_EXIT_INTR = 10
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: str       # numpy dtype name, or "str"
+    missing: Any     # value when the kind does not carry it
+    doc: str
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("ts", "int64", 0, "event time, ns, on the trace's clock"),
+    Column("cpu", "int16", -1, "host CPU the event fired on"),
+    Column("tgid", "int32", -1, "process of the VM (the VMM); -1 when the source lacks it"),
+    Column("tid", "int32", -1, "host thread (a vCPU thread, or a helper such as kvm-nx-lpage-recovery)"),
+    Column("vcpu", "int32", -1, "vCPU id when the event carries it, else -1"),
+    Column("kind", "uint8", 0, "a Kind code"),
+    Column("gfn", "int64", -1, "guest frame number of the shadow page / mapping"),
+    Column("role", "int64", -1, "union kvm_mmu_page_role word (level = bits 0-3)"),
+    Column("level", "int8", -1, "page-table level (SP events: from role; walker / spte: as printed)"),
+    Column("root_count", "int32", -1, "kvm_mmu_page.root_count"),
+    Column("unsync", "int8", -1, "kvm_mmu_page.unsync as the tracepoint saw it"),
+    Column("created", "int8", -1, "kvm_mmu_get_page: 1 new, 0 existing"),
+    Column("need_flush", "int8", -1, "kvm_pv_tlb_flush.need_flush_tlb"),
+    Column("value", "int64", 0, "kind-specific scalar (see Kind)"),
+    Column("comm", "str", "", "task name of tid"),
+)
+COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
+COLUMN_BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
+NUMERIC_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.dtype != "str")
+
+
+# union kvm_mmu_page_role bits (arch/x86/include/asm/kvm_host.h, 5.x-6.x layout).
+ROLE_LEVEL_MASK = 0xF
+ROLE_HAS_4_BYTE_GPTE = 1 << 4
+ROLE_QUADRANT_SHIFT = 5
+ROLE_QUADRANT_MASK = 0x3 << ROLE_QUADRANT_SHIFT
+ROLE_DIRECT = 1 << 7
+ROLE_ACCESS_SHIFT = 8
+ROLE_ACCESS_MASK = 0x7 << ROLE_ACCESS_SHIFT
+ROLE_INVALID = 1 << 11
+ROLE_EFER_NX = 1 << 12
+ROLE_CR0_WP = 1 << 13
+ROLE_SMEP_ANDNOT_WP = 1 << 14
+ROLE_SMAP_ANDNOT_WP = 1 << 15
+ROLE_AD_DISABLED = 1 << 16
+ROLE_GUEST_MODE = 1 << 17
+
+
+def role_level(role: int) -> int:
+    return role & ROLE_LEVEL_MASK
+
+
+@dataclass
+class TraceMeta:
+    """What a trace file says about itself, beside its events."""
+
+    schema_version: int = SCHEMA_VERSION
+    source: str = "unknown"            # "recorded" | "imported" | "generated"
+    source_format: str = ""            # "bcc", "ftrace", "trace-cmd", "perf", "kvmtrace-generator"
+    source_path: str = ""
+    kernel_release: str = ""
+    kvm_backend: str = ""              # "kvm_intel" | "kvm_amd" | "kvm_pvm" | ""
+    tdp: bool | None = None            # EPT/NPT in effect; None when unknown
+    clock: str = ""                    # e.g. "boot" (bpf_ktime_get_boot_ns), "ftrace:local"
+    start_time_ns: int = 0             # first event's ts
+    start_wall: str = ""               # ISO-8601 wall time at start, when known
+    lost_events: int = 0               # total records the collector dropped
+    lost_per_cpu: dict[str, int] = field(default_factory=dict)
+    tool_version: str = ""
+    vm_assignment: str = "tgid"        # "tgid" | "single-vm-assumed" | "tgid-map"
+    probes: list[str] = field(default_factory=list)   # what the recorder attached
+    notes: list[str] = field(default_factory=list)    # warnings worth carrying along
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TraceMeta":
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise SchemaError(f"unknown schema version {version!r} (this kvmtrace reads {SCHEMA_VERSION})")
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise SchemaError(f"unknown metadata field(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+class SchemaError(ValueError):
+    """A trace does not match the schema (bad version, missing column, bad value)."""
+
+
+def empty_columns(n: int = 0) -> dict[str, np.ndarray]:
+    """Column arrays of length n, each filled with its missing value."""
+    out: dict[str, np.ndarray] = {}
+    for col in COLUMNS:
+        if col.dtype == "str":
+            out[col.name] = np.full(n, col.missing, dtype=object)
+        else:
+            out[col.name] = np.full(n, col.missing, dtype=col.dtype)
+    return out
