@@ -6,7 +6,7 @@ not) are read by ``kvmtrace.tracefile``; text from ftrace, trace-cmd and perf by
 """
 from __future__ import annotations
 
-import gzip
+import zlib
 import os
 from pathlib import Path
 
@@ -20,10 +20,10 @@ def _head(path: Path) -> bytes:
     with open(path, "rb") as f:
         head = f.read(SNIFF_BYTES)
     if head.startswith(GZIP_MAGIC):
+        # A decompressor object, unlike gzip.open, tolerates a stream cut off by a crash.
         try:
-            with gzip.open(path, "rb") as g:
-                return g.read(SNIFF_BYTES)
-        except (OSError, EOFError):
+            return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, SNIFF_BYTES)
+        except zlib.error:
             return b""
     return head
 
