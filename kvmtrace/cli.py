@@ -6,6 +6,7 @@ import sys
 import click
 
 from . import __version__, exitcodes
+from .commands.analyze import analyze
 from .commands.convert import convert
 from .commands.show import show
 from .errors import fail_line
@@ -28,6 +29,7 @@ def cli() -> None:
 
 
 cli.add_command(show)
+cli.add_command(analyze)
 cli.add_command(convert)
 
 

@@ -1,0 +1,219 @@
+"""The flush window: from a serviced guest TLB flush to the vCPU's next guest execution.
+
+A guest asks KVM to flush its TLB (``kvm_flush_tlb_multi`` setting ``KVM_VCPU_FLUSH_TLB`` in
+steal time, ``KVM_REQ_TLB_FLUSH_GUEST``, Hyper-V flush hypercalls).  KVM services it in
+``kvm_vcpu_flush_tlb_guest()`` (arch/x86/kvm/x86.c).  Under shadow paging that must sync
+every unsync ``struct kvm_mmu_page`` reachable from the vCPU's roots before the vCPU runs
+guest code again; how it does so is the kernel generation (DESIGN §2):
+
+- ``hardware-flush-only``: only the vendor flush (kvm_x86_ops.tlb_flush_guest).  4.16-5.12,
+  and every 5.10.y / 5.4.y / 4.19.y stable kernel.  Buggy.
+- ``unload-reload``: ``kvm_mmu_unload()``; the next ``kvm_mmu_load()`` calls
+  ``kvm_mmu_sync_roots()``.  5.13-5.15 (the "KVM: X86: fix tlb_flush_guest()" patch,
+  lore 20210531172256.2908-1-jiangshanlai@gmail.com).
+- ``sync-in-place``: ``kvm_mmu_sync_roots()`` + ``kvm_mmu_sync_prev_roots()``, then the vendor
+  flush.  5.16+ (commit 61b05a9fd4ae "KVM: X86: Don't unload MMU in
+  kvm_vcpu_flush_tlb_guest()").
+
+``decide()`` gives a closed window its verdict exactly as DESIGN §3 defines them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+OK = "ok"
+VIOLATION = "violation"
+SUSPECT = "suspect"
+INCONCLUSIVE = "inconclusive"
+OPEN = "open"
+VERDICTS = (OK, VIOLATION, SUSPECT, INCONCLUSIVE, OPEN)
+
+HW_ONLY = "hardware-flush-only"
+UNLOAD_RELOAD = "unload-reload"
+SYNC_IN_PLACE = "sync-in-place"
+UNKNOWN = "unknown"
+PATTERNS = (HW_ONLY, UNLOAD_RELOAD, SYNC_IN_PLACE)
+
+GENERATIONS = {
+    HW_ONLY: "kernels 4.16-5.12 and all 5.10.y/5.4.y/4.19.y: kvm_vcpu_flush_tlb_guest() "
+             "does only the vendor flush (buggy under shadow paging)",
+    UNLOAD_RELOAD: "kernels 5.13-5.15 (and 5.12.y stable): kvm_mmu_unload(), the next "
+                   "kvm_mmu_load() syncs the roots (fixed)",
+    SYNC_IN_PLACE: "kernels 5.16+: kvm_mmu_sync_roots() + kvm_mmu_sync_prev_roots(), then "
+                   "the vendor flush (fixed)",
+    UNKNOWN: "no meaningful flush window showed how this kernel services a guest flush",
+}
+
+MAX_WINDOW_EVENTS = 10
+
+
+@dataclass
+class Outstanding:
+    """An SP unsync when the window opened and still unsync when the guest ran again."""
+
+    gfn: int
+    role: int
+    level: int
+    unsync_ts: int
+    unsync_tid: int
+    reachable: Optional[bool]      # from this vCPU's root: True / False / None = unknown
+
+    def to_dict(self) -> dict:
+        return {"gfn": self.gfn, "role": self.role, "level": self.level,
+                "unsync_ts": self.unsync_ts, "unsync_tid": self.unsync_tid,
+                "reachable": self.reachable}
+
+
+@dataclass
+class FlushWindow:
+    """One serviced guest flush on one vCPU, open until that vCPU runs guest code again."""
+
+    tgid: int
+    tid: int
+    vcpu: int
+    opened_ts: int
+    opener: str                      # event kind name that opened it
+    open_seq: int                    # replay sequence at open (orders it against unsyncs)
+    unsync_at_open: int              # VM-wide unsync SPs when it opened
+    tentative: bool = False          # opened by kvm_service_local_tlb_flush_requests only
+    started_inside: bool = False     # the trace began inside this window
+    lost: bool = False               # LOST marker while open
+    # What happened inside (function probes, then tracepoint evidence).
+    saw_flush_fn: bool = False       # kvm_vcpu_flush_tlb_guest entry/return
+    saw_hw_flush: bool = False
+    saw_sync_roots: bool = False
+    saw_sync_prev: bool = False
+    saw_unload: bool = False
+    saw_load: bool = False
+    saw_reload_root: bool = False    # a root-level get_page on this vCPU (a reload)
+    synced: int = 0                  # SPs unsync at open that were synced in the window
+    zapped: int = 0                  # ... or zapped
+    first_sync_ts: Optional[int] = None
+    events: list = field(default_factory=list)
+    # Outcome.
+    closed_ts: Optional[int] = None
+    closer: str = ""
+    verdict: str = OPEN
+    reason: str = "the trace ended before this vCPU ran guest code again"
+    pattern: str = UNKNOWN
+    harmless: bool = False
+    function_probes: bool = False
+    outstanding: list = field(default_factory=list)
+
+    @property
+    def meaningful(self) -> bool:
+        """Something was unsync when the flush was serviced: the window tested the kernel."""
+        return self.unsync_at_open > 0
+
+    @property
+    def latency_ns(self) -> Optional[int]:
+        """Flush request serviced -> first sync action (sync_roots, sync_page, reload)."""
+        if self.first_sync_ts is None:
+            return None
+        return max(0, self.first_sync_ts - self.opened_ts)
+
+    def note_sync(self, ts: int) -> None:
+        if self.first_sync_ts is None:
+            self.first_sync_ts = ts
+
+    def add_event(self, event: tuple) -> None:
+        if len(self.events) < MAX_WINDOW_EVENTS:
+            self.events.append(event)
+
+    def to_dict(self) -> dict:
+        return {
+            "ts": self.opened_ts, "closed_ts": self.closed_ts, "tgid": self.tgid,
+            "tid": self.tid, "vcpu": self.vcpu, "verdict": self.verdict,
+            "reason": self.reason, "pattern": self.pattern, "meaningful": self.meaningful,
+            "harmless": self.harmless, "opener": self.opener, "closer": self.closer,
+            "unsync_at_open": self.unsync_at_open, "latency_ns": self.latency_ns,
+            "outstanding": [o.to_dict() for o in self.outstanding],
+        }
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def observed_pattern(w: FlushWindow, fn_mode: bool) -> str:
+    """The flush pattern this window showed (or UNKNOWN when it showed none)."""
+    if fn_mode:
+        if w.saw_unload:
+            return UNLOAD_RELOAD
+        if w.saw_sync_roots:
+            return SYNC_IN_PLACE
+        return HW_ONLY
+    if w.saw_reload_root:
+        return UNLOAD_RELOAD
+    if w.synced:
+        return SYNC_IN_PLACE
+    if any(o.reachable for o in w.outstanding):
+        return HW_ONLY
+    return UNKNOWN
+
+
+def decide(w: FlushWindow, outstanding: list, *, tdp: Optional[bool], shadow_vm: bool,
+           fn_mode: bool) -> None:
+    """Give a closed window its verdict, reason and pattern (DESIGN §3).
+
+    ``fn_mode``: function probes show whether the sync path ran (kvm_mmu_sync_roots,
+    kvm_mmu_unload/kvm_mmu_load are probed).  ``shadow_vm``: the VM runs on the shadow MMU
+    (meta.tdp False, or unknown while shadow-page events were seen).
+    """
+    w.outstanding = outstanding
+    w.function_probes = fn_mode
+    fn_mode = fn_mode and shadow_vm and tdp is not True
+    if w.started_inside:
+        w.verdict, w.reason = INCONCLUSIVE, "the trace started inside this flush window"
+    elif w.lost:
+        w.verdict, w.reason = INCONCLUSIVE, "events were lost while this window was open"
+    elif tdp is True:
+        w.verdict, w.reason = OK, "TDP (EPT/NPT) is in use: a guest flush needs no shadow sync"
+    elif fn_mode:
+        _decide_functions(w, outstanding)
+    else:
+        _decide_tracepoints(w, outstanding)
+    if tdp is not True:
+        w.pattern = observed_pattern(w, fn_mode)
+
+
+def _decide_functions(w: FlushWindow, outstanding: list) -> None:
+    if w.saw_sync_roots:
+        w.verdict, w.reason = OK, "kvm_mmu_sync_roots ran before the guest ran again"
+    elif w.saw_unload:
+        w.verdict, w.reason = OK, ("kvm_mmu_unload dropped the roots; kvm_mmu_load synced "
+                                   "them before the guest ran again")
+    else:
+        w.verdict = VIOLATION
+        w.harmless = not w.meaningful
+        left = (f"{_plural(len(outstanding), 'shadow page')} left unsync" if outstanding
+                else "harmless this time: nothing was unsync")
+        w.reason = ("guest flush completed with no shadow sync (no kvm_mmu_sync_roots, no "
+                    f"kvm_mmu_unload+load), the pre-5.13 path; {left}")
+
+
+def _decide_tracepoints(w: FlushWindow, outstanding: list) -> None:
+    if not outstanding:
+        w.verdict = OK
+        w.reason = ("every SP unsync at the flush was synced or zapped" if w.meaningful
+                    else "nothing was unsync when the flush was serviced")
+        return
+    known = [o for o in outstanding if o.reachable]
+    if known:
+        w.verdict = VIOLATION
+        w.reason = (f"the vCPU ran guest code with {_plural(len(known), 'unsync shadow page')} "
+                    "reachable from its root, neither synced nor zapped after the flush")
+        return
+    synced_any = w.synced or w.saw_reload_root or w.saw_sync_roots or w.saw_unload
+    if synced_any:
+        w.verdict = OK
+        w.reason = ("the kernel synced in this window; the SPs still unsync are not known "
+                    "to be reachable from this vCPU's root")
+    elif all(o.reachable is False for o in outstanding):
+        w.verdict = OK
+        w.reason = "the SPs still unsync are not reachable from this vCPU's root"
+    else:
+        w.verdict = SUSPECT
+        w.reason = (f"{_plural(len(outstanding), 'shadow page')} stayed unsync and nothing was "
+                    "synced; whether they are reachable from this vCPU's root is unknown")
