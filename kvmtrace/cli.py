@@ -8,6 +8,7 @@ import click
 from . import __version__, exitcodes
 from .commands.analyze import analyze
 from .commands.convert import convert
+from .commands.exercise import exercise
 from .commands.show import show
 from .errors import fail_line
 from .schema import SchemaError
@@ -15,9 +16,16 @@ from .tracefile import TraceFileError
 
 EPILOG = """\b
 Examples:
-  kvmtrace show fixtures/lab_two_vcpu_flush.ftrace.txt
-  kvmtrace convert trace.txt -o trace.parquet
-Exit codes: 0 ok, 1 violation found, 2 usage or bad input,
+  kvmtrace analyze fixtures/lab_two_vcpu_flush.ftrace.txt   judge a recorded trace
+  kvmtrace show trace.parquet                     what a trace holds
+  kvmtrace convert /sys/kernel/tracing/trace -o t.parquet   text -> native file
+  kvmtrace doctor                                 can this host be traced?
+  kvmtrace record -o flushes.parquet -d 60        record all VMs for a minute
+  kvmtrace exercise                               run the built-in flush guest
+  kvmtrace check --exercise --json                post-fix verdict for this host
+  kvmtrace watch -p 4242                          live table of one VM's flushes
+\b
+Exit codes: 0 ok/pass, 1 violation or stale read, 2 usage or bad input,
             3 inconclusive or suspect, 4 this host cannot do it.
 """
 
@@ -31,6 +39,7 @@ def cli() -> None:
 cli.add_command(show)
 cli.add_command(analyze)
 cli.add_command(convert)
+cli.add_command(exercise)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,74 @@
+"""The guest's code: a tiny interpreter of the per-vCPU control block, hand-assembled.
+
+Each vCPU runs the same 106 bytes with ``rbx`` = its control block.  One pass does, in
+order: the control block's list of 64-bit stores (the writer's PTE rewrites), its list of
+``lock or byte [addr], KVM_VCPU_FLUSH_TLB`` (the writer's flush requests, as Linux's
+``kvm_flush_tlb_multi()`` sets them with a cmpxchg on a preempted target's steal-time
+``preempted`` byte), its list of 64-bit reads through the current translation (the
+readers), whose values go to the results array; then ``out PARK_PORT, al``.  OUT is a
+privileged instruction every backend traps and KVM hands to user space as KVM_EXIT_IO, so
+the vCPU parks in the VMM between passes, exactly where a preempted vCPU sits.
+
+The bytes were produced by GNU as (``as --64``, Intel syntax) from the source in the
+comments; tests/test_exercise_layout.py re-assembles the source when ``as`` is installed
+and checks every branch lands on an instruction boundary either way.
+"""
+from __future__ import annotations
+
+# Control block layout (offsets from rbx).
+CTL_NSTORES = 0x00           # u64 number of (address, value) stores
+CTL_NFLAGS = 0x08            # u64 number of flag addresses
+CTL_NREADS = 0x10            # u64 number of read addresses
+CTL_STORES = 0x100           # (u64 address, u64 value) pairs
+CTL_FLAGS = 0x900            # u64 addresses of steal-time `preempted` bytes
+CTL_READS = 0xB00            # u64 addresses to read
+CTL_RESULTS = 0x1000         # u64 values read, in order
+MAX_STORES = (CTL_FLAGS - CTL_STORES) // 16
+MAX_FLAGS = (CTL_READS - CTL_FLAGS) // 8
+MAX_READS = min((CTL_RESULTS - CTL_READS) // 8, 0x1000 // 8)
+
+PARK_PORT = 0x10
+
+# (bytes, assembly).  Labels: top, 1 = store loop, 2/3 = flag loop, 4/5 = read loop, 6 = park.
+INSTRUCTIONS: tuple[tuple[str, str], ...] = (
+    ("488b0b",         "top: mov rcx, [rbx+0x00]      ; n_stores"),
+    ("488db300010000", "     lea rsi, [rbx+0x100]     ; -> (address, value) pairs"),
+    ("e313",           "1:   jrcxz 2f"),
+    ("488b06",         "     mov rax, [rsi]           ; address (a PTE)"),
+    ("488b5608",       "     mov rdx, [rsi+8]         ; value"),
+    ("488910",         "     mov [rax], rdx           ; the PTE write: KVM unsyncs its shadow page"),
+    ("4883c610",       "     add rsi, 16"),
+    ("48ffc9",         "     dec rcx"),
+    ("ebeb",           "     jmp 1b"),
+    ("488b4b08",       "2:   mov rcx, [rbx+0x08]      ; n_flags"),
+    ("488db300090000", "     lea rsi, [rbx+0x900]     ; -> steal-time preempted bytes"),
+    ("e310",           "3:   jrcxz 4f"),
+    ("488b06",         "     mov rax, [rsi]"),
+    ("f0800802",       "     lock or byte ptr [rax], 2 ; preempted |= KVM_VCPU_FLUSH_TLB"),
+    ("4883c608",       "     add rsi, 8"),
+    ("48ffc9",         "     dec rcx"),
+    ("ebee",           "     jmp 3b"),
+    ("488b4b10",       "4:   mov rcx, [rbx+0x10]      ; n_reads"),
+    ("488db3000b0000", "     lea rsi, [rbx+0xb00]     ; -> addresses to read"),
+    ("488dbb00100000", "     lea rdi, [rbx+0x1000]    ; -> results"),
+    ("e316",           "5:   jrcxz 6f"),
+    ("488b06",         "     mov rax, [rsi]           ; a remapped virtual address"),
+    ("488b00",         "     mov rax, [rax]           ; read through the current translation"),
+    ("488907",         "     mov [rdi], rax           ; report it"),
+    ("4883c608",       "     add rsi, 8"),
+    ("4883c708",       "     add rdi, 8"),
+    ("48ffc9",         "     dec rcx"),
+    ("ebe8",           "     jmp 5b"),
+    ("e610",           "6:   out 0x10, al             ; park: KVM_EXIT_IO to the VMM"),
+    ("eb96",           "     jmp top"),
+)
+
+CODE = b"".join(bytes.fromhex(h) for h, _ in INSTRUCTIONS)
+
+
+def assembly_source() -> str:
+    """The GNU as source (Intel syntax) the bytes came from."""
+    lines = [".intel_syntax noprefix", ".code64"]
+    for _, asm in INSTRUCTIONS:
+        lines.append(asm.split(";")[0].rstrip())
+    return "\n".join(lines) + "\n"
