@@ -10,6 +10,8 @@ from .commands.analyze import analyze
 from .commands.convert import convert
 from .commands.exercise import exercise
 from .commands.show import show
+from .commands.doctor import doctor
+from .commands.record import record
 from .errors import fail_line
 from .schema import SchemaError
 from .tracefile import TraceFileError
@@ -40,6 +42,8 @@ cli.add_command(show)
 cli.add_command(analyze)
 cli.add_command(convert)
 cli.add_command(exercise)
+cli.add_command(doctor)
+cli.add_command(record)
 
 
 def main(argv: list[str] | None = None) -> None:

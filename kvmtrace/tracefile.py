@@ -162,6 +162,20 @@ class TraceWriter:
         self.events += len(df)
         self._flush()
 
+    def write_batch(self, batch: pa.RecordBatch) -> None:
+        """Write a chunk that already is an ARROW_SCHEMA record batch (Parquet output only).
+
+        The live recorder builds its chunks with the exact schema dtypes and uses this to
+        skip conform(); anything else should call write()."""
+        if self._ipc is None:
+            raise ValueError("write_batch() needs Parquet output")
+        if not batch.schema.equals(ARROW_SCHEMA, check_metadata=False):
+            raise SchemaError("record batch does not have the kvmtrace schema")
+        if batch.num_rows:
+            self._ipc.write_batch(batch)
+            self.events += batch.num_rows
+            self._flush()
+
     def _flush(self) -> None:
         if self._text is not None:
             self._text.flush()

@@ -1,0 +1,128 @@
+"""The KVM vendor backend in use (kvm_intel, kvm_amd, kvm_pvm) and whether it uses TDP.
+
+A backend shows up as ``/sys/module/<name>`` (loadable or built in, once it has
+parameters), as a line in ``/proc/modules`` (only with CONFIG_MODULES), and in
+``/proc/kallsyms`` either as a ``[name]`` module tag or, when built in, through its
+``<vendor>_vcpu_run`` symbol.
+
+TDP (DESIGN §2): ``/sys/module/kvm_intel/parameters/ept`` and
+``/sys/module/kvm_amd/parameters/npt`` say whether two-dimensional paging is in effect (on
+4.19 ``npt`` is the requested value, not the effective one).  PVM (arch/x86/kvm/pvm/)
+supports only the shadow MMU, so a PVM host is always exposed to the shadow-paging bug
+class.  ``kvm.tdp_mmu`` says which TDP MMU implementation is used, not whether TDP is on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .kallsyms import Kallsyms
+
+BACKENDS = ("kvm_intel", "kvm_amd", "kvm_pvm")
+# A symbol every build of the backend has (its vcpu_run op), for built-in backends.
+RUN_SYMBOL = {"kvm_intel": "vmx_vcpu_run", "kvm_amd": "svm_vcpu_run", "kvm_pvm": "pvm_vcpu_run"}
+TDP_PARAM = {"kvm_intel": "ept", "kvm_amd": "npt"}
+
+
+@dataclass
+class Backend:
+    """What kvmtrace learnt about the KVM backend."""
+
+    name: str = ""                       # kvm_intel | kvm_amd | kvm_pvm | "" (no KVM)
+    present: list[str] = field(default_factory=list)
+    evidence: dict[str, list[str]] = field(default_factory=dict)
+    kvm_present: bool = False            # the generic kvm module / code is there
+    tdp: bool | None = None              # None: unknown
+    tdp_source: str = ""                 # where the TDP answer came from
+
+    @property
+    def exposed(self) -> bool | None:
+        """True when guests run on the shadow MMU (DESIGN §2), None when unknown."""
+        if not self.name:
+            return None
+        return None if self.tdp is None else not self.tdp
+
+    @property
+    def paging(self) -> str:
+        if self.tdp is None:
+            return "unknown"
+        return "tdp" if self.tdp else "shadow"
+
+
+def _proc_modules(root: Path) -> dict[str, int] | None:
+    """name -> reference count from /proc/modules, None without module support."""
+    try:
+        text = (root / "proc/modules").read_text()
+    except OSError:
+        return None
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            try:
+                out[parts[0]] = int(parts[2])
+            except ValueError:
+                out[parts[0]] = 0
+    return out
+
+
+def _read_param(root: Path, module: str, param: str) -> str | None:
+    try:
+        return (root / "sys/module" / module / "parameters" / param).read_text().strip()
+    except OSError:
+        return None
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().upper() in ("Y", "1", "TRUE")
+
+
+def detect(root: Path = Path("/"), kallsyms: Kallsyms | None = None) -> Backend:
+    """Find the backend(s) and the TDP state; kallsyms is loaded when not given."""
+    if kallsyms is None:
+        kallsyms = Kallsyms.load(root)
+    modules = _proc_modules(root)
+    out = Backend()
+    out.kvm_present = ((root / "sys/module/kvm").is_dir() or (root / "dev/kvm").exists()
+                       or bool(modules and "kvm" in modules)
+                       or bool(kallsyms and kallsyms.has("kvm_vcpu_ioctl")))
+    for name in BACKENDS:
+        ev: list[str] = []
+        if (root / "sys/module" / name).is_dir():
+            ev.append(f"/sys/module/{name}")
+        if modules is not None and name in modules:
+            ev.append(f"/proc/modules (refcount {modules[name]})")
+        if kallsyms is not None:
+            if name in kallsyms.modules:
+                ev.append(f"kallsyms [{name}]")
+            elif kallsyms.has(RUN_SYMBOL[name]):
+                ev.append(f"kallsyms {RUN_SYMBOL[name]} (built in)")
+        if ev:
+            out.present.append(name)
+            out.evidence[name] = ev
+    out.name = _choose(out.present, modules)
+    out.tdp, out.tdp_source = _tdp(root, out.name)
+    return out
+
+
+def _choose(present: list[str], modules: dict[str, int] | None) -> str:
+    """The backend in use: the only one, else the one whose module is in use."""
+    if len(present) <= 1:
+        return present[0] if present else ""
+    if modules:
+        used = [n for n in present if modules.get(n, 0) > 0]
+        if len(used) == 1:
+            return used[0]
+    return present[0]
+
+
+def _tdp(root: Path, backend: str) -> tuple[bool | None, str]:
+    if backend == "kvm_pvm":
+        return False, "PVM has only the shadow MMU"
+    param = TDP_PARAM.get(backend)
+    if param is None:
+        return None, "no KVM backend found"
+    value = _read_param(root, backend, param)
+    if value is None:
+        return None, f"/sys/module/{backend}/parameters/{param} unreadable"
+    return _truthy(value), f"/sys/module/{backend}/parameters/{param} = {value}"

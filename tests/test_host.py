@@ -1,0 +1,176 @@
+"""Host discovery (kvmtrace.host) on recorded and hand-made sysroots under tests/data/hosts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kvmtrace.host import FormatError, Kallsyms, KernelConfig, find_mount, gather, parse_format
+from kvmtrace.host.probepoints import CLONE, MISSING, OTHER_BACKEND, PRESENT, discover
+
+HOSTS = Path(__file__).parent / "data" / "hosts"
+LAB_FORMATS = Path(__file__).resolve().parents[2] / "shared" / "lab" / "tracepoint_formats.txt"
+
+
+def host(name: str):
+    return gather(HOSTS / name)
+
+
+def by_name(statuses):
+    return {s.name: s for s in statuses}
+
+
+# ----------------------------------------------------------------------------- backend / TDP
+
+def test_pvm_host_is_shadow_paging_and_exposed():
+    h = host("pvm_6_18")
+    assert h.kernel_release == "6.18.44-fc-v657"
+    assert h.kvm_backend == "kvm_pvm"
+    assert h.backend.present == ["kvm_pvm"]
+    assert h.tdp is False and h.backend.exposed is True and h.backend.paging == "shadow"
+    # Built in, no /proc/modules: found through /sys/module and its vcpu_run symbol.
+    assert any("pvm_vcpu_run" in e for e in h.backend.evidence["kvm_pvm"])
+
+
+def test_intel_ept_on_is_tdp_not_exposed():
+    h = host("intel_5_10")
+    assert h.kvm_backend == "kvm_intel"
+    assert h.tdp is True and h.backend.exposed is False
+    assert "ept = Y" in h.backend.tdp_source
+
+
+def test_amd_npt_parameter_decides_tdp():
+    assert host("amd_6_1_npt").tdp is True
+    shadow = host("amd_6_6_shadow")
+    assert shadow.kvm_backend == "kvm_amd" and shadow.tdp is False and shadow.backend.exposed
+
+
+def test_no_kvm_at_all(tmp_path):
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/kallsyms").write_text("0000000000000000 T _text\n")
+    h = gather(tmp_path)
+    assert h.kvm_backend == "" and h.tdp is None and h.backend.exposed is None
+    assert h.tracefs is None
+
+
+# ----------------------------------------------------------------------------- kernel config
+
+def test_kernel_config_from_boot_file():
+    h = host("pvm_6_18")
+    assert h.config.known and h.config.get("CONFIG_KPROBES") == "n"
+    assert h.config.get("CONFIG_KVM_PVM") == "y"
+    assert host("intel_5_10").config.get("CONFIG_KPROBES") == "y"
+    assert not host("amd_6_1_npt").config.known
+    assert host("amd_6_1_npt").config.get("CONFIG_KPROBES") is None
+
+
+def test_kernel_config_parse():
+    cfg = KernelConfig.parse('CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C="x y"\n', "t")
+    assert (cfg.get("CONFIG_A"), cfg.get("CONFIG_B"), cfg.get("CONFIG_C"), cfg.get("CONFIG_D")) == ("y", "n", "x y", "n")
+
+
+# ----------------------------------------------------------------------------- kallsyms
+
+def test_kallsyms_parse_modules_clones_and_non_text():
+    ks = Kallsyms.parse(
+        "ffffffffc0a00000 t kvm_mmu_load\t[kvm]\n"
+        "ffffffffc0a00100 t kvm_mmu_sync_prev_roots.isra.0\t[kvm]\n"
+        "ffffffffc0a00200 t kvm_mmu_sync_prev_roots.cold\t[kvm]\n"
+        "ffffffff82000000 D some_data\n"
+        "garbage line\n")
+    assert ks.has("kvm_mmu_load") and ks.lookup("kvm_mmu_load")[0].module == "kvm"
+    assert not ks.has("some_data")                     # data symbols cannot take a kprobe
+    assert ks.clones_of("kvm_mmu_sync_prev_roots") == ["kvm_mmu_sync_prev_roots.isra.0"]
+    assert "kvm" in ks.modules
+
+
+# ----------------------------------------------------------------------------- functions
+
+def test_functions_5_10_flush_function_has_a_symbol():
+    st = by_name(discover(host("intel_5_10").kallsyms, "kvm_intel"))
+    assert st["kvm_vcpu_flush_tlb_guest"].status == PRESENT
+    assert st["vmx_flush_tlb_guest"].status == PRESENT
+    assert st["kvm_mmu_sync_prev_roots"].status == MISSING
+    assert st["kvm_service_local_tlb_flush_requests"].status == MISSING
+    assert st["svm_flush_tlb_asid"].status == OTHER_BACKEND
+    # a .cold split part is not a clone to attach to
+    assert st["kvm_mmu_sync_roots"].status == PRESENT
+
+
+def test_functions_6_1_flush_function_inlined():
+    st = by_name(discover(host("amd_6_1_npt").kallsyms, "kvm_amd"))
+    assert st["kvm_vcpu_flush_tlb_guest"].status == MISSING
+    assert "inlined" in st["kvm_vcpu_flush_tlb_guest"].detail
+    assert st["svm_flush_tlb_current"].status == PRESENT
+    assert st["svm_flush_tlb"].status == MISSING and st["svm_flush_tlb_asid"].status == MISSING
+    assert st["vmx_flush_tlb_guest"].status == OTHER_BACKEND
+
+
+def test_functions_6_6_vendor_name_and_clone():
+    st = by_name(discover(host("amd_6_6_shadow").kallsyms, "kvm_amd"))
+    assert st["svm_flush_tlb_asid"].status == PRESENT
+    assert st["svm_flush_tlb_current"].status == MISSING
+    clone = st["kvm_mmu_sync_prev_roots"]
+    assert clone.status == CLONE and clone.symbol == "kvm_mmu_sync_prev_roots.isra.0" and clone.attachable
+
+
+def test_functions_on_pvm_host():
+    st = by_name(discover(host("pvm_6_18").kallsyms, "kvm_pvm"))
+    assert st["pvm_flush_tlb_guest"].status == PRESENT
+    assert st["kvm_vcpu_flush_tlb_guest"].status == MISSING
+    for name in ("kvm_mmu_load", "kvm_mmu_unload", "kvm_mmu_sync_roots", "kvm_mmu_sync_prev_roots",
+                 "kvm_service_local_tlb_flush_requests"):
+        assert st[name].status == PRESENT, name
+
+
+def test_filter_functions_marks_notrace():
+    st = by_name(discover(host("pvm_6_18").kallsyms, "kvm_pvm", {"kvm_mmu_load"}))
+    assert st["kvm_mmu_load"].traceable is True
+    assert st["kvm_mmu_unload"].traceable is False and "notrace" in st["kvm_mmu_unload"].detail
+
+
+def test_functions_without_kallsyms_are_unknown():
+    assert {s.status for s in discover(None, "kvm_intel")} <= {"unknown", OTHER_BACKEND}
+
+
+# ----------------------------------------------------------------------------- tracefs
+
+def test_tracefs_mount_from_proc_mounts_including_debugfs_path():
+    assert find_mount(HOSTS / "pvm_6_18") == HOSTS / "pvm_6_18" / "sys/kernel/tracing"
+    assert find_mount(HOSTS / "amd_6_6_shadow") == HOSTS / "amd_6_6_shadow" / "sys/kernel/debug/tracing"
+
+
+def test_format_parsing_real_pvm_formats():
+    tfs = host("pvm_6_18").tracefs
+    pv = tfs.format("kvm", "kvm_pv_tlb_flush")
+    assert (pv.fields["vcpu_id"].offset, pv.fields["vcpu_id"].size, pv.fields["vcpu_id"].signed) == (8, 4, False)
+    assert (pv.fields["need_flush_tlb"].offset, pv.fields["need_flush_tlb"].size) == (12, 1)
+    exit_ = tfs.format("kvm", "kvm_exit")
+    assert exit_.fields["requests"].offset == 64 and exit_.fields["requests"].size == 8
+    emul = tfs.format("kvm", "kvm_emulate_insn")
+    assert emul.fields["insn"].array and not emul.fields["insn"].is_scalar
+    assert tfs.format("kvm", "kvm_nonexistent") is None
+    ue = tfs.format("kvm", "kvm_userspace_exit")
+    assert ue.fields["errno"].signed and "errno@12:s32" in ue.layout()
+
+
+def test_format_parsing_lab_file_sections():
+    text = LAB_FORMATS.read_text()
+    sections = [s for s in text.split("===== ") if s.strip()]
+    parsed = {}
+    for s in sections:
+        header, _, body = s.partition("\n")
+        system, event = header.strip().split("/")
+        parsed[event] = parse_format(body, system, event)
+    assert parsed["kvm_mmu_get_page"].fields["created"].offset == 33
+    assert parsed["kvm_entry"].fields["rip"].offset == 16
+    assert parsed["kvm_pv_tlb_flush"].id == 51
+
+
+def test_format_errors_are_reported():
+    with pytest.raises(FormatError):
+        parse_format("name: x\nID: 1\nformat:\n\tfield:int a;\toffset:zz;\n", "s", "x")
+    with pytest.raises(FormatError):
+        parse_format("name: x\nID: 1\nformat:\n", "s", "x")
+    with pytest.raises(FormatError):
+        host("pvm_6_18").tracefs.format("kvm", "x; rm -rf /")

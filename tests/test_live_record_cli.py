@@ -1,0 +1,98 @@
+"""Live: `kvmtrace record` as a process — -d, SIGTERM and kill -9 all leave a readable file."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kvmtrace.importers import load
+from kvmtrace.schema import Kind
+
+from live_support import kvm_unavailable_reason
+
+REASON = kvm_unavailable_reason()
+pytestmark = [pytest.mark.live, pytest.mark.skipif(REASON is not None, reason=f"live KVM+BPF: {REASON}")]
+
+
+def start_record(tmp_path: Path, out: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    err = tmp_path / "record.err"
+    proc = subprocess.Popen([sys.executable, "-m", "kvmtrace", "record", "-o", str(out), *args],
+                            stdout=subprocess.DEVNULL, stderr=open(err, "w"))
+    deadline = time.monotonic() + 120
+    while "attached" not in err.read_text():
+        if proc.poll() is not None:
+            pytest.fail(f"record exited {proc.returncode}: {err.read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("record did not attach within 120 s")
+        time.sleep(0.1)
+    return proc, err
+
+
+def guest_run():
+    from kvmtrace.exercise import ExerciseConfig, run_exercise
+    return run_exercise(ExerciseConfig(vcpus=2, rounds=10, pages=2, seed=3, flush=True))
+
+
+def wait_for_chunk(part: Path, floor: int) -> None:
+    deadline = time.monotonic() + 20
+    while not part.exists() or part.stat().st_size <= floor:
+        assert time.monotonic() < deadline, "no chunk was written"
+        time.sleep(0.05)
+
+
+def test_kill_9_leaves_a_recoverable_file(tmp_path):
+    out = tmp_path / "killed.parquet"
+    part = Path(str(out) + ".part")
+    proc, _ = start_record(tmp_path, out, "-p", str(os.getpid()))
+    header = part.stat().st_size
+    result = guest_run()
+    wait_for_chunk(part, header)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and part.exists()
+    trace = load(out)                                 # NAME finds NAME.part
+    assert trace.recovery is not None
+    ev = trace.events
+    flushes = ev[(ev["kind"] == Kind.FLUSH_REQUEST_PV) & (ev["need_flush"] == 1)]
+    assert len(flushes) == result.flushes_requested
+    assert set(ev["tgid"]) == {os.getpid()}
+    assert trace.meta.source == "recorded" and trace.meta.kvm_backend
+
+
+def test_sigterm_finishes_the_file(tmp_path):
+    out = tmp_path / "term.parquet"
+    proc, err = start_record(tmp_path, out, "-p", str(os.getpid()))
+    result = guest_run()
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, err.read_text()
+    assert out.exists() and not Path(str(out) + ".part").exists()
+    trace = load(out)
+    assert trace.recovery is None
+    ev = trace.events
+    assert int(((ev["kind"] == Kind.FLUSH_REQUEST_PV) & (ev["need_flush"] == 1)).sum()) == result.flushes_requested
+    assert "wrote" in err.read_text()
+
+
+def test_duration_stops_by_itself(tmp_path):
+    out = tmp_path / "d.jsonl"
+    proc, err = start_record(tmp_path, out, "-d", "1", "-p", str(os.getpid()))
+    assert proc.wait(timeout=60) == 0, err.read_text()
+    trace = load(out)
+    assert trace.recovery is None and trace.meta.source_format == "bcc"
+    assert any(p.endswith("kvm:kvm_pv_tlb_flush") for p in trace.meta.probes)
+
+
+def test_ebpf_prints_the_program():
+    proc = subprocess.run([sys.executable, "-m", "kvmtrace", "record", "--ebpf", "-p", "77"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "int kt_tp__kvm__kvm_pv_tlb_flush(" in proc.stdout
+    assert "#define KT_TGID_FILTER return !(tgid == 77);" in proc.stdout

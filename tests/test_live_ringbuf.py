@@ -1,0 +1,147 @@
+"""The bulk ring-buffer consumer and the record -> schema conversion, on a simulated ring.
+
+The simulated ring has the kernel's layout (kernel/bpf/ringbuf.c): consumer and producer
+positions, a data area visible twice back to back, 8-byte headers with BUSY/DISCARD bits.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kvmtrace.live.records import SLOT_DTYPE, lost_frame, to_frame
+from kvmtrace.live.ringbuf import BUSY_BIT, DISCARD_BIT, RingbufError, RingbufReader
+from kvmtrace.frame import conform
+from kvmtrace.schema import Kind
+
+SIZE = 16 * SLOT_DTYPE.itemsize        # 16 slots
+
+
+class FakeRing:
+    """A producer writing slots the way bpf_ringbuf_reserve/commit do."""
+
+    def __init__(self, size: int = SIZE):
+        self.size = size
+        self.cons = np.zeros(1, dtype=np.uint64)
+        self.prod = np.zeros(1, dtype=np.uint64)
+        self.mem = np.zeros(size, dtype=np.uint8)
+        self.view = np.zeros(2 * size, dtype=np.uint8)   # what the reader sees (double map)
+        self.reader = RingbufReader(self.cons, self.prod, self.view, size, SLOT_DTYPE)
+
+    def _sync(self) -> None:
+        self.view[: self.size] = self.mem
+        self.view[self.size:] = self.mem
+
+    def reserve(self, ts: int, flags: int = BUSY_BIT, length: int = 56) -> int:
+        pos = int(self.prod[0])
+        slot = np.zeros(1, dtype=SLOT_DTYPE)
+        slot["hdr_len"] = length | flags
+        slot["ts"] = ts
+        slot["tid"] = 100 + ts % 3
+        slot["kind"] = int(Kind.SP_SYNC)
+        slot["flags"] = 1
+        slot["role"] = 0x3701
+        raw = slot.view(np.uint8)
+        for i, b in enumerate(raw):
+            self.mem[(pos + i) % self.size] = b
+        self.prod[0] = pos + SLOT_DTYPE.itemsize
+        self._sync()
+        return pos
+
+    def commit(self, pos: int, discard: bool = False) -> None:
+        hdr = np.frombuffer(bytes(self.mem[(pos + i) % self.size] for i in range(4)), dtype="<u4")[0]
+        hdr = (int(hdr) & ~BUSY_BIT) | (DISCARD_BIT if discard else 0)
+        for i, b in enumerate(int(hdr).to_bytes(4, "little")):
+            self.mem[(pos + i) % self.size] = b
+        self._sync()
+
+    def push(self, ts: int) -> None:
+        self.commit(self.reserve(ts))
+
+
+def test_drains_committed_records_and_advances_consumer():
+    ring = FakeRing()
+    for ts in (10, 11, 12):
+        ring.push(ts)
+    out = ring.reader.drain()
+    assert list(out["ts"]) == [10, 11, 12]
+    assert int(ring.cons[0]) == 3 * 64
+    assert len(ring.reader.drain()) == 0
+
+
+def test_stops_at_busy_record_and_resumes_after_commit():
+    ring = FakeRing()
+    ring.push(1)
+    busy = ring.reserve(2)
+    ring.push(3)                       # committed, but after a busy one
+    assert list(ring.reader.drain()["ts"]) == [1]
+    assert int(ring.cons[0]) == 64
+    ring.commit(busy)
+    assert list(ring.reader.drain()["ts"]) == [2, 3]
+
+
+def test_skips_discarded_records():
+    ring = FakeRing()
+    ring.push(1)
+    ring.commit(ring.reserve(2), discard=True)
+    ring.push(3)
+    assert list(ring.reader.drain()["ts"]) == [1, 3]
+    assert ring.reader.discarded == 1
+    assert int(ring.cons[0]) == 3 * 64
+
+
+def test_wraps_around_the_end_of_the_data_area():
+    ring = FakeRing()
+    for ts in range(14):
+        ring.push(ts)
+    assert len(ring.reader.drain()) == 14
+    for ts in range(100, 110):       # slots 14, 15, then 0..7: crosses the end
+        ring.push(ts)
+    assert list(ring.reader.drain()["ts"]) == list(range(100, 110))
+    assert int(ring.cons[0]) == 24 * 64
+
+
+def test_max_records_limits_one_drain():
+    ring = FakeRing()
+    for ts in range(5):
+        ring.push(ts)
+    assert list(ring.reader.drain(max_records=2)["ts"]) == [0, 1]
+    assert list(ring.reader.drain()["ts"]) == [2, 3, 4]
+
+
+def test_foreign_record_length_is_an_error():
+    ring = FakeRing()
+    ring.commit(ring.reserve(1, length=24))
+    with pytest.raises(RingbufError):
+        ring.reader.drain()
+
+
+def test_bad_geometry_rejected():
+    with pytest.raises(RingbufError):
+        RingbufReader(np.zeros(1, np.uint64), np.zeros(1, np.uint64), np.zeros(200, np.uint8), 100, SLOT_DTYPE)
+
+
+def test_slots_become_schema_rows():
+    slots = np.zeros(3, dtype=SLOT_DTYPE)
+    slots["ts"] = [5, 6, 7]
+    slots["tid"] = [7, 8, 7]
+    slots["tgid"] = 3
+    slots["kind"] = [int(Kind.SP_UNSYNC), int(Kind.FLUSH_REQUEST_PV), int(Kind.SPTE_INSTALL)]
+    slots["flags"] = [1, 0, 0]
+    slots["role"] = [0x3701, 0, 0]
+    slots["vcpu"] = [-1, 1, -1]
+    slots["need_flush"] = [-1, 1, -1]
+    slots["gfn"] = [4, -1, 0x51]
+    slots["value"] = [0, 0, -2]         # an spte with bit 63 set reads back as negative
+    df = to_frame(slots, {7: "CPU 1/KVM", 8: "CPU 0/KVM"})
+    conform(df)                         # exact schema dtypes
+    assert list(df["role"]) == [0x3701, -1, -1]     # role only where the record carries it
+    assert list(df["comm"]) == ["CPU 1/KVM", "CPU 0/KVM", "CPU 1/KVM"]
+    assert list(df["vcpu"]) == [-1, 1, -1] and list(df["need_flush"]) == [-1, 1, -1]
+    assert df["value"].iloc[2] == -2 and df["gfn"].iloc[2] == 0x51
+
+
+def test_lost_rows_per_cpu():
+    df = lost_frame(99, {0: 0, 3: 12, 1: 5})
+    conform(df)
+    assert list(df["cpu"]) == [1, 3] and list(df["value"]) == [5, 12]
+    assert set(df["kind"]) == {int(Kind.LOST)} and set(df["ts"]) == {99}
