@@ -12,6 +12,8 @@ from .commands.exercise import exercise
 from .commands.show import show
 from .commands.doctor import doctor
 from .commands.record import record
+from .commands.check import check
+from .commands.watch import watch
 from .errors import fail_line
 from .schema import SchemaError
 from .tracefile import TraceFileError
@@ -44,6 +46,8 @@ cli.add_command(convert)
 cli.add_command(exercise)
 cli.add_command(doctor)
 cli.add_command(record)
+cli.add_command(check)
+cli.add_command(watch)
 
 
 def main(argv: list[str] | None = None) -> None:

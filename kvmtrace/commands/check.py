@@ -1,0 +1,194 @@
+"""kvmtrace check: one command, one verdict, one exit code -- is this host safe now?"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+import click
+
+from .. import exitcodes
+from ..errors import fail_line
+
+EPILOG = """\b
+Verdicts and exit codes:
+  pass          0  enough meaningful flush windows, KVM synced in every one
+  not-exposed   0  TDP (EPT/NPT) is on and no VM runs on the shadow MMU
+  fail          1  a flush let a vCPU run before its shadow pages were synced,
+                   or the built-in guest read a stale value after a flush
+  inconclusive  3  too few meaningful windows, lost events, or only suspect ones
+  (cannot trace) 4 no root, BCC, headers, tracefs or KVM: the message says what to do
+\b
+Examples:
+  sudo kvmtrace check --exercise                 # seconds; proves the flush path
+  sudo kvmtrace check -d 60 -p 4242              # watch one VM for a minute
+  sudo kvmtrace check --exercise --json --prom /var/lib/node_exporter/kvmtrace.prom
+  kvmtrace check --replay trace.parquet          # judge a recorded trace the same way
+"""
+
+
+@click.command(epilog=EPILOG)
+@click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True), default=30.0,
+              show_default=True, help="Trace for at most this many seconds.")
+@click.option("-p", "--pid", "tgids", multiple=True, type=click.IntRange(1, 2**22 - 1),
+              metavar="TGID", help="Trace only this VM process (repeatable). With --exercise "
+              "the built-in guest is traced as well.")
+@click.option("--exercise", is_flag=True, help="Run the built-in guest meanwhile (it requests "
+              "guest TLB flushes with unsync shadow pages) and stop once there is enough evidence.")
+@click.option("--min-windows", type=click.IntRange(min=1), default=1, show_default=True,
+              metavar="N", help="Meaningful flush windows needed for a pass.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--prom", "prom_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also write node_exporter textfile-collector metrics to FILE (atomically).")
+@click.option("--replay", "replay", type=click.Path(dir_okay=False), metavar="TRACE",
+              help="Judge a recorded trace instead of tracing live (same online analysis).")
+def check(duration: float, tgids: tuple[int, ...], exercise: bool, min_windows: int,
+          as_json: bool, prom_file: str | None, replay: str | None) -> None:
+    """Check that this host's KVM syncs shadow page tables on every guest TLB flush.
+
+    Traces KVM live (BPF on its tracepoints) and replays the events through the same
+    shadow-MMU model as `kvmtrace analyze` while they arrive.  A check that saw no
+    meaningful flush window never passes: use --exercise to make one happen.
+    """
+    from ..checkrun import CheckConfig, run_check
+    from ..live import LiveUnavailable
+    if replay and (exercise or tgids):
+        raise click.UsageError("--replay judges a recorded trace: it takes no --exercise or -p")
+    if prom_file:
+        _check_prom_dir(prom_file)
+    tty = sys.stderr.isatty() and not as_json
+    cfg = CheckConfig(duration=duration, min_windows=min_windows, exercise=exercise,
+                      other_vms=bool(tgids) or not exercise,
+                      status=_StatusLine() if tty else None)
+    if exercise:
+        _exercise_possible()
+    for t in tgids:
+        if not os.path.exists(f"/proc/{t}"):
+            click.echo(f"kvmtrace: warning: no process {t} now; tracing it if it appears", err=True)
+    source = _source(replay, tgids, exercise)
+    stop = threading.Event()
+    old = _on_signals(stop)
+    if cfg.status is not None and not replay:
+        cfg.status("check: compiling and attaching the probes ...")
+    try:
+        report = run_check(source, cfg, stop)
+    except LiveUnavailable as exc:
+        fail_line(f"check: cannot trace here: {exc}")
+        raise click.exceptions.Exit(exitcodes.ENVIRONMENT)
+    finally:
+        _restore(old)
+        if cfg.status is not None:
+            cfg.status.clear()
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(render(report))
+    if prom_file:
+        _write_prom(prom_file, report)
+    raise click.exceptions.Exit(report.exit_code)
+
+
+def _source(replay: str | None, tgids: tuple[int, ...], exercise: bool):
+    from ..sources import FileSource, LiveSource
+    if replay:
+        return FileSource(replay)
+    traced = set(tgids)
+    if exercise:
+        traced.add(os.getpid())          # the built-in guest runs in this process
+    return LiveSource(tgids=sorted(traced))
+
+
+def _exercise_possible() -> None:
+    from ..exercise import unavailable_reason
+    reason = unavailable_reason()
+    if reason:
+        fail_line(f"check: cannot run the built-in guest here: {reason}")
+        raise click.exceptions.Exit(exitcodes.ENVIRONMENT)
+
+
+def _check_prom_dir(path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise click.BadParameter(f"{path}: directory {parent} does not exist",
+                                 param_hint="--prom")
+
+
+def _write_prom(path: str, report) -> None:
+    from ..prom import render_metrics, write_atomically
+    text = render_metrics(report.verdict, report.windows(), report.stale_reads, time.time())
+    try:
+        write_atomically(path, text)
+    except OSError as exc:
+        fail_line(f"check: cannot write {path}: {exc.strerror or exc}")
+        raise click.exceptions.Exit(exitcodes.BAD_INPUT)
+
+
+def _on_signals(stop: threading.Event) -> dict:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(old: dict) -> None:
+    for s, h in old.items():
+        signal.signal(s, h)
+
+
+class _StatusLine:
+    """One status line on a terminal's stderr, rewritten in place."""
+
+    def __init__(self) -> None:
+        self.width = 0
+
+    def __call__(self, text: str) -> None:
+        sys.stderr.write("\r" + text.ljust(self.width))
+        sys.stderr.flush()
+        self.width = len(text)
+
+    def clear(self) -> None:
+        if self.width:
+            sys.stderr.write("\r" + " " * self.width + "\r")
+            sys.stderr.flush()
+
+
+def _tdp_word(tdp) -> str:
+    return {True: "on", False: "off (guests run on the shadow MMU)", None: "unknown"}[tdp]
+
+
+def render(report) -> str:
+    d = report.to_dict()
+    w = d["windows"]
+    host = d["host"]
+    lines = [f"kvmtrace check: {d['verdict'].upper()}"]
+    lines += [f"  - {r}" for r in d["reasons"]]
+    lines += [f"  next: {s}" for s in d["next_steps"]]
+    lines.append("")
+    lines.append(f"  host      kernel {host['kernel'] or '?'}, backend {host['backend'] or '?'}, "
+                 f"TDP {_tdp_word(host['tdp'])}")
+    src = "live" if d["source"] == "live" else f"replay of {d['source']}"
+    traced = (", VMs " + " ".join(map(str, d["traced_tgids"]))) if d["traced_tgids"] else ", all VMs"
+    lines.append(f"  traced    {d['duration_s']:.1f} s {src}{traced if d['source'] == 'live' else ''}: "
+                 f"{d['events']} events, {d['lost_events']} lost")
+    probes = d["probes"]
+    if d["source"] == "live":
+        lines.append(f"  probes    {len(probes['attached'])} attached, "
+                     f"{len(probes['not_attached'])} not attached (kvmtrace doctor says why)")
+    else:
+        lines.append(f"  probes    {len(probes['attached'])} in the trace's metadata")
+    lines.append(f"  windows   {w['total']} closed, {w['meaningful']} meaningful "
+                 f"({w['meaningful_ok']} ok, {d['min_windows']} needed); {w['ok']} ok, "
+                 f"{w['violation']} violation, {w['suspect']} suspect, {w['inconclusive']} "
+                 f"inconclusive, {w['open']} open")
+    lines.append(f"  pattern   {d['pattern']}")
+    ex = d.get("exercise")
+    if ex is not None:
+        if ex.get("finished"):
+            lines.append(f"  guest     {ex['rounds']} rounds, {ex['flushes_requested']} flushes "
+                         f"requested, {ex['reads']} reads, {ex['stale_read_count']} stale, "
+                         f"{ex['duration_s']:.2f} s")
+        else:
+            lines.append(f"  guest     stopped after {ex['rounds_done']}/{ex['rounds']} rounds: {ex['error']}")
+    return "\n".join(lines)

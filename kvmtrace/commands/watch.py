@@ -1,0 +1,77 @@
+"""kvmtrace watch: live online detection -- flush windows judged as they close."""
+from __future__ import annotations
+
+import signal
+import threading
+
+import click
+
+from .. import exitcodes
+from ..errors import fail_line
+
+EPILOG = """\b
+On a terminal the table is refreshed in place and each violation is printed above it
+with the shadow pages left unsync and the events around it.  Otherwise a summary line
+is printed every --interval seconds; with --json, one JSON object per closed non-ok
+window (the same objects as the "findings" of kvmtrace analyze --json) and a periodic
+{"type": "summary"} object.
+\b
+Examples:
+  sudo kvmtrace watch
+  sudo kvmtrace watch -p 4242 -o vm.parquet
+  sudo kvmtrace watch --json | tee -a /var/log/kvmtrace.jsonl
+Runs until Ctrl-C or SIGTERM.  Exit codes: 0, 1 when a violation was seen,
+4 when this host cannot trace.
+"""
+
+
+@click.command(epilog=EPILOG)
+@click.option("-p", "--pid", "tgids", multiple=True, type=click.IntRange(1, 2**22 - 1),
+              metavar="TGID", help="Watch only this VM process (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines for log pipelines.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also write the trace to FILE (.parquet, .jsonl, .jsonl.gz).")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
+              help="Summary interval (default: 0.5 on a terminal, 10 otherwise).")
+@click.option("--replay", "replay", type=click.Path(dir_okay=False), metavar="TRACE",
+              help="Watch a recorded trace replayed through the same online path.")
+def watch(tgids: tuple[int, ...], as_json: bool, output: str | None, interval: float | None,
+          replay: str | None) -> None:
+    """Watch guest TLB flush windows live and report each violation as it happens."""
+    from ..live import LiveUnavailable
+    from ..livetable import AnsiTable, JsonLines, PlainLines
+    from ..sources import FileSource, LiveSource
+    from ..watching import Watch
+    if replay and (tgids or output):
+        raise click.UsageError("--replay reads a recorded trace: it takes no -p or -o")
+    out = click.get_text_stream("stdout")
+    tty = out.isatty() and not as_json
+    view = JsonLines(out) if as_json else AnsiTable(out) if tty else PlainLines(out)
+    if interval is None:
+        interval = 0.5 if tty else 10.0
+    source = FileSource(replay) if replay else LiveSource(tgids=tgids, output=output)
+    stop = threading.Event()
+    w = Watch(source, view, interval, stop)
+    try:
+        info = w.open()
+    except LiveUnavailable as exc:
+        fail_line(f"watch: cannot trace here: {exc}")
+        raise click.exceptions.Exit(exitcodes.ENVIRONMENT)
+    if not as_json and info.live:
+        click.echo(f"kvmtrace: watching {'VMs ' + ' '.join(map(str, tgids)) if tgids else 'all VMs'}"
+                   f" with {len(info.attached)} probes"
+                   + (f", writing {output}" if output else "") + "; Ctrl-C to stop", err=True)
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = w.run()
+    except LiveUnavailable as exc:
+        fail_line(f"watch: tracing stopped: {exc}")
+        raise click.exceptions.Exit(exitcodes.ENVIRONMENT)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if output and not as_json:
+        click.echo(f"kvmtrace: wrote {result.events} events to {output}", err=True)
+    raise click.exceptions.Exit(exitcodes.VIOLATION if result.windows["violation"] else exitcodes.OK)
