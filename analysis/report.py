@@ -95,6 +95,21 @@ def _event_dict(ev) -> dict:
     return out
 
 
+def finding_dict(w: FlushWindow) -> dict:
+    """A closed window as `analyze --json` lists it under `findings` (watch prints the same)."""
+    return {"ts": w.opened_ts, "closed_ts": w.closed_ts, "tgid": w.tgid,
+            "vcpu": w.vcpu if w.vcpu >= 0 else None, "tid": w.tid, "verdict": w.verdict,
+            "reason": w.reason, "pattern": w.pattern, "harmless": w.harmless,
+            "meaningful": w.meaningful,
+            "outstanding": [o.to_dict() for o in w.outstanding if o.reachable is not False][:32],
+            "events": [_event_dict(e) for e in w.events]}
+
+
+def is_finding(w: FlushWindow) -> bool:
+    """Closed windows reported as findings: violation, suspect, inconclusive."""
+    return w.verdict in FINDING_VERDICTS
+
+
 class Aggregate:
     """Counts windows as they close; keeps the first findings."""
 
@@ -121,19 +136,10 @@ class Aggregate:
                 self.meaningful_patterns[w.pattern] += 1
             if w.function_probes:
                 self.observed_patterns[w.pattern] += 1
-        if w.verdict in FINDING_VERDICTS:
+        if is_finding(w):
             self.findings_total += 1
             if len(self.findings) < self.max_findings:
-                self.findings.append(self._finding(w))
-
-    @staticmethod
-    def _finding(w: FlushWindow) -> dict:
-        return {"ts": w.opened_ts, "closed_ts": w.closed_ts, "tgid": w.tgid,
-                "vcpu": w.vcpu if w.vcpu >= 0 else None, "tid": w.tid, "verdict": w.verdict,
-                "reason": w.reason, "pattern": w.pattern, "harmless": w.harmless,
-                "meaningful": w.meaningful,
-                "outstanding": [o.to_dict() for o in w.outstanding if o.reachable is not False][:32],
-                "events": [_event_dict(e) for e in w.events]}
+                self.findings.append(finding_dict(w))
 
     def demote_all(self, reason: str) -> None:
         """Losses or disorder the replay could not place: no window can be trusted."""
@@ -244,7 +250,7 @@ def merge(results: list[AnalysisResult]) -> AnalysisResult:
 
 # ----------------------------------------------------------------------------- text
 
-def _ns(ns: Optional[int]) -> str:
+def format_ns(ns: Optional[int]) -> str:
     if ns is None:
         return "-"
     if ns < 10_000:
@@ -284,7 +290,7 @@ def render(result: AnalysisResult, max_findings: int = HUMAN_FINDINGS) -> str:
             lat = row["latency_ns"]
             lines.append(f"  {who:<10}{c['total']:>7}{c['meaningful']:>11}{c['ok']:>6}"
                          f"{c['violation']:>6}{c['suspect']:>6}{c['inconclusive']:>8}"
-                         f"{c['open']:>6}  {_ns(lat['mean'])} / {_ns(lat['max'])}")
+                         f"{c['open']:>6}  {format_ns(lat['mean'])} / {format_ns(lat['max'])}")
     findings = d["findings"][:max_findings]
     if findings:
         lines.append("")

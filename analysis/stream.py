@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from typing import Callable, Iterable, Iterator, Optional
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 

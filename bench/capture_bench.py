@@ -18,7 +18,6 @@ the ratios bulk/callback measured in this run.  Needs root, BCC, kernel headers,
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile

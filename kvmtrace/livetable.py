@@ -12,22 +12,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from typing import IO, Optional
+from typing import IO
 
 from .analysis import FlushWindow
-from .online import Snapshot, finding, is_finding
+from .analysis.report import finding_dict, format_ns, is_finding
+from .online import Snapshot
 
 CSI = "\x1b["
-
-
-def fmt_ns(ns: Optional[int]) -> str:
-    if ns is None:
-        return "-"
-    if ns < 10_000:
-        return f"{ns} ns"
-    if ns < 10_000_000:
-        return f"{ns / 1e3:.1f} us"
-    return f"{ns / 1e6:.1f} ms"
 
 
 def header(snap: Snapshot, elapsed: float) -> str:
@@ -51,14 +42,14 @@ def table_lines(snap: Snapshot, elapsed: float) -> list[str]:
         c = r.windows
         lines.append(f"{r.tgid:>8} {r.label:<9}{c['total']:>8}{c['meaningful']:>11}"
                      f"{c['ok']:>7}{c['violation']:>6}{c['suspect']:>6}{c['inconclusive']:>7}"
-                     f"{r.lost_windows:>6}{r.open_now:>6}  {fmt_ns(r.latency_mean_ns)} / "
-                     f"{fmt_ns(r.latency_max_ns)}")
+                     f"{r.lost_windows:>6}{r.open_now:>6}  {format_ns(r.latency_mean_ns)} / "
+                     f"{format_ns(r.latency_max_ns)}")
     return lines
 
 
 def window_text(w: FlushWindow) -> list[str]:
     """A closed non-ok window with its context: what was left unsync, the events around it."""
-    f = finding(w)
+    f = finding_dict(w)
     who = f"vCPU {f['vcpu']}" if f["vcpu"] is not None else f"thread {f['tid']}"
     lines = [f"{f['ts'] / 1e9:.6f}  {f['verdict'].upper()}"
              + (" (harmless)" if f["harmless"] else "")
@@ -140,7 +131,7 @@ class JsonLines:
 
     def window(self, w: FlushWindow) -> None:
         if is_finding(w):
-            self._emit({"type": "window", **finding(w)})
+            self._emit({"type": "window", **finding_dict(w)})
 
     def tick(self, snap: Snapshot, elapsed: float) -> None:
         self._emit({"type": "summary", "elapsed_s": round(elapsed, 3), **snap.to_dict()})

@@ -26,23 +26,13 @@ import numpy as np
 import pandas as pd
 
 from .analysis import AnalysisResult, FlushWindow, Replayer
-from .analysis.report import COUNT_KEYS, FINDING_VERDICTS, Aggregate, VcpuRow, empty_counts
+from .analysis.report import COUNT_KEYS, VcpuRow, empty_counts
 from .schema import ROLE_DIRECT, Kind, TraceMeta
 
 Listener = Callable[[list[FlushWindow]], None]
 
 _SP_CODES = np.array([int(Kind.SP_GET), int(Kind.SP_UNSYNC), int(Kind.SP_SYNC),
                       int(Kind.SP_ZAP)], dtype=np.int64)
-
-
-def finding(w: FlushWindow) -> dict:
-    """A closed window as ``kvmtrace analyze --json`` lists it in ``findings``."""
-    return Aggregate._finding(w)
-
-
-def is_finding(w: FlushWindow) -> bool:
-    """Closed windows ``analyze`` reports as findings: violation, suspect, inconclusive."""
-    return w.verdict in FINDING_VERDICTS
 
 
 @dataclass
@@ -238,4 +228,4 @@ class OnlineAnalysis:
             return self._result
 
 
-__all__ = ["OnlineAnalysis", "Snapshot", "RowSnapshot", "finding", "is_finding", "COUNT_KEYS"]
+__all__ = ["OnlineAnalysis", "Snapshot", "RowSnapshot", "COUNT_KEYS"]

@@ -1,7 +1,6 @@
 """Why live BPF tests cannot run on this host (None when they can)."""
 from __future__ import annotations
 
-import os
 
 from kvmtrace.host import gather
 from kvmtrace.live.bccload import headers, import_bcc, privileges

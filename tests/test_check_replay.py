@@ -13,24 +13,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kvmtrace.checkrun import CheckConfig, run_check
-from kvmtrace.cli import main
 from kvmtrace.exercise import ExerciseResult, StaleRead
 from kvmtrace.importers import load
 from kvmtrace.schema import Kind
 from kvmtrace.sources import FileSource
 from kvmtrace.tracefile import write_trace
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-GEN = FIXTURES / "generations"
-LAB = FIXTURES / "lab_two_vcpu_flush.ftrace.txt"
-REAL = FIXTURES / "real" / "exercise_2vcpu.parquet"
+from cli_support import FIXTURES, GEN, LAB, REAL, run_main as run
 
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@
   ``violation``; nor does a stream with duplicated events.
 - Chunk boundaries never change the result of an in-order stream.
 """
-import numpy as np
 import pandas as pd
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
@@ -12,7 +11,7 @@ from kvmtrace.analysis import Replayer, replay_frame
 from kvmtrace.frame import concat
 from kvmtrace.schema import Kind
 
-from model_scenarios import Stream, built
+from model_scenarios import built
 
 VCPU_TIDS = {0: 10, 1: 11, 2: 12}
 

@@ -1,6 +1,4 @@
 """The replay model, transition by transition, on hand-built event streams."""
-import numpy as np
-import pandas as pd
 import pytest
 
 from kvmtrace.analysis import Replayer, replay_frame

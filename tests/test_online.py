@@ -11,7 +11,8 @@ import pytest
 from kvmtrace.analysis import analyze_path
 from kvmtrace.frame import from_rows
 from kvmtrace.importers import load
-from kvmtrace.online import OnlineAnalysis, finding, is_finding
+from kvmtrace.analysis.report import finding_dict, is_finding
+from kvmtrace.online import OnlineAnalysis
 from kvmtrace.schema import Kind, TraceMeta
 from kvmtrace.session import Session
 from kvmtrace.sources import FileSource
@@ -52,7 +53,7 @@ def test_online_result_equals_analyze(path: str, chunk_rows: int) -> None:
         assert got[key] == want[key], key
     # Listeners saw every closed window once; the ones still open at the end were not closed.
     assert len(closed) == want["windows"]["total"] - want["windows"]["open"]
-    assert [finding(w) for w in closed if is_finding(w)] == want["findings"]
+    assert [finding_dict(w) for w in closed if is_finding(w)] == want["findings"]
 
 
 def test_snapshot_tallies_match_the_final_result() -> None:

@@ -1,7 +1,6 @@
 """Native trace files: exact round trips, crash recovery, and bad input."""
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import subprocess
@@ -182,7 +181,6 @@ def test_unknown_kind_and_missing_fields_are_refused(tmp_path: Path) -> None:
 
 
 def test_parquet_missing_column_is_refused(tmp_path: Path) -> None:
-    import pyarrow as pa
     import pyarrow.parquet as pq
     path = tmp_path / "t.parquet"
     write_trace(path, _sample(3), TraceMeta())

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from kvmtrace.cli import main
 from kvmtrace.importers import load
 from kvmtrace.livetable import AnsiTable, JsonLines, PlainLines
 from kvmtrace.schema import Kind
@@ -16,16 +15,8 @@ from kvmtrace.sources import FileSource
 from kvmtrace.tracefile import write_trace
 from kvmtrace.watching import Watch
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-GEN = FIXTURES / "generations"
-REAL = FIXTURES / "real" / "exercise_2vcpu.parquet"
+from cli_support import FIXTURES, GEN, REAL, run_main as run
 
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

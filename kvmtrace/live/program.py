@@ -11,7 +11,7 @@ the compiler check every offset against it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..host.tracefs import TraceField, TracepointFormat, valid_name
 from ..schema import Kind

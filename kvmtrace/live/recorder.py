@@ -16,7 +16,6 @@ seen in practice) is clamped to the last written time and counted in the notes.
 """
 from __future__ import annotations
 
-import ctypes
 import datetime as _dt
 import os
 import threading
