@@ -9,7 +9,7 @@ from kvmtrace.host import FormatError, Kallsyms, KernelConfig, find_mount, gathe
 from kvmtrace.host.probepoints import CLONE, MISSING, OTHER_BACKEND, PRESENT, discover
 
 HOSTS = Path(__file__).parent / "data" / "hosts"
-LAB_FORMATS = Path(__file__).resolve().parents[2] / "shared" / "lab" / "tracepoint_formats.txt"
+LAB_FORMATS = Path(__file__).resolve().parent / "data" / "lab" / "tracepoint_formats.txt"
 
 
 def host(name: str):
