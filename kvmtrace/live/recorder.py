@@ -54,11 +54,16 @@ class AttachReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    def skipped_lines(self) -> list[str]:
+        """One line per reason: most probes are skipped for the same one (no kprobes)."""
+        by_reason: dict[str, list[str]] = {}
+        for name, why in self.skipped:
+            by_reason.setdefault(why, []).append(name)
+        return [f"not attached: {', '.join(names)}: {why}" for why, names in by_reason.items()]
+
     def lines(self) -> list[str]:
         out = [f"attached {len(self.attached)} probes: " + ", ".join(self.attached)]
-        out += [f"not attached: {name}: {why}" for name, why in self.skipped]
-        out += self.notes
-        return out
+        return out + self.skipped_lines() + self.notes
 
 
 @dataclass
@@ -240,7 +245,7 @@ class Recorder:
             report.attached.append(fp.name)
 
     def _initial_meta(self, report: AttachReport) -> TraceMeta:
-        notes = [f"not attached: {n}: {w}" for n, w in report.skipped]
+        notes = report.skipped_lines()
         if self.tgids:
             notes.append("filtered to TGID(s) " + ", ".join(map(str, self.tgids)))
         notes.append(f"guest-run evidence recorded only inside flush windows (up to "
