@@ -22,7 +22,7 @@ codes, both linear in the chunk size.  Everything else is replay.py's job.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -56,22 +56,36 @@ WALK_FROM_ROOT = -1          # walk edge whose parent table is the thread's root
 
 
 class CommColumn:
-    """The ``comm`` strings of a chunk, decoded only where the replay asks."""
+    """The ``comm`` strings of a chunk, decoded only where the replay asks.
 
-    def __init__(self, words, indices: Optional[np.ndarray] = None) -> None:
-        self.words = words            # object array of names, or the dictionary (list)
-        self.indices = indices        # dictionary indices per row, or None
+    With a ``loader`` the column is not even read until first asked: after the first
+    chunk every thread's name is usually known, and the strings are the costliest column
+    of a Parquet trace to decode.
+    """
+
+    def __init__(self, words=None, indices: Optional[np.ndarray] = None,
+                 loader: Optional[Callable[[], tuple]] = None) -> None:
+        self._words = words            # object array of names, or the dictionary (list)
+        self._indices = indices        # dictionary indices per row, or None
+        self._loader = loader          # () -> (words, indices), called once when needed
+
+    def _ready(self) -> None:
+        if self._loader is not None:
+            self._words, self._indices = self._loader()
+            self._loader = None
 
     def take(self, order: np.ndarray) -> "CommColumn":
-        if self.indices is not None:
-            return CommColumn(self.words, self.indices[order])
-        return CommColumn(np.asarray(self.words, dtype=object)[order])
+        self._ready()
+        if self._indices is not None:
+            return CommColumn(self._words, self._indices[order])
+        return CommColumn(np.asarray(self._words, dtype=object)[order])
 
     def __getitem__(self, i: int) -> str:
-        if self.indices is not None:
-            j = int(self.indices[i])
-            return self.words[j] if 0 <= j < len(self.words) else ""
-        value = self.words[i]
+        self._ready()
+        if self._indices is not None:
+            j = int(self._indices[i])
+            return self._words[j] if 0 <= j < len(self._words) else ""
+        value = self._words[i]
         return value if isinstance(value, str) else ""
 
 
@@ -205,8 +219,8 @@ class ChunkSelector:
             u = int(uniques[code])
             i = first_vcpu.get(code)
             v = int(vcpu[i]) if i is not None else -1
-            c = comm[first_row[code]] if comm is not None and code in first_row else ""
             old_v, old_c = self.known.get(u, (-1, ""))
+            c = old_c or (comm[first_row[code]] if comm is not None and code in first_row else "")
             self.known[u] = (v if v >= 0 else old_v, old_c or c)
             tkey = u & 0xFFFFFFFF
             if tkey >= 1 << 31:

@@ -43,34 +43,46 @@ def _parquet_arrays(path: str, chunk_rows: int) -> tuple:
             raise TraceFileError(path, f"column {name!r} is {pf.schema_arrow.field(name).type}, "
                                        f"not {types[name]}")
 
-    def batches() -> Iterator[pa.RecordBatch | pa.Table]:
-        columns = list(NEEDED) + ["comm"]
+    def comm_of(table) -> tuple:
+        comm = table.column("comm")
+        if isinstance(comm, pa.ChunkedArray):
+            comm = comm.combine_chunks() if comm.num_chunks != 1 else comm.chunk(0)
+        if isinstance(comm, pa.DictionaryArray):
+            return comm.dictionary.to_pylist(), comm.indices.fill_null(-1).to_numpy()
+        return comm.to_numpy(zero_copy_only=False), None
+
+    def comm_loader(i: int) -> Callable[[], tuple]:
+        def load() -> tuple:
+            try:
+                return comm_of(pf.read_row_group(i, columns=["comm"], use_threads=False))
+            except pa.ArrowException as exc:
+                raise TraceFileError(path, f"corrupt Parquet data ({exc})") from None
+        return load
+
+    def batches() -> Iterator[tuple]:
+        """(columns table, CommColumn) per chunk."""
         for i in range(pf.num_row_groups):
-            # kvmtrace writes row groups of at most 2**20 rows: read each whole (fastest);
-            # a foreign file's huge row groups are streamed in slices instead.
+            # kvmtrace writes row groups of at most 2**20 rows: read each whole (fastest),
+            # its comm strings only if the replay asks; a foreign file's huge row groups
+            # are streamed in slices instead.
             if pf.metadata.row_group(i).num_rows <= 4 * chunk_rows:
-                yield pf.read_row_group(i, columns=columns, use_threads=False)
+                yield (pf.read_row_group(i, columns=list(NEEDED), use_threads=False),
+                       CommColumn(loader=comm_loader(i)))
             else:
-                yield from pf.iter_batches(batch_size=chunk_rows, row_groups=[i],
-                                           columns=columns, use_threads=False)
+                for batch in pf.iter_batches(batch_size=chunk_rows, row_groups=[i],
+                                             columns=list(NEEDED) + ["comm"], use_threads=False):
+                    yield batch, CommColumn(*comm_of(batch))
 
     def chunks() -> Iterator[tuple[dict, CommColumn]]:
         try:
-            for batch in batches():
+            for batch, comm in batches():
                 cols = {}
                 for name in NEEDED:
                     arr = batch.column(name)
                     if arr.null_count:
                         raise TraceFileError(path, f"column {name!r} has empty values")
                     cols[name] = arr.to_numpy()
-                comm = batch.column("comm")
-                if isinstance(comm, pa.ChunkedArray):
-                    comm = comm.combine_chunks() if comm.num_chunks != 1 else comm.chunk(0)
-                if isinstance(comm, pa.DictionaryArray):
-                    yield cols, CommColumn(comm.dictionary.to_pylist(),
-                                           comm.indices.fill_null(-1).to_numpy())
-                else:
-                    yield cols, CommColumn(comm.to_numpy(zero_copy_only=False))
+                yield cols, comm
         except pa.ArrowException as exc:
             raise TraceFileError(path, f"corrupt Parquet data ({exc})") from None
     return meta, chunks()
