@@ -31,8 +31,12 @@ if ! have_bcc || ! have_headers; then
             else
                 pkgs="$pkgs linux-headers-amd64"
             fi
-            apt-get install -y -qq --no-install-recommends $pkgs >/dev/null 2>&1 \
-                || say "apt-get install $pkgs failed; live tests will skip"
+            log="$(mktemp)"
+            if ! apt-get install -y -qq --no-install-recommends $pkgs >"$log" 2>&1; then
+                say "apt-get install $pkgs failed; live tests will skip:"
+                tail -n 5 "$log" | sed 's/^/install-live:   /'
+            fi
+            rm -f "$log"
         else
             say "apt-get update failed (no network?); live tests will skip"
         fi
@@ -50,12 +54,13 @@ moddir="/lib/modules/$release"
 if [ ! -e "$moddir/build" ]; then
     hdr="$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)"
     if [ -n "$hdr" ]; then
-        mkdir -p "$moddir"
-        ln -sfn "$hdr" "$moddir/build"
-        say "linked $moddir/build -> $hdr"
+        if mkdir -p "$moddir" && ln -sfn "$hdr" "$moddir/build"; then
+            say "linked $moddir/build -> $hdr"
+        else
+            say "cannot link $moddir/build (read-only /lib/modules?); BCC cannot compile"
+        fi
         common="${hdr%-amd64}-common"
-        if [ ! -e "$moddir/source" ] && [ -d "$common" ]; then
-            ln -sfn "$common" "$moddir/source"
+        if [ ! -e "$moddir/source" ] && [ -d "$common" ] && ln -sfn "$common" "$moddir/source"; then
             say "linked $moddir/source -> $common"
         fi
     else

@@ -19,7 +19,9 @@ from typing import Callable, Optional
 
 from .analysis import AnalysisResult
 from .analysis.window import GENERATIONS
-from .checking import CheckVerdict, Evidence, ExerciseOutcome, decide
+from .checking import INCONCLUSIVE, CheckVerdict, Evidence, ExerciseOutcome, decide
+from .live.errors import LiveUnavailable
+from .live.tracepoints import REQUIRED
 from .online import OnlineAnalysis, Snapshot
 from .session import Session
 from .sources import ChunkSource, SourceInfo
@@ -92,11 +94,19 @@ class CheckReport:
         return out
 
 
-class _Exercise:
-    """The built-in guest in a background thread; its result or error kept for the verdict."""
+class _Interrupted(Exception):
+    pass
 
-    def __init__(self, cfg: CheckConfig) -> None:
+
+class _Exercise:
+    """The built-in guest in a background thread; its result or error kept for the verdict.
+
+    ``stop`` (Ctrl-C / SIGTERM) ends it after the current round: the guest's threads leave
+    KVM_RUN and its VM is torn down, so the check exits promptly (as inconclusive)."""
+
+    def __init__(self, cfg: CheckConfig, stop: threading.Event) -> None:
         from .exercise import ExerciseConfig
+        self.stop = stop
         self.rounds_done = 0
         self.config = ExerciseConfig(vcpus=cfg.exercise_vcpus,
                                      rounds=max(cfg.exercise_rounds,
@@ -110,6 +120,8 @@ class _Exercise:
 
     def _progress(self, done: int, total: int) -> None:
         self.rounds_done = done
+        if self.stop.is_set() and done < total:
+            raise _Interrupted(f"interrupted after {done} of {total} rounds")
 
     def start(self) -> None:
         self._thread.start()
@@ -119,12 +131,13 @@ class _Exercise:
         try:
             self.result = run_exercise(self.config)
         except Exception as exc:            # ExerciseError, ExerciseUnavailable, OSError
-            self.error = f"{type(exc).__name__}: {exc}"
+            self.error = str(exc) if isinstance(exc, _Interrupted) else f"{type(exc).__name__}: {exc}"
         finally:
             self.done.set()
 
     def join(self) -> None:
-        self._thread.join()
+        if self._thread.ident is not None:          # started
+            self._thread.join()
 
     def outcome(self) -> ExerciseOutcome:
         r = self.result
@@ -167,6 +180,16 @@ def evidence(result: AnalysisResult, snap: Snapshot, info: SourceInfo, min_windo
                     min_windows=min_windows, exercise=exercise)
 
 
+def _missing_required(info: SourceInfo) -> str:
+    """The required tracepoints a live source did not attach, as one phrase."""
+    if not info.live:
+        return ""
+    missing = [name for name in REQUIRED if f"tracepoint:{name}" not in info.attached]
+    reasons = dict(info.skipped)
+    return "; ".join(f"tracepoint {n} ({reasons.get(f'tracepoint:{n}', 'not attached')})"
+                     for n in missing)
+
+
 def _enough(online: OnlineAnalysis, cfg: CheckConfig) -> bool:
     return online.snapshot().meaningful_ok >= cfg.min_windows
 
@@ -189,22 +212,33 @@ def run_check(source: ChunkSource, cfg: CheckConfig,
     session = Session(source, online)
     if stop is not None:
         session.stop = stop
+    ex = _Exercise(cfg, session.stop) if cfg.exercise else None
     info = session.open()
-    ex = _Exercise(cfg) if cfg.exercise else None
+    missing = _missing_required(info)
+    if missing:
+        session.close()
+        raise LiveUnavailable(f"cannot judge without {missing}", "run kvmtrace doctor to see why "
+                              "it is missing (a kernel with KVM's kvm and kvmmmu tracepoints)")
     try:
         # With the guest, the main loop decides when to stop (after the guest is done).
         session.start(duration=None if ex is not None else cfg.duration)
         if ex is not None:
             ex.start()
         _wait(session, online, cfg, ex)
+        interrupted = session.stop.is_set()         # Ctrl-C / SIGTERM (close() sets it too)
     finally:
-        if ex is not None:
-            ex.join()
-        session.close()
+        try:
+            if ex is not None:
+                ex.join()
+        finally:
+            session.close()
     result = online.finish()
     snap = online.snapshot()
     verdict = decide(evidence(result, snap, info, cfg.min_windows,
                               ex.outcome() if ex is not None else None))
+    if interrupted and verdict.verdict == INCONCLUSIVE:
+        verdict.reasons.append(f"the check was stopped (Ctrl-C or SIGTERM) after "
+                               f"{session.elapsed:.1f} s")
     tgids = list(getattr(source, "tgids", ()) or ())
     return CheckReport(check=verdict, result=result, snapshot=snap, info=info,
                        duration_s=session.elapsed, min_windows=cfg.min_windows,

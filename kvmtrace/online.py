@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .analysis import AnalysisResult, FlushWindow, Replayer
-from .analysis.report import COUNT_KEYS, VcpuRow, empty_counts
+from .analysis.report import VcpuRow, empty_counts
 from .schema import ROLE_DIRECT, Kind, TraceMeta
 
 Listener = Callable[[list[FlushWindow]], None]
@@ -228,4 +228,4 @@ class OnlineAnalysis:
             return self._result
 
 
-__all__ = ["OnlineAnalysis", "Snapshot", "RowSnapshot", "COUNT_KEYS"]
+__all__ = ["OnlineAnalysis", "Snapshot", "RowSnapshot"]

@@ -8,9 +8,11 @@ is mostly free).  An exception in the worker is re-raised in the main thread by
 """
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
 import time
-from typing import Optional
+from typing import Iterator, Optional
 
 from .online import OnlineAnalysis
 from .schema import TraceMeta
@@ -32,9 +34,14 @@ class Session:
 
     def open(self) -> SourceInfo:
         """Attach (or open the file) and start the model; LiveUnavailable propagates."""
-        self.info = self.source.open()
-        self.online.start(self.info.meta, source=self.info.label if not self.info.live else "")
-        return self.info
+        info = self.source.open()
+        try:
+            self.online.start(info.meta, source=info.label if not info.live else "")
+        except BaseException:
+            self.source.close()             # detach: nothing will run the source
+            raise
+        self.info = info
+        return info
 
     def start(self, duration: Optional[float] = None) -> None:
         if self.info is None:
@@ -83,3 +90,21 @@ class Session:
         if self._error is not None:
             raise self._error
         return self.final_meta
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """While inside, Ctrl-C (SIGINT) and SIGTERM set ``stop`` instead of ending the process,
+    so a recording finishes its file and detaches its probes (a probe attached through the
+    legacy tracefs ``kprobe_events`` interface outlives a killed process).  Enter it before
+    attaching: a signal during the compile is then honoured as soon as tracing starts.
+    Python lets only the main thread install handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)

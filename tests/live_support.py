@@ -24,8 +24,25 @@ def bpf_unavailable_reason() -> str | None:
     return None
 
 
-def kvm_unavailable_reason() -> str | None:
+def kvm_tracing_unavailable_reason() -> str | None:
+    """Why KVM cannot be traced here: BPF, plus a KVM backend and the tracepoints every
+    recording needs (tracefs lists KVM's events only while the kvm module is loaded)."""
     reason = bpf_unavailable_reason()
+    if reason:
+        return reason
+    from kvmtrace.live.tracepoints import REQUIRED
+    facts = gather()
+    if not facts.backend.name:
+        return "no KVM backend loaded (modprobe kvm_intel, kvm_amd or kvm_pvm)"
+    absent = [n for n in REQUIRED if not facts.tracefs.exists(*n.split(":"))]
+    if absent:
+        return f"KVM tracepoint(s) {', '.join(absent)} not in tracefs"
+    return None
+
+
+def kvm_unavailable_reason() -> str | None:
+    """Why the exercise guest cannot run here under the recorder."""
+    reason = kvm_tracing_unavailable_reason()
     if reason:
         return reason
     from kvmtrace.exercise import unavailable_reason

@@ -4,6 +4,7 @@ headers, tracefs or /dev/kvm."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,11 +13,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from live_support import bpf_unavailable_reason, kvm_unavailable_reason
+from live_support import kvm_tracing_unavailable_reason, kvm_unavailable_reason
 
 from kvmtrace.host import gather
 
-BPF_REASON = bpf_unavailable_reason()
+TRACE_REASON = kvm_tracing_unavailable_reason()
 KVM_REASON = kvm_unavailable_reason()
 
 
@@ -57,7 +58,7 @@ def test_check_with_the_exercise_passes_here(tmp_path: Path) -> None:
 
 
 @pytest.mark.live
-@pytest.mark.skipif(BPF_REASON is not None, reason=f"live check: {BPF_REASON}")
+@pytest.mark.skipif(TRACE_REASON is not None, reason=f"live check: {TRACE_REASON}")
 def test_check_without_a_vm_is_inconclusive_never_pass() -> None:
     # The traced set is one process that runs no VM (other work on this host may run
     # guests; -p keeps them out, so "no VM" is certain).
@@ -67,6 +68,11 @@ def test_check_without_a_vm_is_inconclusive_never_pass() -> None:
     finally:
         idle.kill()
         idle.wait()
+    if gather().tdp:
+        # DESIGN §2: with EPT/NPT on and no VM on the shadow MMU the host is not exposed.
+        assert (code, d["verdict"]) == (0, "not-exposed"), (d, err)
+        assert d["windows"]["total"] == 0 and d["events"] == 0
+        return
     assert (code, d["verdict"]) == (3, "inconclusive"), (d, err)
     assert d["windows"]["total"] == 0 and d["events"] == 0
     assert d["reasons"][0].startswith("no guest TLB flush was serviced while tracing")
@@ -88,3 +94,28 @@ def test_check_with_the_exercise_and_pids_traces_both_and_stops_on_evidence() ->
     assert (code, d["verdict"]) == (0, "pass"), (d.get("reasons"), err)
     assert d["traced_tgids"] == sorted([idle.pid, d["exercise"]["pid"]])
     assert d["duration_s"] < 15, "enough evidence once the guest finished: no need for -d 20"
+
+
+@pytest.mark.live
+@pytest.mark.skipif(KVM_REASON is not None, reason=f"live check --exercise stopped: {KVM_REASON}")
+def test_a_stopped_check_ends_its_guest_early_and_is_inconclusive() -> None:
+    # Ctrl-C / SIGTERM set the stop event; a guest asked for 200001 rounds must not run on.
+    import re
+    import threading
+    from kvmtrace.checkrun import CheckConfig, run_check
+    from kvmtrace.sources import LiveSource
+    stop = threading.Event()
+
+    def status(text: str) -> None:
+        m = re.search(r"guest (\d+)/", text)
+        if m and int(m.group(1)) >= 1:
+            stop.set()
+    cfg = CheckConfig(exercise=True, min_windows=100_000, other_vms=False, status=status,
+                      status_interval=0.0)
+    report = run_check(LiveSource(tgids=[os.getpid()]), cfg, stop)
+    ex = report.exercise
+    assert ex["finished"] is False and ex["error"].startswith("interrupted after ")
+    assert 1 <= ex["rounds_done"] < ex["rounds"] == 200_001
+    assert (report.verdict, report.exit_code) == ("inconclusive", 3)
+    assert any("stopped before it finished: interrupted" in r for r in report.check.reasons)
+    assert report.check.reasons[-1].startswith("the check was stopped (Ctrl-C or SIGTERM) after ")

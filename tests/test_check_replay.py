@@ -212,6 +212,32 @@ def test_cannot_trace_is_one_line_exit_4(command, monkeypatch, capsys) -> None:
                    "effective uid 1000; run as root (sudo kvmtrace ...)\n")
 
 
+class _LiveWithoutSync(FileSource):
+    """A live-looking source whose kernel had no kvmmmu:kvm_mmu_sync_page to attach."""
+
+    closed = False
+
+    def open(self):
+        info = super().open()
+        info.live, info.label = True, "live"
+        info.attached = ["tracepoint:kvm:kvm_pv_tlb_flush", "tracepoint:kvmmmu:kvm_mmu_unsync_page"]
+        info.skipped = [("tracepoint:kvmmmu:kvm_mmu_sync_page", "tracepoint absent")]
+        return info
+
+    def close(self):
+        self.closed = True
+        return super().close()
+
+
+def test_live_check_without_the_sync_tracepoint_refuses_to_judge() -> None:
+    # Without the sync events every meaningful window would read as a violation.
+    from kvmtrace.live import LiveUnavailable
+    source = _LiveWithoutSync(LAB)
+    with pytest.raises(LiveUnavailable, match="kvmmmu:kvm_mmu_sync_page \\(tracepoint absent\\)"):
+        run_check(source, CheckConfig())
+    assert source.closed
+
+
 def test_exercise_impossible_is_exit_4_before_tracing(monkeypatch, capsys) -> None:
     import kvmtrace.exercise as exercise_pkg
     from kvmtrace.sources import LiveSource

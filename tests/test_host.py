@@ -129,11 +129,36 @@ def test_filter_functions_marks_notrace():
     assert st["kvm_mmu_unload"].traceable is False and "notrace" in st["kvm_mmu_unload"].detail
 
 
+def test_filter_functions_file_names_functions_without_their_module(tmp_path):
+    from kvmtrace.host import Tracefs
+    tfs = Tracefs(tmp_path)
+    assert tfs.filter_functions() is None                   # unreadable is not "empty"
+    (tmp_path / "available_filter_functions").write_text("kvm_mmu_load [kvm]\nschedule\n\n")
+    assert tfs.filter_functions() == {"kvm_mmu_load", "schedule"}
+
+
 def test_functions_without_kallsyms_are_unknown():
     assert {s.status for s in discover(None, "kvm_intel")} <= {"unknown", OTHER_BACKEND}
 
 
 # ----------------------------------------------------------------------------- tracefs
+
+def test_tracefs_that_only_root_may_look_into_is_mounted_not_a_traceback(monkeypatch, tmp_path):
+    # Root bypasses file modes, so stand in for the EACCES a non-root stat() of the 0700
+    # tracefs root gets (pathlib raises it instead of answering False).
+    point = tmp_path / "sys/kernel/tracing"
+    point.mkdir(parents=True)
+    assert find_mount(tmp_path) is None                 # an empty mount point: not mounted
+    real = Path.is_dir
+
+    def is_dir(self):
+        if point in self.parents or self == point / "events":
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+    monkeypatch.setattr(Path, "is_dir", is_dir)
+    assert find_mount(tmp_path) == point
+    assert gather(tmp_path).tracefs.exists("kvm", "kvm_pv_tlb_flush") is False
+
 
 def test_tracefs_mount_from_proc_mounts_including_debugfs_path():
     assert find_mount(HOSTS / "pvm_6_18") == HOSTS / "pvm_6_18" / "sys/kernel/tracing"

@@ -16,7 +16,7 @@ from kvmtrace.live import recorder as recorder_mod
 from kvmtrace.live import doctor as doctor_mod
 from kvmtrace.live.errors import LiveUnavailable
 
-from live_support import bpf_unavailable_reason
+from live_support import kvm_tracing_unavailable_reason
 
 HOSTS = Path(__file__).parent / "data" / "hosts"
 
@@ -101,11 +101,11 @@ def test_doctor_on_a_host_without_kvm_or_tracefs(monkeypatch, tmp_path):
     assert checks["tracefs"]["status"] == "missing" and "mount -t tracefs" in checks["tracefs"]["fix"]
 
 
-REASON = bpf_unavailable_reason()
+REASON = kvm_tracing_unavailable_reason()
 
 
 @pytest.mark.live
-@pytest.mark.skipif(REASON is not None, reason=f"live BPF: {REASON}")
+@pytest.mark.skipif(REASON is not None, reason=f"live BPF on KVM: {REASON}")
 def test_doctor_tells_the_truth_about_this_host():
     proc = subprocess.run([sys.executable, "-m", "kvmtrace", "doctor", "--json"],
                           capture_output=True, text=True, timeout=120)
@@ -131,3 +131,54 @@ def test_doctor_tells_the_truth_about_this_host():
     for name, item in fns.items():
         assert (item["status"] in ("present", "clone")) == (facts.kallsyms.has(name)
                                                             or bool(facts.kallsyms.clones_of(name)))
+
+
+class _FakeBPF:
+    """Stands in for bcc.BPF: the second attach is interrupted (Ctrl-C while attaching)."""
+
+    instances: list["_FakeBPF"] = []
+
+    def __init__(self, text: bytes):
+        self.attached: list[bytes] = []
+        self.cleaned = False
+        _FakeBPF.instances.append(self)
+
+    def attach_tracepoint(self, tp: bytes, fn_name: bytes) -> None:
+        if len(self.attached) == 1:
+            raise KeyboardInterrupt
+        self.attached.append(tp)
+
+    def cleanup(self) -> None:
+        self.cleaned = True
+
+
+def test_attach_interrupted_half_way_detaches_and_leaves_no_file(monkeypatch, tmp_path):
+    import types
+    monkeypatch.setattr(recorder_mod, "privileges", lambda: (True, "root"))
+    monkeypatch.setattr(recorder_mod, "gather", lambda root: gather(HOSTS / "pvm_6_18"))
+    monkeypatch.setattr(recorder_mod, "import_bcc", lambda: (types.SimpleNamespace(BPF=_FakeBPF), "fake"))
+    monkeypatch.setattr(recorder_mod, "headers", lambda rel, root: (Path("/"), "fake"))
+    out = tmp_path / "x.parquet"
+    rec = recorder_mod.Recorder(out)
+    with pytest.raises(KeyboardInterrupt):
+        rec.attach()
+    (bpf,) = _FakeBPF.instances
+    assert bpf.attached and bpf.cleaned
+    assert not out.exists() and not (tmp_path / "x.parquet.part").exists()
+    rec.close()                                      # still safe to call
+
+
+def test_a_full_disk_is_one_clear_error_naming_the_partial_file(monkeypatch, tmp_path):
+    # /dev/full fails every write with ENOSPC, like a filesystem that filled up mid-recording.
+    from kvmtrace.live.records import lost_frame
+    from kvmtrace.schema import TraceMeta
+    from kvmtrace.tracefile import TraceFileError, TraceWriter
+    monkeypatch.setattr(recorder_mod, "gather", lambda root: gather(HOSTS / "pvm_6_18"))
+    out = tmp_path / "x.parquet"
+    (tmp_path / "x.parquet.part").symlink_to("/dev/full")
+    rec = recorder_mod.Recorder(out)
+    rec._writer = TraceWriter(out, TraceMeta(source="recorded"))
+    with pytest.raises(TraceFileError) as err:
+        rec._emit(lost_frame(1, {0: 3}))
+    assert str(err.value) == (f"{out}: cannot write: No space left on device; the chunks "
+                              f"written before are readable from {out}.part")

@@ -13,9 +13,10 @@ from kvmtrace.live.plan import build
 from kvmtrace.live.program import ProgramConfig, generate, resolve
 from kvmtrace.live.tracepoints import BY_NAME
 
-from live_support import bcc_or_none, bpf_unavailable_reason
+from live_support import bcc_or_none, bpf_unavailable_reason, kvm_tracing_unavailable_reason
 
 REASON = bpf_unavailable_reason()
+KVM_REASON = kvm_tracing_unavailable_reason()
 pytestmark = [pytest.mark.live, pytest.mark.skipif(REASON is not None, reason=f"BCC: {REASON}")]
 HOSTS = Path(__file__).parent / "data" / "hosts"
 
@@ -55,6 +56,7 @@ def test_5_10_program_opens_windows_on_the_flush_function():
     compile_and_load(text, functions=plan.functions)
 
 
+@pytest.mark.skipif(KVM_REASON is not None, reason=f"this host's KVM tracepoints: {KVM_REASON}")
 def test_this_hosts_tracepoint_program_compiles_and_verifies():
     facts = gather()
     plan = build(facts, "tracepoints", kprobes(facts))

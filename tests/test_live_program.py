@@ -152,6 +152,21 @@ def test_function_symbol_validated():
     assert "int kt_fn__kvm_mmu_sync_prev_roots_isra_0(struct pt_regs *ctx)" in generate(ProgramConfig(), [], [clone])
 
 
+def test_format_file_text_cannot_close_a_comment_or_name_a_struct():
+    # The declared type is format-file text the generator echoes in a comment; a "*/" in it
+    # must not end the comment early.  Names become identifiers and must be identifiers.
+    fmt = parse_format("name: kvm_pio\nID: 1\nformat:\n"
+                       "\tfield:int */ evil /* port;\toffset:8;\tsize:4;\tsigned:0;\n",
+                       "kvm", "kvm_pio")
+    rt = resolve(BY_NAME["kvm:kvm_pio"], fmt)
+    text = args_struct(rt)
+    assert "evil" not in text and text.count("*/") == text.count("/*") == 1
+    from dataclasses import replace
+    bad = replace(rt, probe=replace(rt.probe, system="kvm { } int x;"))
+    with pytest.raises(ProgramError):
+        tracepoint_handler(bad)
+
+
 def test_every_known_tracepoint_resolves_on_this_lab_host_sample():
     facts = gather(HOSTS / "pvm_6_18")
     for tp in TRACEPOINTS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -93,10 +94,46 @@ def test_plain_view_prints_each_violation_with_context_and_the_table(capsys) -> 
     assert text.rstrip().endswith("stopped: analysis verdict violation")
 
 
+class _DrawGatedSource(FileSource):
+    """Feeds chunk i only after the view has drawn its table i+1 times (for the first
+    ``gates`` chunks), so a test of what the terminal shows does not depend on how a busy
+    machine schedules the feeding thread against the drawing one."""
+
+    def __init__(self, path: Path, view: "_DrawCountingTable", gates: int, **kw) -> None:
+        super().__init__(path, **kw)
+        self.view, self.gates = view, gates
+
+    def run(self, on_chunk, duration, stop) -> None:
+        fed = 0
+
+        def gated(chunk) -> None:
+            nonlocal fed
+            if fed < self.gates:
+                assert self.view.drawn_times[fed].wait(30), "the table was never drawn"
+            fed += 1
+            on_chunk(chunk)
+        super().run(gated, duration, stop)
+
+
+class _DrawCountingTable(AnsiTable):
+    def __init__(self, out) -> None:
+        super().__init__(out)
+        self.ticks = 0
+        self.drawn_times = [threading.Event() for _ in range(8)]
+
+    def tick(self, snap, elapsed) -> None:
+        super().tick(snap, elapsed)
+        if self.ticks < len(self.drawn_times):
+            self.drawn_times[self.ticks].set()
+        self.ticks += 1
+
+
 def test_ansi_view_redraws_in_place(capsys) -> None:
     out = io.StringIO()
-    view = AnsiTable(out)
-    w = Watch(FileSource(REAL, chunk_rows=10, pace=0.02), view, interval=0.05)
+    view = _DrawCountingTable(out)
+    # The first two chunks each wait for a draw: a redraw while the trace is fed, and the
+    # final one after it, whatever the scheduling.
+    w = Watch(_DrawGatedSource(REAL, view, gates=2, chunk_rows=10, pace=0.02), view, interval=0.05)
     w.run()
     text = out.getvalue()
     redraws = re.findall(r"\x1b\[(\d+)F\x1b\[J", text)
@@ -110,8 +147,9 @@ def test_ansi_view_redraws_in_place(capsys) -> None:
 
 def test_ansi_view_prints_a_violation_above_the_table() -> None:
     out = io.StringIO()
-    Watch(FileSource(GEN / "tp-violation.jsonl", chunk_rows=4, pace=0.03), AnsiTable(out),
-          interval=0.01).run()
+    view = _DrawCountingTable(out)
+    Watch(_DrawGatedSource(GEN / "tp-violation.jsonl", view, gates=1, chunk_rows=4, pace=0.03),
+          view, interval=0.01).run()
     text = out.getvalue()
     assert "VIOLATION" in text
     before, _, after = text.partition("VIOLATION")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import threading
 import time
@@ -55,6 +54,7 @@ def check(duration: float, tgids: tuple[int, ...], exercise: bool, min_windows: 
     """
     from ..checkrun import CheckConfig, run_check
     from ..live import LiveUnavailable
+    from ..session import stop_on_signals
     if replay and (exercise or tgids):
         raise click.UsageError("--replay judges a recorded trace: it takes no --exercise or -p")
     if prom_file:
@@ -70,16 +70,15 @@ def check(duration: float, tgids: tuple[int, ...], exercise: bool, min_windows: 
             click.echo(f"kvmtrace: warning: no process {t} now; tracing it if it appears", err=True)
     source = _source(replay, tgids, exercise)
     stop = threading.Event()
-    old = _on_signals(stop)
     if cfg.status is not None and not replay:
         cfg.status("check: compiling and attaching the probes ...")
     try:
-        report = run_check(source, cfg, stop)
+        with stop_on_signals(stop):
+            report = run_check(source, cfg, stop)
     except LiveUnavailable as exc:
         fail_line(f"check: cannot trace here: {exc}")
         raise click.exceptions.Exit(exitcodes.ENVIRONMENT)
     finally:
-        _restore(old)
         if cfg.status is not None:
             cfg.status.clear()
     if as_json:
@@ -124,17 +123,6 @@ def _write_prom(path: str, report) -> None:
     except OSError as exc:
         fail_line(f"check: cannot write {path}: {exc.strerror or exc}")
         raise click.exceptions.Exit(exitcodes.BAD_INPUT)
-
-
-def _on_signals(stop: threading.Event) -> dict:
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-
-
-def _restore(old: dict) -> None:
-    for s, h in old.items():
-        signal.signal(s, h)
 
 
 class _StatusLine:

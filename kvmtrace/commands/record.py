@@ -1,7 +1,6 @@
 """kvmtrace record: trace KVM's flush and shadow-MMU events live into a trace file."""
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 
@@ -32,31 +31,30 @@ def record(output: str | None, tgids: tuple[int, ...], duration: float | None, p
            ebpf: bool) -> None:
     """Record KVM guest-flush, shadow-page and guest-run events with BPF."""
     from ..live import LiveUnavailable, Recorder
+    from ..session import stop_on_signals
     if not ebpf and not output:
         raise click.UsageError("-o/--output is required (or --ebpf)")
-    try:
-        rec = Recorder(None if ebpf else output, tgids=tgids, probes=probes)
-        if ebpf:
-            click.echo(rec.program_text(), nl=False)
-            return
-        for t in tgids:
-            if not _alive(t):
-                click.echo(f"kvmtrace: warning: no process {t} now; recording it if it appears", err=True)
-        report = rec.attach()
-    except LiveUnavailable as exc:
-        fail_line(str(exc))
-        raise click.exceptions.Exit(exitcodes.ENVIRONMENT)
-    for line in report.lines():
-        click.echo(f"kvmtrace: {line}", err=True)
     stop = threading.Event()
-    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    tty = sys.stderr.isatty()
-    try:
-        stats = rec.run(duration=duration, stop=stop, progress=_status_line if tty else None)
-    finally:
-        meta = rec.close()
-        for s, h in old.items():
-            signal.signal(s, h)
+    with stop_on_signals(stop):
+        try:
+            rec = Recorder(None if ebpf else output, tgids=tgids, probes=probes)
+            if ebpf:
+                click.echo(rec.program_text(), nl=False)
+                return
+            for t in tgids:
+                if not _alive(t):
+                    click.echo(f"kvmtrace: warning: no process {t} now; recording it if it appears", err=True)
+            report = rec.attach()
+        except LiveUnavailable as exc:
+            fail_line(str(exc))
+            raise click.exceptions.Exit(exitcodes.ENVIRONMENT)
+        for line in report.lines():
+            click.echo(f"kvmtrace: {line}", err=True)
+        tty = sys.stderr.isatty()
+        try:
+            stats = rec.run(duration=duration, stop=stop, progress=_status_line if tty else None)
+        finally:
+            meta = rec.close()
     if tty:
         click.echo("", err=True)
     lost = meta.lost_events if meta else stats.lost

@@ -1,7 +1,7 @@
 """kvmtrace watch: live online detection -- flush windows judged as they close."""
 from __future__ import annotations
 
-import signal
+import sys
 import threading
 
 import click
@@ -40,11 +40,12 @@ def watch(tgids: tuple[int, ...], as_json: bool, output: str | None, interval: f
     """Watch guest TLB flush windows live and report each violation as it happens."""
     from ..live import LiveUnavailable
     from ..livetable import AnsiTable, JsonLines, PlainLines
+    from ..session import stop_on_signals
     from ..sources import FileSource, LiveSource
     from ..watching import Watch
     if replay and (tgids or output):
         raise click.UsageError("--replay reads a recorded trace: it takes no -p or -o")
-    out = click.get_text_stream("stdout")
+    out = sys.stdout                # click.get_text_stream() is deprecated (Click 8.5 warns)
     tty = out.isatty() and not as_json
     view = JsonLines(out) if as_json else AnsiTable(out) if tty else PlainLines(out)
     if interval is None:
@@ -52,26 +53,17 @@ def watch(tgids: tuple[int, ...], as_json: bool, output: str | None, interval: f
     source = FileSource(replay) if replay else LiveSource(tgids=tgids, output=output)
     stop = threading.Event()
     w = Watch(source, view, interval, stop)
-    try:
-        info = w.open()
-    except LiveUnavailable as exc:
-        fail_line(f"watch: cannot trace here: {exc}")
-        raise click.exceptions.Exit(exitcodes.ENVIRONMENT)
-    if not as_json and info.live:
-        click.echo(f"kvmtrace: watching {'VMs ' + ' '.join(map(str, tgids)) if tgids else 'all VMs'}"
-                   f" with {len(info.attached)} probes"
-                   + (f", writing {output}" if output else "") + "; Ctrl-C to stop", err=True)
-    old = {}
-    if threading.current_thread() is threading.main_thread():
-        old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with stop_on_signals(stop):
+        try:
+            info = w.open()
+        except LiveUnavailable as exc:
+            fail_line(f"watch: cannot trace here: {exc}")
+            raise click.exceptions.Exit(exitcodes.ENVIRONMENT)
+        if not as_json and info.live:
+            click.echo(f"kvmtrace: watching {'VMs ' + ' '.join(map(str, tgids)) if tgids else 'all VMs'}"
+                       f" with {len(info.attached)} probes"
+                       + (f", writing {output}" if output else "") + "; Ctrl-C to stop", err=True)
         result = w.run()
-    except LiveUnavailable as exc:
-        fail_line(f"watch: tracing stopped: {exc}")
-        raise click.exceptions.Exit(exitcodes.ENVIRONMENT)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
     if output and not as_json:
         click.echo(f"kvmtrace: wrote {result.events} events to {output}", err=True)
     raise click.exceptions.Exit(exitcodes.VIOLATION if result.windows["violation"] else exitcodes.OK)

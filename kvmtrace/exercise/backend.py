@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..host.backend import tdp_param
+
 PVM_MSR_VIF = 0x4b564d10           # VIF page: GPA | PVM_VIF_HOST_ENABLE
 PVM_VIF_HOST_ENABLE = 0x400
 PVM_MSR_INFO_SIGNATURE = 0x4b564d11
@@ -51,26 +53,12 @@ class Backend:
         return QUIRKS.get(self.name)
 
 
-def _param(sys_module: Path, module: str, name: str) -> str | None:
-    try:
-        return (sys_module / module / "parameters" / name).read_text().strip()
-    except OSError:
-        return None
-
-
-def _truthy(value: str | None) -> bool | None:
-    if value is None:
-        return None
-    return value.upper() in ("Y", "1")
-
-
 def detect_backend(sys_module: str | os.PathLike = "/sys/module") -> Backend:
     """The loaded KVM vendor module, from /sys/module (no VM needed)."""
     root = Path(sys_module)
     if (root / _MODULES[PVM]).is_dir():
         return Backend(PVM, _MODULES[PVM], tdp=False)
-    if (root / _MODULES[VMX]).is_dir():
-        return Backend(VMX, _MODULES[VMX], _truthy(_param(root, _MODULES[VMX], "ept")))
-    if (root / _MODULES[SVM]).is_dir():
-        return Backend(SVM, _MODULES[SVM], _truthy(_param(root, _MODULES[SVM], "npt")))
+    for name in (VMX, SVM):
+        if (root / _MODULES[name]).is_dir():
+            return Backend(name, _MODULES[name], tdp_param(root, _MODULES[name])[0])
     return Backend(UNKNOWN, None, None)

@@ -28,6 +28,8 @@ def capture_unavailable_reason() -> str | None:
     mount = find_mount()
     if mount is None:
         return "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)"
+    if not os.access(mount, os.R_OK | os.X_OK):
+        return f"{mount} is not readable (run as root)"
     if not (mount / "instances").is_dir():
         return f"{mount} has no instances directory"
     missing = [s for s in SYSTEMS if not (mount / "events" / s).is_dir()]

@@ -55,15 +55,19 @@ def pv_features(cpuid: abi.KvmCpuid2) -> int | None:
 class Vm:
     def __init__(self, kvm: Kvm, memory_size: int) -> None:
         self.kvm = kvm
-        self.fd = abi.ioctl(kvm.fd, abi.KVM_CREATE_VM, 0)
-        self.mem = mmap.mmap(-1, memory_size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
-                             mmap.PROT_READ | mmap.PROT_WRITE)
-        self._mem_ptr = C.c_char.from_buffer(self.mem)
-        region = abi.KvmUserspaceMemoryRegion(slot=0, flags=0, guest_phys_addr=0,
-                                              memory_size=memory_size,
-                                              userspace_addr=C.addressof(self._mem_ptr))
-        abi.ioctl(self.fd, abi.KVM_SET_USER_MEMORY_REGION, region)
         self.vcpus: list[Vcpu] = []
+        self.fd = abi.ioctl(kvm.fd, abi.KVM_CREATE_VM, 0)
+        try:
+            self.mem = mmap.mmap(-1, memory_size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                                 mmap.PROT_READ | mmap.PROT_WRITE)
+            self._mem_ptr = C.c_char.from_buffer(self.mem)
+            region = abi.KvmUserspaceMemoryRegion(slot=0, flags=0, guest_phys_addr=0,
+                                                  memory_size=memory_size,
+                                                  userspace_addr=C.addressof(self._mem_ptr))
+            abi.ioctl(self.fd, abi.KVM_SET_USER_MEMORY_REGION, region)
+        except BaseException:
+            self.close()                 # the caller never gets a Vm to close
+            raise
 
     def create_vcpu(self, index: int) -> "Vcpu":
         vcpu = Vcpu(self, index)
@@ -81,8 +85,10 @@ class Vm:
             vcpu.close()
         self.vcpus.clear()
         os.close(self.fd)
-        del self._mem_ptr                # the exported buffer must go before the mmap
-        self.mem.close()
+        if hasattr(self, "_mem_ptr"):
+            del self._mem_ptr            # the exported buffer must go before the mmap
+        if hasattr(self, "mem"):
+            self.mem.close()
 
 
 class GuestStopped(RuntimeError):

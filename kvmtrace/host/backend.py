@@ -66,13 +66,6 @@ def _proc_modules(root: Path) -> dict[str, int] | None:
     return out
 
 
-def _read_param(root: Path, module: str, param: str) -> str | None:
-    try:
-        return (root / "sys/module" / module / "parameters" / param).read_text().strip()
-    except OSError:
-        return None
-
-
 def _truthy(value: str) -> bool:
     return value.strip().upper() in ("Y", "1", "TRUE")
 
@@ -119,10 +112,19 @@ def _choose(present: list[str], modules: dict[str, int] | None) -> str:
 def _tdp(root: Path, backend: str) -> tuple[bool | None, str]:
     if backend == "kvm_pvm":
         return False, "PVM has only the shadow MMU"
-    param = TDP_PARAM.get(backend)
-    if param is None:
+    if backend not in TDP_PARAM:
         return None, "no KVM backend found"
-    value = _read_param(root, backend, param)
-    if value is None:
-        return None, f"/sys/module/{backend}/parameters/{param} unreadable"
-    return _truthy(value), f"/sys/module/{backend}/parameters/{param} = {value}"
+    return tdp_param(root / "sys/module", backend)
+
+
+def tdp_param(sys_module: Path, module: str) -> tuple[bool | None, str]:
+    """Whether kvm_intel.ept / kvm_amd.npt (under ``sys_module``, i.e. /sys/module) turn TDP
+    on, and where that was read; None when unknown."""
+    param = TDP_PARAM.get(module)
+    if param is None:
+        return None, f"{module} has no TDP parameter"
+    try:
+        value = (sys_module / module / "parameters" / param).read_text().strip()
+    except OSError:
+        return None, f"/sys/module/{module}/parameters/{param} unreadable"
+    return _truthy(value), f"/sys/module/{module}/parameters/{param} = {value}"

@@ -10,6 +10,7 @@ versions, so every offset kvmtrace uses is read from these files at run time.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,12 +110,27 @@ def _parse_field(line: str, system: str, event: str) -> TraceField:
 
 
 def find_mount(root: Path = Path("/")) -> Path | None:
-    """The tracefs directory with an ``events`` tree, or None when tracefs is not mounted."""
+    """The tracefs directory with an ``events`` tree, or None when tracefs is not mounted.
+
+    tracefs' root is mode 0700 unless mounted with ``mode=`` (fs/tracefs/inode.c,
+    TRACEFS_DEFAULT_MODE), so to anyone but root a mounted one cannot even be looked into:
+    that counts as mounted (``Tracefs.access_problem`` says why it is of no use), an empty
+    mount point does not."""
     for rel in _mounts_from_proc(root) + list(CANDIDATE_MOUNTS):
         path = root / rel.lstrip("/")
-        if (path / "events").is_dir():
+        if _is_dir(path / "events") is not False:
             return path
     return None
+
+
+def _is_dir(path: Path) -> bool | None:
+    """Whether path is a directory; None when we may not look (EACCES)."""
+    try:
+        return path.is_dir()          # pathlib re-raises EACCES, it swallows only ENOENT & co
+    except PermissionError:
+        return None
+    except OSError:
+        return False
 
 
 def _mounts_from_proc(root: Path) -> list[str]:
@@ -140,14 +156,15 @@ class Tracefs:
         self._formats: dict[str, TracepointFormat | None] = {}
 
     def exists(self, system: str, event: str) -> bool:
-        return (self.path / "events" / system / event).is_dir()
+        return bool(_is_dir(self.path / "events" / system / event))
 
-    def events(self, system: str) -> list[str]:
-        d = self.path / "events" / system
+    def access_problem(self) -> str:
+        """Why this process cannot read the tracefs tree ("" when it can)."""
         try:
-            return sorted(p.name for p in d.iterdir() if p.is_dir())
-        except OSError:
-            return []
+            os.listdir(self.path / "events")
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return ""
 
     def format(self, system: str, event: str) -> TracepointFormat | None:
         """The parsed format of system:event, or None when the tracepoint does not exist."""
@@ -167,21 +184,19 @@ class Tracefs:
         return self._formats[key]
 
     def has_file(self, name: str) -> bool:
-        return (self.path / name).exists()
-
-    def readable(self, name: str) -> bool:
         try:
-            with open(self.path / name, "rb") as f:
-                f.read(1)
-            return True
+            return (self.path / name).exists()
         except OSError:
             return False
 
-    def read_lines(self, name: str) -> list[str] | None:
+    def filter_functions(self) -> set[str] | None:
+        """The functions ``available_filter_functions`` lists (``name [module]`` lines):
+        those ftrace-based attachment can use.  None when unreadable (it needs root)."""
         try:
-            return (self.path / name).read_text().splitlines()
+            text = (self.path / "available_filter_functions").read_text()
         except OSError:
             return None
+        return {line.split()[0] for line in text.splitlines() if line.strip()}
 
     def read_error(self, name: str) -> str:
         """Why name cannot be read ("" when it can)."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from ..host import HostFacts
+from ..host.tracefs import valid_name
 from .bccload import captured_stderr, summarize_error
 
 TEST_TRACEPOINTS = (("kvm", "kvm_pv_tlb_flush"), ("kvmmmu", "kvm_mmu_get_page"),
@@ -36,16 +37,17 @@ def tracepoint_programs(bcc: ModuleType, facts: HostFacts) -> Capability:
     if target is None:
         return Capability(False, "no test tracepoint exists", "enable CONFIG_TRACEPOINTS / KVM tracepoints")
     text = "int kt_probe(void *ctx) { return 0; }"
+    problem = None
     with captured_stderr() as err:
+        b = None
         try:
             b = bcc.BPF(text=text.encode())
             b.attach_tracepoint(tp=target.encode(), fn_name=b"kt_probe")
-            b.detach_tracepoint(tp=target.encode())
-            b.cleanup()
         except Exception as exc:   # BCC raises bare Exception
             problem = exc
-        else:
-            problem = None
+        finally:
+            if b is not None:
+                b.cleanup()        # detaches too
     if problem is not None:
         return Capability(False, f"loading a tracepoint program on {target} failed: "
                                  f"{summarize_error(problem, err)}",
@@ -74,7 +76,7 @@ def fentry(bcc: ModuleType, facts: HostFacts, symbol: str) -> Capability:
     if not (facts.root / "sys/kernel/btf/vmlinux").exists():
         return Capability(False, "no /sys/kernel/btf/vmlinux (fentry needs kernel BTF)",
                           "rebuild with CONFIG_DEBUG_INFO_BTF=y")
-    if not symbol.replace("_", "").isalnum():
+    if not valid_name(symbol):          # it goes into the C text
         return Capability(False, f"bad symbol {symbol!r}")
     text = f"KFUNC_PROBE({symbol}) {{ return 0; }}"
     with captured_stderr() as err:

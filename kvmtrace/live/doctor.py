@@ -16,7 +16,7 @@ from . import capabilities
 from .bccload import headers, import_bcc, privileges
 from .errors import INSTALL_HINT, LiveUnavailable
 from .program import resolve
-from .tracepoints import TRACEPOINTS
+from .tracepoints import REQUIRED, TRACEPOINTS
 
 OK, MISSING, INFO = "ok", "missing", "info"
 
@@ -104,6 +104,10 @@ def _tracefs(facts: HostFacts) -> Check:
     if facts.tracefs is None:
         return Check("tracefs", MISSING, "tracefs is not mounted",
                      "mount -t tracefs nodev /sys/kernel/tracing", True)
+    problem = facts.tracefs.access_problem()
+    if problem:
+        return Check("tracefs", MISSING, f"mounted at {facts.tracefs.path} but not readable ({problem})",
+                     "run as root", True)
     return Check("tracefs", OK, f"mounted at {facts.tracefs.path}", required=True)
 
 
@@ -133,7 +137,7 @@ def _tracepoints(facts: HostFacts) -> Check:
                      "mount tracefs", True, items)
     absent = [i["name"] for i in items if not i["present"]]
     detail = f"{usable} of {len(items)} usable" + (f"; absent: {', '.join(absent)}" if absent else "")
-    key = [i for i in items if i["name"] in ("kvm:kvm_pv_tlb_flush", "kvmmmu:kvm_mmu_sync_page")]
+    key = [i for i in items if i["name"] in REQUIRED]
     if not all(i["usable"] for i in key):
         return Check("kvm-tracepoints", MISSING, detail + "; the flush-request / SP-sync tracepoints are needed",
                      "a kernel with KVM (CONFIG_KVM) and its tracepoints", True, items)
@@ -160,8 +164,7 @@ def _fentry(bcc, facts: HostFacts, can_try: bool) -> Check:
 
 
 def _functions(facts: HostFacts, kprobes_ok: bool) -> Check:
-    lines = facts.tracefs.read_lines("available_filter_functions") if facts.tracefs else None
-    filt = None if lines is None else {l.split()[0] for l in lines if l.strip()}
+    filt = facts.tracefs.filter_functions() if facts.tracefs else None
     items = []
     for st in discover(facts.kallsyms, facts.kvm_backend, filt):
         if st.status == OTHER_BACKEND:

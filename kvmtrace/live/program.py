@@ -24,6 +24,7 @@ RECORD_SIZE = 56          # struct kt_record
 NKINDS = 64               # kt_counted slots (Kind codes are < 64)
 MAX_TGIDS = 64
 _SYMBOL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+_TYPE_WORDS_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_ ]*$")
 # Header of a tracepoint record (struct trace_entry); BPF may not read it.
 TRACE_ENTRY_SIZE = 8
 
@@ -146,8 +147,22 @@ def _ctype(f: TraceField) -> str:
     return f"{'s' if f.signed else 'u'}{f.size * 8}"
 
 
+def _checked_names(rt: ResolvedTracepoint) -> None:
+    """The tracepoint's system and event become C identifiers: refuse anything else."""
+    for part in (rt.probe.system, rt.probe.event):
+        if not valid_name(part):
+            raise ProgramError(f"tracepoint name {rt.name!r} is not made of C identifiers")
+
+
+def _type_comment(f: TraceField) -> str:
+    # The declared type is text from the format file: echo it only when it is plain words
+    # (it sits inside a C comment, so "*/" must never get through).
+    return f.ctype if _TYPE_WORDS_RE.match(f.ctype) else "?"
+
+
 def args_struct(rt: ResolvedTracepoint) -> str:
     """A struct laying the used fields at their format-file offsets, with checks."""
+    _checked_names(rt)
     sname = f"kt_args__{rt.probe.system}__{rt.probe.event}"
     lines = [f"struct {sname} {{"]
     pos = 0
@@ -157,7 +172,7 @@ def args_struct(rt: ResolvedTracepoint) -> str:
             raise ProgramError(f"{rt.name}: field {f.name} overlaps the previous one")
         if f.offset > pos:
             lines.append(f"\tu8 __pad{i}[{f.offset - pos}];")
-        lines.append(f"\t{_ctype(f)} {f.name};\t/* {f.ctype}, offset {f.offset} */")
+        lines.append(f"\t{_ctype(f)} {f.name};\t/* {_type_comment(f)}, offset {f.offset} */")
         pos = f.offset + f.size
     if not rt.fields:
         lines.append(f"\tu8 __pad0[{TRACE_ENTRY_SIZE}];")
@@ -169,6 +184,7 @@ def args_struct(rt: ResolvedTracepoint) -> str:
 
 
 def tracepoint_handler(rt: ResolvedTracepoint) -> str:
+    _checked_names(rt)
     sname = f"kt_args__{rt.probe.system}__{rt.probe.event}"
     body = [f"int {rt.fn_name}(struct {sname} *args)", "{",
             "\tu64 id = bpf_get_current_pid_tgid();",

@@ -31,12 +31,12 @@ import pyarrow as pa
 from .. import __version__
 from ..host import FormatError, HostFacts, gather
 from ..schema import KIND_NAMES, TraceMeta
-from ..tracefile import ARROW_SCHEMA, TraceWriter, native_format
+from ..tracefile import ARROW_SCHEMA, TraceFileError, TraceWriter, native_format
 from . import capabilities
 from .bccload import captured_stderr, headers, import_bcc, privileges, summarize_error
 from .errors import INSTALL_HINT, LiveUnavailable
 from .plan import MODES, ProbePlan, build
-from .program import ProgramConfig, generate, resolve
+from .program import NKINDS, ProgramConfig, generate, resolve
 from .records import SLOT_DTYPE, lost_frame, to_frame
 from .ringbuf import RingbufReader, page_size
 from .tracepoints import TracepointProbe
@@ -146,15 +146,23 @@ class Recorder:
             if self.facts.tracefs is None:
                 raise LiveUnavailable("tracefs is not mounted (tracepoint formats are read from it)",
                                       "mount -t tracefs nodev /sys/kernel/tracing")
+            problem = self.facts.tracefs.access_problem()
+            if problem:
+                raise LiveUnavailable(f"cannot read tracefs at {self.facts.tracefs.path} ({problem})",
+                                      "run as root (sudo kvmtrace ...)")
             if self.custom_tracepoints is not None:
                 self._plan = self._custom_plan()
             else:
                 kp = capabilities.kprobes(self.facts)
-                self._plan = build(self.facts, self.mode, kp, self._filter_functions())
+                filt = self.facts.tracefs.filter_functions()
+                self._plan = build(self.facts, self.mode, kp, filt)
             if self._plan.empty:
                 why = "; ".join(f"{n}: {w}" for n, w in self._plan.skipped[:4])
-                raise LiveUnavailable(f"nothing to attach in mode {self.mode!r} ({why})",
-                                      "use --probes auto, or a kernel with KVM tracepoints")
+                fix = ("load KVM (modprobe kvm_intel, kvm_amd or kvm_pvm): its kvm and kvmmmu "
+                       "tracepoints appear in tracefs with the module")
+                if self.mode != "auto":
+                    fix = f"use --probes auto, or {fix}"
+                raise LiveUnavailable(f"nothing to attach in mode {self.mode!r} ({why})", fix)
         return self._plan
 
     def _custom_plan(self) -> ProbePlan:
@@ -170,12 +178,6 @@ class Recorder:
             else:
                 plan.tracepoints.append(r)
         return plan
-
-    def _filter_functions(self) -> set[str] | None:
-        if self.facts.tracefs is None:
-            return None
-        lines = self.facts.tracefs.read_lines("available_filter_functions")
-        return None if lines is None else {l.split()[0] for l in lines if l.strip()}
 
     def program_text(self) -> str:
         plan = self.plan()
@@ -201,25 +203,35 @@ class Recorder:
                 raise LiveUnavailable(f"BCC could not compile the probe program: {summarize_error(exc, err)}",
                                       f"check the kernel headers ({hdr_detail}); {INSTALL_HINT}") from None
         report = AttachReport(skipped=list(plan.skipped), notes=[f"BCC: {how}", f"headers: {hdr_detail}"])
-        self._attach_all(plan, report)
-        if not report.attached:
-            self._bpf.cleanup()
-            raise LiveUnavailable("no probe could be attached: " +
-                                  "; ".join(f"{n}: {w}" for n, w in report.skipped[:4]),
-                                  "see kvmtrace doctor")
         try:
+            self._attach_all(plan, report)
+            if not report.attached:
+                raise LiveUnavailable("no probe could be attached: " +
+                                      "; ".join(f"{n}: {w}" for n, w in report.skipped[:4]),
+                                      "see kvmtrace doctor")
             table = self._bpf[b"kt_events"]
             self._reader = RingbufReader.open(table.map_fd, self.config.ringbuf_pages * page_size(), SLOT_DTYPE)
             self.meta = self._initial_meta(report)
             if self.output is not None:
                 self._writer = TraceWriter(self.output, self.meta)
         except BaseException:
-            self._closed = True          # nothing to finish: detach and give the memory back
-            if self._reader is not None:
-                self._reader.close()
-            self._bpf.cleanup()
+            # Failed or interrupted (Ctrl-C) half way: nothing was recorded, so detach what
+            # is attached, give the memory back and leave no output file behind.
+            self._abandon()
             raise
         return report
+
+    def _abandon(self) -> None:
+        self._closed = True
+        try:
+            if self._writer is not None:         # interrupted right after creating it
+                self._writer.close(self.meta)
+                self._writer.path.unlink(missing_ok=True)
+        finally:
+            if self._reader is not None:
+                self._reader.close()
+            if self._bpf is not None:
+                self._bpf.cleanup()
 
     def _attach_all(self, plan: ProbePlan, report: AttachReport) -> None:
         b = self._bpf
@@ -390,12 +402,15 @@ class Recorder:
 
     def _emit(self, frame: pd.DataFrame) -> None:
         if self._writer is not None:
-            if self._writer.fmt == "parquet":
-                # The frame already has the schema's dtypes: skip the writer's conform().
-                self._writer.write_batch(pa.RecordBatch.from_pandas(frame, schema=ARROW_SCHEMA,
-                                                                    preserve_index=False))
-            else:
-                self._writer.write(frame)
+            try:
+                if self._writer.fmt == "parquet":
+                    # The frame already has the schema's dtypes: skip the writer's conform().
+                    self._writer.write_batch(pa.RecordBatch.from_pandas(frame, schema=ARROW_SCHEMA,
+                                                                        preserve_index=False))
+                else:
+                    self._writer.write(frame)
+            except OSError as exc:
+                raise self._write_failed(exc) from None
         self.stats.events += len(frame)
         if self.on_chunk is not None:
             self.on_chunk(frame)
@@ -425,7 +440,7 @@ class Recorder:
         table = self._bpf[b"kt_counted"]
         out = {}
         for k, name in KIND_NAMES.items():
-            if k >= 64:
+            if k >= NKINDS:
                 continue
             total = sum(int(v) for v in table.getvalue(table.Key(k)))
             if total:
@@ -442,13 +457,22 @@ class Recorder:
                 if self.meta is not None and self._bpf is not None:
                     self._finish_meta()
                 if self._writer is not None:
-                    self._writer.close(self.meta)
+                    try:
+                        self._writer.close(self.meta)
+                    except OSError as exc:
+                        raise self._write_failed(exc) from None
             finally:
                 if self._reader is not None:
                     self._reader.close()
                 if self._bpf is not None:
                     self._bpf.cleanup()
             return self.meta
+
+    def _write_failed(self, exc: OSError) -> TraceFileError:
+        assert self._writer is not None
+        return TraceFileError(self._writer.path,
+                              f"cannot write: {exc.strerror or exc}; the chunks written before "
+                              f"are readable from {self._writer.part}")
 
     def _finish_meta(self) -> None:
         assert self.meta is not None

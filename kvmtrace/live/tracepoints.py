@@ -97,3 +97,8 @@ TRACEPOINTS: tuple[TracepointProbe, ...] = (
 )
 
 BY_NAME: dict[str, TracepointProbe] = {tp.name: tp for tp in TRACEPOINTS}
+
+# Without these no verdict can be trusted: no flush request opens a window, or a sync KVM
+# did is invisible and an ok window would look like a violation.  doctor requires them;
+# a live check refuses to judge without them.
+REQUIRED = ("kvm:kvm_pv_tlb_flush", "kvmmmu:kvm_mmu_sync_page")
