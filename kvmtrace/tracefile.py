@@ -130,6 +130,11 @@ class TraceWriter:
                 self.part = Path(str(self.path) + PART_SUFFIX)
                 self._raw = open(self.part, "wb")
                 self._ipc = ipc.new_stream(self._raw, _with_meta(ARROW_SCHEMA, meta))
+                # Arrow writes the schema (and so the metadata) only with the first batch:
+                # an empty one puts it on disk now, so a recorder killed before its first
+                # chunk still leaves a file that says what it was.
+                self._ipc.write_batch(pa.RecordBatch.from_pylist([], schema=ARROW_SCHEMA))
+                self._raw.flush()
             else:
                 self.part = self.path
                 self._raw = open(self.path, "wb")
@@ -207,7 +212,8 @@ class TraceWriter:
         with open(self.part, "rb") as src, pq.ParquetWriter(tmp, schema, compression="zstd") as out:
             reader = ipc.open_stream(src)
             for batch in reader:
-                out.write_batch(batch, row_group_size=1 << 20)
+                if batch.num_rows:
+                    out.write_batch(batch, row_group_size=1 << 20)
         os.replace(tmp, self.path)
         os.unlink(self.part)
 
@@ -299,8 +305,9 @@ def _read_ipc(path) -> Trace:
             except (pa.ArrowException, OSError) as exc:
                 recovery.problem = f"truncated chunk: {exc}"
                 break
-            frames.append(_batch_frame(path, batch))
-            recovery.chunks += 1
+            if batch.num_rows:      # the empty batch that carries the header is no chunk
+                frames.append(_batch_frame(path, batch))
+                recovery.chunks += 1
             good_end = src.tell()
     events = concat(frames)
     recovery.events = len(events)

@@ -195,3 +195,19 @@ def test_conform_rejects_values_that_do_not_fit() -> None:
     df["cpu"] = [1, 1 << 40]
     with pytest.raises(SchemaError, match="cpu"):
         conform(df)
+
+
+def test_writer_killed_before_its_first_chunk_leaves_its_metadata(tmp_path: Path) -> None:
+    path = tmp_path / "quiet.parquet"
+    script = f"""
+import os, signal
+from kvmtrace.schema import TraceMeta
+from kvmtrace.tracefile import TraceWriter
+TraceWriter({str(path)!r}, TraceMeta(source="recorded", kernel_release="6.18-test"))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    assert subprocess.run([sys.executable, "-c", script]).returncode == -9
+    back = load(path)
+    assert len(back.events) == 0
+    assert back.meta.kernel_release == "6.18-test"
+    assert back.recovery is not None and back.recovery.chunks == 0
