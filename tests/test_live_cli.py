@@ -2,6 +2,8 @@
 where it can, doctor tells the truth about this host.  The refusal paths run anywhere."""
 from __future__ import annotations
 
+import os
+
 import json
 import subprocess
 import sys
@@ -169,15 +171,18 @@ def test_attach_interrupted_half_way_detaches_and_leaves_no_file(monkeypatch, tm
 
 
 def test_a_full_disk_is_one_clear_error_naming_the_partial_file(monkeypatch, tmp_path):
-    # /dev/full fails every write with ENOSPC, like a filesystem that filled up mid-recording.
+    # /dev/full fails every write with ENOSPC: put it under the open .part file after its
+    # header went out, like a filesystem that filled up mid-recording.
     from kvmtrace.live.records import lost_frame
     from kvmtrace.schema import TraceMeta
     from kvmtrace.tracefile import TraceFileError, TraceWriter
     monkeypatch.setattr(recorder_mod, "gather", lambda root: gather(HOSTS / "pvm_6_18"))
     out = tmp_path / "x.parquet"
-    (tmp_path / "x.parquet.part").symlink_to("/dev/full")
     rec = recorder_mod.Recorder(out)
     rec._writer = TraceWriter(out, TraceMeta(source="recorded"))
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, rec._writer._raw.fileno())
+    os.close(full)
     with pytest.raises(TraceFileError) as err:
         rec._emit(lost_frame(1, {0: 3}))
     assert str(err.value) == (f"{out}: cannot write: No space left on device; the chunks "
