@@ -32,8 +32,12 @@ from .shadow import ShadowMMU
 from .vcpu import (SINCE_LOAD, SINCE_SYNC_PREV, SINCE_SYNC_ROOTS, SINCE_UNLOAD, VcpuState)
 from .window import FlushWindow, Outstanding, decide
 
-# Function probes whose presence makes "no sync happened" observable (DESIGN §2).
-SYNC_PROBES = ("kvm_mmu_sync_roots", "kvm_mmu_load", "kvm_mmu_unload")
+# The function probe whose silence makes "no sync happened" observable (DESIGN §2): every
+# fixed flush path runs kvm_mmu_sync_roots() before the guest does - 5.16+ directly in
+# kvm_vcpu_flush_tlb_guest(), 5.13-5.15 from the kvm_mmu_load() that follows
+# kvm_mmu_unload() (arch/x86/kvm/mmu/mmu.c, kvm_mmu_load: "kvm_mmu_sync_roots(vcpu);").
+# Probes on kvm_mmu_load/kvm_mmu_unload alone would miss the 5.16+ sync.
+SYNC_PROBE = "kvm_mmu_sync_roots"
 MAX_OUTSTANDING_SCAN = 4096
 
 
@@ -64,8 +68,8 @@ class VMState:
     open: set = field(default_factory=set)               # thread keys with an open window
     # Guest page-table edges seen by walkers: (child table gfn, level) -> parent table gfns.
     guest_parents: dict = field(default_factory=dict)
-    sp_seen: bool = False
-    sync_probe_seen: bool = False
+    sp_seen: bool = False               # a kvmmmu shadow-page event of this VM fired
+    sync_probe_seen: bool = False       # a kvm_mmu_sync_roots probe of this VM fired
 
 
 class Replayer:
@@ -82,7 +86,9 @@ class Replayer:
         self.vm_filter = vm
         self.vcpu_filter = vcpu
         self.source = source
-        self.fn_probes = any(name in probe for probe in self.meta.probes for name in SYNC_PROBES)
+        self.fn_probes = any(probe.endswith(":" + SYNC_PROBE) for probe in self.meta.probes)
+        # The recorder says it attached kvmmmu:kvm_mmu_unsync_page: silence means none.
+        self.sp_probed = any(probe.endswith("kvm_mmu_unsync_page") for probe in self.meta.probes)
         self.vms: dict[int, VMState] = {}
         self.seq = 0
         self.events = 0
@@ -90,6 +96,8 @@ class Replayer:
         self.lost_markers = 0
         self.reordered = 0
         self.late = 0
+        self.ambiguous = 0
+        self.incomplete = 0
         self.vcpu_conflicts = 0
         self.agg = Aggregate(max_findings=max_findings, vcpu=vcpu)
         self._selector = ChunkSelector(select_all=per_event)
@@ -122,6 +130,8 @@ class Replayer:
         self.events += len(sel.cols["ts"])
         self.reordered += sel.reordered
         self.late += sel.late
+        self.ambiguous += sel.ambiguous
+        self.incomplete += sel.incomplete
         for tgid, tkey, vcpu, name in sel.threads:
             th = self._thread(tgid, tkey)
             if not th.learn_vcpu(vcpu):
@@ -228,21 +238,23 @@ class Replayer:
         settled = (w.lost or w.started_inside or tdp is True
                    or (fn_mode and shadow_vm and (w.saw_sync_roots or w.saw_unload)))
         outstanding = []
+        unchecked = 0
         shadow = vm.shadow
-        for i, (key, rec) in enumerate(shadow.unsync_before(w.open_seq)):
-            if i >= MAX_OUTSTANDING_SCAN:
-                break
+        for key, rec in shadow.unsync_before(w.open_seq):
+            if len(outstanding) >= MAX_OUTSTANDING_SCAN:
+                unchecked += 1        # the cap bounds the reachability walks, not the count
+                continue
             sp = shadow.pages.get(key)
             reach = None if settled else shadow.reachable(key, th.root)
             outstanding.append(Outstanding(key[0], key[1], sp.level if sp else key[1] & 0xF,
                                            rec.ts, rec.tid, reach))
-        decide(w, outstanding, tdp=tdp, shadow_vm=shadow_vm, fn_mode=fn_mode)
+        decide(w, outstanding, tdp=tdp, shadow_vm=shadow_vm, fn_mode=fn_mode,
+               sp_observed=vm.sp_seen or self.sp_probed, unchecked=unchecked)
         self._closed.append(w)
         self.agg.add(w)
 
     def _evidence(self, ev: Event) -> None:
         vm, th = self._of(ev, remember=False)
-        th.seen_run = True
         th.since_run = 0
         if th.window is not None:
             self._close(vm, th, ev)
@@ -273,7 +285,10 @@ class Replayer:
         self._open(vm, th, ev)
 
     def on_flush_request_hyperv(self, ev: Event) -> None:
-        """kvm_hv_flush_tlb(_ex): a Hyper-V flush hypercall targets this vCPU."""
+        """kvm_hv_flush_tlb(_ex): fires on the vCPU that made the Hyper-V flush hypercall
+        (arch/x86/kvm/hyperv.c, kvm_hv_flush_tlb), which requests the flush on every vCPU of
+        its processor set.  The set is not in the schema (``value`` is processor_mask or,
+        for _ex, only the bank mask), so only the caller's window is modelled."""
         vm, th = self._of(ev)
         self._open(vm, th, ev)
 
@@ -305,7 +320,7 @@ class Replayer:
     def on_hw_flush(self, ev: Event) -> None:
         """The vendor flush (vmx_flush_tlb_guest, svm_flush_tlb*, pvm_flush_tlb_guest).
         Not an opener: on SVM the same function also serves flush_tlb_current/all."""
-        vm, th = self._of(ev)
+        _, th = self._of(ev)
         w = th.window
         if w is not None:
             w.saw_hw_flush = True
@@ -313,8 +328,7 @@ class Replayer:
 
     def on_mmu_unload(self, ev: Event) -> None:
         """kvm_mmu_unload(): frees root and prev_roots; the next kvm_mmu_load() syncs."""
-        vm, th = self._of(ev)
-        vm.sync_probe_seen = True
+        _, th = self._of(ev)
         th.since_run |= SINCE_UNLOAD
         th.drop_root()
         w = self._confirm(th, ev)
@@ -324,8 +338,7 @@ class Replayer:
 
     def on_mmu_load_entry(self, ev: Event) -> None:
         """kvm_mmu_load(): allocates roots, then kvm_mmu_sync_roots(), then loads the PGD."""
-        vm, th = self._of(ev)
-        vm.sync_probe_seen = True
+        _, th = self._of(ev)
         th.since_run |= SINCE_LOAD
         w = th.window
         if w is not None:
@@ -333,8 +346,7 @@ class Replayer:
             w.add_event(ev)
 
     def on_mmu_load_return(self, ev: Event) -> None:
-        vm, th = self._of(ev)
-        vm.sync_probe_seen = True
+        _, th = self._of(ev)
         w = th.window
         if w is not None:
             w.saw_load = w.saw_load or ev.value == 0
@@ -352,8 +364,7 @@ class Replayer:
 
     def on_sync_prev_roots(self, ev: Event) -> None:
         """kvm_mmu_sync_prev_roots() (5.16+): frees prev_roots that have unsync children."""
-        vm, th = self._of(ev)
-        vm.sync_probe_seen = True
+        _, th = self._of(ev)
         th.since_run |= SINCE_SYNC_PREV
         w = self._confirm(th, ev)
         if w is not None:

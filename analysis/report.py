@@ -29,6 +29,9 @@ def empty_counts() -> dict[str, int]:
     return {k: 0 for k in COUNT_KEYS}
 
 
+PRECEDENCE = (VIOLATION, SUSPECT, OK, INCONCLUSIVE, NO_FLUSHES)
+
+
 def verdict_of(counts: dict[str, int]) -> str:
     for verdict in (VIOLATION, SUSPECT, OK):
         if counts[verdict]:
@@ -121,7 +124,7 @@ class Aggregate:
         self.findings_total = 0
         self.meaningful_patterns: Counter = Counter()
         self.observed_patterns: Counter = Counter()
-        self.demoted = 0
+        self.doubts: list[str] = []
 
     def add(self, w: FlushWindow) -> None:
         if self.vcpu_filter is not None and w.vcpu != self.vcpu_filter:
@@ -143,11 +146,10 @@ class Aggregate:
 
     def demote_all(self, reason: str) -> None:
         """Losses or disorder the replay could not place: no window can be trusted."""
+        self.doubts.append(reason)
         for row in self.rows.values():
             c = row.counts
-            moved = c[OK] + c[VIOLATION] + c[SUSPECT]
-            self.demoted += moved
-            c[INCONCLUSIVE] += moved
+            c[INCONCLUSIVE] += c[OK] + c[VIOLATION] + c[SUSPECT]
             c[OK] = c[VIOLATION] = c[SUSPECT] = 0
         for f in self.findings:
             if f["verdict"] != INCONCLUSIVE:
@@ -167,8 +169,22 @@ class Aggregate:
             msg = f"{rep.late} events arrived out of time order across chunks"
             notes.append(msg + "; every window is inconclusive")
             self.demote_all(msg)
-        if rep.reordered:
+        if rep.ambiguous:
+            msg = (f"{rep.reordered} time-order inversions were re-sorted in chunks where "
+                   f"{rep.ambiguous} events share a timestamp, so the order of simultaneous "
+                   "events is unknown")
+            notes.append(msg + "; every window is inconclusive")
+            self.demote_all(msg)
+        elif rep.reordered:
             notes.append(f"{rep.reordered} time-order inversions inside chunks were re-sorted")
+        if rep.incomplete:
+            msg = (f"{rep.incomplete} shadow-page or kvm_pv_tlb_flush events lack a field the "
+                   "model needs (gfn, role or need_flush_tlb; libtraceevent's kvm plugin prints "
+                   "no gfn: use `trace-cmd report -R`)")
+            notes.append(msg + "; every window is inconclusive")
+            self.demote_all(msg)
+        if rep.vm_filter is not None and rep.vm_filter not in rep.vms:
+            notes.append(f"no event of VM tgid {rep.vm_filter} is in this trace")
         if rep.vcpu_conflicts:
             notes.append(f"{rep.vcpu_conflicts} events named a different vCPU id than their "
                          "thread had (vCPU moved between threads?)")
@@ -187,8 +203,14 @@ class Aggregate:
             vms.append({"tgid": tgid, "verdict": verdict_of(counts), "windows": counts,
                         "vcpus": [r.to_dict() for r in rows]})
         pattern = trace_pattern(self.meaningful_patterns, self.observed_patterns)
+        verdict = verdict_of(total)
+        if verdict == NO_FLUSHES and (lost or self.doubts):
+            # A flush window may be among what was lost or misread: "none seen" is no answer.
+            verdict = INCONCLUSIVE
+            why = f"{lost} events were lost" if lost else self.doubts[0]
+            notes.append(f"no flush window was seen, but {why}: a flush may have been missed")
         return AnalysisResult(
-            verdict=verdict_of(total), pattern=pattern, windows=total, vms=vms,
+            verdict=verdict, pattern=pattern, windows=total, vms=vms,
             findings=list(self.findings), findings_total=self.findings_total,
             lost_events=lost, events=rep.events, handled=rep.handled,
             patterns=dict(self.meaningful_patterns), notes=notes,
@@ -242,7 +264,9 @@ def merge(results: list[AnalysisResult]) -> AnalysisResult:
         patterns.update(r.patterns)
     known = [r.pattern for r in results if r.pattern != UNKNOWN]
     pattern = trace_pattern(patterns, Counter(known))
-    return AnalysisResult(verdict_of(total), pattern, total, vms, findings,
+    # A trace alone can be inconclusive without any window (see Aggregate.result).
+    verdict = min([verdict_of(total)] + [r.verdict for r in results], key=PRECEDENCE.index)
+    return AnalysisResult(verdict, pattern, total, vms, findings,
                           sum(r.findings_total for r in results),
                           sum(r.lost_events for r in results), sum(r.events for r in results),
                           sum(r.handled for r in results), dict(patterns), notes, {}, sources)

@@ -46,6 +46,9 @@ for _k in EVIDENCE_KINDS:
 _VALID = np.zeros(256, dtype=bool)
 for _k in KIND_NAMES:
     _VALID[_k] = True
+_SP = np.zeros(256, dtype=bool)
+for _k in SP_KINDS:
+    _SP[int(_k)] = True
 
 # Guest PTE bits (arch/x86/include/asm/pgtable_types.h): present, page size (a leaf at
 # levels 2 and 3), and the physical-address field of a 64-bit entry.
@@ -129,6 +132,12 @@ class Selection:
     threads: list = field(default_factory=list)
     reordered: int = 0
     late: int = 0
+    # Rows re-sorted in a chunk that also has rows sharing a timestamp: the file order of
+    # simultaneous events was the only order they had, and that file was out of order.
+    ambiguous: int = 0
+    # Rows whose kind needs a field they lack: a shadow-page event without its gfn or role
+    # (libtraceevent's kvm plugin prints none), a kvm_pv_tlb_flush without need_flush_tlb.
+    incomplete: int = 0
 
 
 class ChunkSelector:
@@ -158,7 +167,7 @@ class ChunkSelector:
         if bad.any():
             raise SchemaError(f"unknown event kind code {int(kind[bad][0])}")
         ts = cols["ts"]
-        reordered = late = 0
+        reordered = late = ambiguous = 0
         if len(ts) > 1:
             down = ts[1:] < ts[:-1]
             if down.any():
@@ -167,12 +176,14 @@ class ChunkSelector:
                 cols = {k: v[order] for k, v in cols.items()}
                 comm = comm.take(order) if comm is not None else None
                 ts = cols["ts"]
+                ambiguous = int(np.count_nonzero(ts[1:] == ts[:-1]))
         if len(ts):
             if self.last_ts is not None and ts[0] < self.last_ts:
                 late = int(np.count_nonzero(ts < self.last_ts))
             self.last_ts = int(ts[-1]) if self.last_ts is None else max(self.last_ts, int(ts[-1]))
         rows, threads = self._rows(cols, comm)
-        return Selection(cols, rows, threads, reordered, late)
+        return Selection(cols, rows, threads, reordered, late, ambiguous,
+                         _incomplete(cols, rows))
 
     def _rows(self, cols: dict, comm: Optional[CommColumn]) -> tuple[np.ndarray, list]:
         kind = cols["kind"]
@@ -227,6 +238,18 @@ class ChunkSelector:
                 tkey -= 1 << 32
             out.append((u >> 32, tkey, v, c))
         return out
+
+
+def _incomplete(cols: dict, rows: np.ndarray) -> int:
+    """Rows the model would misread for a missing field (see Selection.incomplete).
+
+    Every shadow-page row is among ``rows``; flush requests without need_flush_tlb are not
+    (they are no gate), so those are counted over the whole chunk."""
+    kind = cols["kind"]
+    sp = rows[_SP[kind[rows]]]
+    n = int(np.count_nonzero((cols["gfn"][sp] < 0) | (cols["role"][sp] < 0)))
+    pv = kind == Kind.FLUSH_REQUEST_PV
+    return n + int(np.count_nonzero(pv & (cols["need_flush"] < 0)))
 
 
 def _first_occurrences(keys: np.ndarray) -> np.ndarray:

@@ -75,7 +75,6 @@ class ShadowMMU:
         # at the end, so "unsync since before seq S" is a prefix scan.
         self.unsync: dict[SPKey, UnsyncRecord] = {}
         self._by_gfn_level: dict[tuple[int, int], set] = {}
-        self.sp_events = 0
 
     # ------------------------------------------------------------------ pages
     def page(self, gfn: int, role: int, level: int, created: bool = False) -> ShadowPage:

@@ -97,7 +97,7 @@ def analyze_path(path: str | os.PathLike, *, vm: Optional[int] = None,
     if _is_parquet(path):
         meta, chunks = _parquet_arrays(path, chunk_rows)
         rep = Replayer(meta, vm=vm, vcpu=vcpu, source=path, max_findings=max_findings)
-        _run(rep, path, ((c, m) for c, m in chunks), progress)
+        rows = _run(rep, path, ((c, m) for c, m in chunks), progress)
     else:
         trace = load(path, tgid_map=tgid_map)
         meta = trace.meta
@@ -114,20 +114,29 @@ def analyze_path(path: str | os.PathLike, *, vm: Optional[int] = None,
                 end = start + chunk_rows
                 yield ({k: v[start:end] for k, v in cols.items()},
                        CommColumn(comm[start:end]) if comm is not None else None)
-        _run(rep, path, slices(), progress)
+        rows = _run(rep, path, slices(), progress)
+    if rows == 0:
+        # Nothing recognisable at all (a header, or only events outside the model): the
+        # trace cannot say whether a flush happened, so it gets no verdict.
+        ignored = [n for n in meta.notes if n.startswith("ignored ")]
+        raise TraceFileError(path, "no events to analyse" + (f" ({ignored[0]})" if ignored else ""))
     result = rep.finish()
     result.notes = list(dict.fromkeys(meta.notes + result.notes))
     return result
 
 
-def _run(rep: Replayer, path: str, chunks: Iterable, progress: Optional[Progress]) -> None:
+def _run(rep: Replayer, path: str, chunks: Iterable, progress: Optional[Progress]) -> int:
+    """Feed every chunk; return how many rows the file held (before --vm filtering)."""
+    rows = 0
     try:
         for cols, comm in chunks:
+            rows += len(cols["ts"])
             rep.feed_arrays(cols, comm)
             if progress is not None:
                 progress(path, rep.events)
     except SchemaError as exc:
         raise TraceFileError(path, str(exc)) from None
+    return rows
 
 
 def analyze_paths(paths: Iterable[str | os.PathLike], **kw) -> AnalysisResult:

@@ -49,13 +49,8 @@ class VcpuState:
     root_level: int = 0
     path: dict = field(default_factory=dict)          # level -> SPKey
     window: Optional[FlushWindow] = None
-    seen_run: bool = False                            # any guest-run evidence yet
     since_run: int = 0                                # SINCE_* flags
     recent: deque = field(default_factory=lambda: deque(maxlen=4))
-
-    @property
-    def label(self) -> str:
-        return f"vCPU {self.vcpu}" if self.vcpu >= 0 else f"thread {self.tid}"
 
     def learn_vcpu(self, vcpu: int) -> bool:
         """Record the vCPU id; False when it contradicts what was already learnt."""

@@ -154,12 +154,15 @@ def observed_pattern(w: FlushWindow, fn_mode: bool) -> str:
 
 
 def decide(w: FlushWindow, outstanding: list, *, tdp: Optional[bool], shadow_vm: bool,
-           fn_mode: bool) -> None:
+           fn_mode: bool, sp_observed: bool = True, unchecked: int = 0) -> None:
     """Give a closed window its verdict, reason and pattern (DESIGN §3).
 
-    ``fn_mode``: function probes show whether the sync path ran (kvm_mmu_sync_roots,
-    kvm_mmu_unload/kvm_mmu_load are probed).  ``shadow_vm``: the VM runs on the shadow MMU
-    (meta.tdp False, or unknown while shadow-page events were seen).
+    ``fn_mode``: function probes show whether the sync path ran (kvm_mmu_sync_roots is
+    probed: every fixed path calls it, see replay.SYNC_PROBE).  ``shadow_vm``: the VM runs on the shadow MMU
+    (meta.tdp False, or unknown while shadow-page events were seen).  ``sp_observed``: the
+    kvmmmu shadow-page tracepoints are known to be in the trace (one fired for this VM, or
+    the recorder attached kvm_mmu_unsync_page); without them "nothing was unsync" is not
+    known.  ``unchecked``: SPs unsync at the flush that were left out of ``outstanding``.
     """
     w.outstanding = outstanding
     w.function_probes = fn_mode
@@ -172,8 +175,11 @@ def decide(w: FlushWindow, outstanding: list, *, tdp: Optional[bool], shadow_vm:
         w.verdict, w.reason = OK, "TDP (EPT/NPT) is in use: a guest flush needs no shadow sync"
     elif fn_mode:
         _decide_functions(w, outstanding)
+    elif not sp_observed:
+        w.verdict, w.reason = INCONCLUSIVE, ("no kvmmmu shadow-page event was recorded for this "
+                                             "VM, so whether anything was unsync is unknown")
     else:
-        _decide_tracepoints(w, outstanding)
+        _decide_tracepoints(w, outstanding, unchecked)
     if tdp is not True:
         w.pattern = observed_pattern(w, fn_mode)
 
@@ -193,8 +199,8 @@ def _decide_functions(w: FlushWindow, outstanding: list) -> None:
                     f"kvm_mmu_unload+load), the pre-5.13 path; {left}")
 
 
-def _decide_tracepoints(w: FlushWindow, outstanding: list) -> None:
-    if not outstanding:
+def _decide_tracepoints(w: FlushWindow, outstanding: list, unchecked: int = 0) -> None:
+    if not outstanding and not unchecked:
         w.verdict = OK
         w.reason = ("every SP unsync at the flush was synced or zapped" if w.meaningful
                     else "nothing was unsync when the flush was serviced")
@@ -206,7 +212,13 @@ def _decide_tracepoints(w: FlushWindow, outstanding: list) -> None:
                     "reachable from its root, neither synced nor zapped after the flush")
         return
     synced_any = w.synced or w.saw_reload_root or w.saw_sync_roots or w.saw_unload
-    if synced_any:
+    if unchecked:
+        # Any of the SPs not looked at may be reachable: nothing here can say ok.
+        w.verdict = SUSPECT
+        w.reason = (f"{_plural(len(outstanding) + unchecked, 'shadow page')} stayed unsync; "
+                    f"{unchecked} of them were not checked for reachability from this "
+                    "vCPU's root")
+    elif synced_any:
         w.verdict = OK
         w.reason = ("the kernel synced in this window; the SPs still unsync are not known "
                     "to be reachable from this vCPU's root")

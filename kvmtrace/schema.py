@@ -161,7 +161,31 @@ class TraceMeta:
         unknown = set(data) - known
         if unknown:
             raise SchemaError(f"unknown metadata field(s): {', '.join(sorted(unknown))}")
+        for name, value in data.items():
+            problem = _meta_type_problem(name, value)
+            if problem:
+                raise SchemaError(f"metadata field {name!r} {problem}")
         return cls(**data)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _meta_type_problem(name: str, value: Any) -> str:
+    """Why ``value`` cannot be TraceMeta.``name`` (empty when it can)."""
+    if name == "tdp":
+        return "" if value is None or isinstance(value, bool) else "must be true, false or null"
+    if name == "lost_per_cpu":
+        ok = isinstance(value, dict) and all(isinstance(k, str) and _is_int(v) and v >= 0
+                                             for k, v in value.items())
+        return "" if ok else "must map CPU numbers to event counts"
+    if name in ("probes", "notes"):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return "" if ok else "must be a list of strings"
+    if name in ("schema_version", "start_time_ns", "lost_events"):
+        return "" if _is_int(value) and value >= 0 else "must be a non-negative integer"
+    return "" if isinstance(value, str) else "must be a string"
 
 
 class SchemaError(ValueError):

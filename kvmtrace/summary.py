@@ -17,7 +17,8 @@ def summarize(trace: Trace) -> dict[str, Any]:
         vms.append({"tgid": int(tgid), "events": int(len(group)), "vcpus": vcpus,
                     "threads": {str(int(t)): c for t, c in threads.items()}})
     span_ns = int(ev["ts"].max() - ev["ts"].min()) if len(ev) else 0
-    lost_markers = int(ev.loc[ev["kind"] == Kind.LOST, "value"].sum()) if len(ev) else 0
+    # A LOST marker of unknown size (value -1) stands for at least one event.
+    lost_markers = int(ev.loc[ev["kind"] == Kind.LOST, "value"].clip(lower=1).sum()) if len(ev) else 0
     return {
         "events": int(len(ev)),
         "by_kind": by_kind,

@@ -323,8 +323,10 @@ def _recount_lost(meta: TraceMeta, events: pd.DataFrame) -> None:
     """Rebuild lost-event counts from the LOST markers (an unfinished file has no trailer)."""
     lost = events[events["kind"] == Kind.LOST]
     if len(lost):
-        meta.lost_events = int(lost["value"].sum())
-        meta.lost_per_cpu = {str(k): int(v) for k, v in lost.groupby("cpu")["value"].sum().items()}
+        # A marker of unknown size (value -1) stands for at least one lost event.
+        counts = lost["value"].clip(lower=1)
+        meta.lost_events = int(counts.sum())
+        meta.lost_per_cpu = {str(k): int(v) for k, v in counts.groupby(lost["cpu"]).sum().items()}
 
 
 def _json_event(line_no: int, obj: dict) -> dict:

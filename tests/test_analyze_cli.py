@@ -3,31 +3,16 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from kvmtrace.analysis import analyze_path
-from kvmtrace.cli import cli, main
 from kvmtrace.importers import load
 from kvmtrace.schema import TraceMeta
 from kvmtrace.tracefile import write_trace
 
+from cli_support import FIXTURES, LAB, run_main
 from model_scenarios import flush_with_sync, flush_without_sync
 
-ROOT = Path(__file__).resolve().parent.parent
-LAB = ROOT / "fixtures" / "lab_two_vcpu_flush.ftrace.txt"
 WINDOW_KEYS = {"total", "meaningful", "ok", "violation", "suspect", "inconclusive", "open"}
-
-
-def run(args):
-    result = CliRunner().invoke(cli, args, standalone_mode=False, catch_exceptions=False)
-    return result
-
-
-def run_main(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 @pytest.fixture
@@ -107,6 +92,7 @@ def test_several_traces_and_filters(tmp_path, capsys):
     assert code == 0 and json.loads(out)["verdict"] == "no-flushes"
     code, out, _ = run_main(["analyze", "--json", "--vm", "2", str(bad)], capsys)
     assert code == 0 and json.loads(out)["windows"]["total"] == 0
+    assert any("no event of VM tgid 2" in n for n in json.loads(out)["notes"])
     code, _, _ = run_main(["analyze", "--vm", "1", str(good)], capsys)
     assert code == 0
 
@@ -147,6 +133,57 @@ def test_truncated_parquet_is_exit_2(tmp_path, capsys):
     assert code == 2 and "verdict" not in out and str(path) in err
 
 
+@pytest.mark.parametrize("name,text", [
+    ("header_only.txt", "# tracer: nop\n#\n# entries-in-buffer/entries-written: 0/0   #P:2\n#\n"),
+    ("foreign_only.txt", "# tracer: nop\n"
+                         "           bash-100   [000] .....    10.000001: sched_switch: prev_comm=bash\n"
+                         "           bash-100   [000] .....    10.000002: sched_switch: prev_comm=sh\n"),
+])
+def test_text_trace_without_any_model_event_is_exit_2(tmp_path, capsys, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    code, out, err = run_main(["analyze", "--json", str(path)], capsys)
+    assert code == 2 and out == "" and err.strip().count("\n") == 0
+    assert str(path) in err and "no events to analyse" in err
+
+
+def test_native_trace_without_events_is_exit_2(tmp_path, capsys):
+    for name in ("empty.jsonl", "empty.parquet"):
+        path = tmp_path / name
+        write_trace(path, flush_with_sync().frame().iloc[:0], TraceMeta())
+        code, out, err = run_main(["analyze", str(path)], capsys)
+        assert code == 2 and out == "" and str(path) in err and "no events" in err
+
+
+def test_plugin_printed_sp_events_without_gfn_are_never_ok(capsys):
+    # One real capture printed two ways: libtraceevent's kvm plugin drops the SP gfn (the
+    # model cannot tell shadow pages apart), `trace-cmd report -R` keeps it.
+    code, out, _ = run_main(["analyze", "--json", str(FIXTURES / "text" / "trace_cmd_report.txt")],
+                            capsys)
+    doc = json.loads(out)
+    assert code == 3 and doc["verdict"] == "inconclusive" and doc["windows"]["ok"] == 0
+    assert any("trace-cmd report -R" in n for n in doc["notes"])
+    code, out, _ = run_main(["analyze", "--json",
+                             str(FIXTURES / "text" / "trace_cmd_report_raw.txt")], capsys)
+    assert code == 0 and json.loads(out)["verdict"] == "ok"
+
+
+def test_losses_in_a_trace_without_windows_are_not_no_flushes(tmp_path, capsys):
+    quiet, lossy = tmp_path / "quiet.jsonl", tmp_path / "lossy.jsonl"
+    base = flush_with_sync()
+    base.rows = base.rows[:-3]                  # up to before the flush request
+    write_trace(quiet, base.frame(), TraceMeta())
+    base.lost(7)
+    write_trace(lossy, base.frame(), TraceMeta())
+    code, out, _ = run_main(["analyze", "--json", str(quiet)], capsys)
+    assert code == 0 and json.loads(out)["verdict"] == "no-flushes"
+    code, out, _ = run_main(["analyze", "--json", str(lossy)], capsys)
+    doc = json.loads(out)
+    assert code == 3 and doc["verdict"] == "inconclusive" and doc["lost_events"] == 7
+    code, out, _ = run_main(["analyze", "--json", str(quiet), str(lossy)], capsys)
+    assert code == 3 and json.loads(out)["verdict"] == "inconclusive"
+
+
 def test_no_trace_argument_is_a_usage_error(capsys):
     code, _, _ = run_main(["analyze"], capsys)
     assert code == 2
@@ -154,13 +191,12 @@ def test_no_trace_argument_is_a_usage_error(capsys):
 
 # ----------------------------------------------------------------------------- larger real runs
 
-REAL = ROOT / "fixtures" / "real"
+REAL = FIXTURES / "real"
 
 
 def _real(name: str) -> Path:
     path = REAL / name
-    if not path.exists():
-        pytest.skip(f"{path} is not in this checkout")
+    assert path.is_file(), f"{path}: a shipped fixture is missing"
     return path
 
 

@@ -452,6 +452,17 @@ def test_out_of_order_cpus_are_sorted_stably(tmp_path):
     assert ev.ts.tolist() == [5_000_100_000, 5_000_300_000, 5_000_300_000, 5_000_300_000]
 
 
+def test_timestamps_going_back_on_one_cpu_are_a_trace_file_error(tmp_path):
+    # The lab's flush request and the sync_page that follows it, swapped: both on CPU 0.
+    lines = LAB.read_text().splitlines(keepends=True)
+    i = next(n for n, line in enumerate(lines) if "need_flush_tlb true" in line)
+    assert "kvm_mmu_sync_page" in lines[i + 1]
+    lines[i], lines[i + 1] = lines[i + 1], lines[i]
+    with pytest.raises(TraceFileError, match=r"timestamps go back on CPU 0 \(2252596626000 ns "
+                                             r"after 2252596630000 ns\)"):
+        load(write(tmp_path, "swapped.txt", "".join(lines)))
+
+
 def test_timestamps_exact_without_float_rounding(tmp_path):
     text = ("cpus=1\n"
             "   a-10   [000]  98765.123456789: kvm_pio: pio_write at 0x1 size 1 count 1 val 0x0 \n"

@@ -337,3 +337,84 @@ def test_empty_chunk_is_harmless():
     r = Replayer()
     assert r.feed(flush_with_sync().frame().iloc[:0]) == []
     assert r.finish().verdict == "no-flushes"
+
+
+# ----------------------------------------------------------------------------- input that cannot be trusted
+
+def test_resorted_chunk_with_simultaneous_events_is_never_ok():
+    # In file order the vCPU runs (same ns as the flush) before anything syncs: a violation.
+    s = unsynced()
+    s.pv(V1, 1, need_flush=1)
+    s.rows.append({**s.rows[-1], "kind": int(Kind.SPTE_INSTALL), "need_flush": -1, "vcpu": -1})
+    s.sync(V1, 4).run(V1)
+    frame = s.frame()
+    assert replay_frame(frame).verdict == "violation"
+    # The same events out of order, the run first among the two simultaneous ones: sorting
+    # cannot recover their order, and reading the run before the flush would say "ok".
+    n = len(frame)
+    swapped = frame.iloc[[*range(n - 4), n - 3, n - 4, n - 1, n - 2]].reset_index(drop=True)
+    res = replay_frame(swapped)
+    assert res.verdict == "inconclusive" and res.windows["ok"] == 0
+    assert any("share a timestamp" in n for n in res.notes)
+
+
+def test_shadow_pages_without_gfn_make_every_window_inconclusive():
+    s = flush_with_sync()
+    for row in s.rows:
+        if row["kind"] in (Kind.SP_GET, Kind.SP_UNSYNC, Kind.SP_SYNC, Kind.SP_ZAP):
+            row["gfn"] = -1                  # libtraceevent's kvm plugin omits it
+    res = result(s)
+    assert res.verdict == "inconclusive" and res.windows["ok"] == 0 and res.exit_code == 3
+    assert any("lack a field" in n for n in res.notes)
+
+
+def test_pv_flush_without_need_flush_is_never_no_flushes():
+    s = unsynced()
+    s.add(Kind.FLUSH_REQUEST_PV, V1, vcpu=1).run(V1)          # need_flush_tlb missing
+    res = result(s)
+    assert res.verdict == "inconclusive" and res.exit_code == 3
+
+
+def test_losses_without_any_window_are_inconclusive_not_no_flushes():
+    s = unsynced()
+    s.lost(4).run(V1)
+    res = result(s)
+    assert res.windows["total"] == 0
+    assert res.verdict == "inconclusive" and res.exit_code == 3 and res.lost_events == 4
+    assert result(unsynced()).verdict == "no-flushes"        # the same trace without the loss
+
+
+def test_window_without_any_shadow_page_event_is_not_ok():
+    s = Stream()                             # kvm_pv_tlb_flush and evidence, no kvmmmu events
+    s.pv(V1, 1).run(V1).pv(V1, 1, need_flush=1).run(V1)
+    w, res = only_window(s)
+    assert w.verdict == "inconclusive" and res.verdict == "inconclusive"
+    attached = TraceMeta(probes=["tracepoint:kvmmmu:kvm_mmu_unsync_page"])
+    assert only_window(s, attached)[0].verdict == "ok"      # attached, and none fired
+    assert only_window(s, TraceMeta(tdp=True))[0].verdict == "ok"
+
+
+def test_unsync_pages_past_the_scan_cap_are_never_ok(monkeypatch):
+    from kvmtrace.analysis import replay
+    s = built()
+    s.pv(12, 2).get(12, 9, 4).get(12, 20, 3).get(12, 21, 2).get(12, 22, 1).run(12)
+    s.unsync(12, 22).run(12)                 # unsync first, known unreachable from vCPU1
+    s.unsync(V0, 4).run(V0)                  # reachable from vCPU1's root
+    s.pv(V1, 1, need_flush=1).run(V1)
+    assert only_window(s)[0].verdict == "violation"
+    monkeypatch.setattr(replay, "MAX_OUTSTANDING_SCAN", 1)
+    w, _ = only_window(s)
+    assert w.verdict == "suspect" and [o.gfn for o in w.outstanding] == [22]
+    assert "not checked" in w.reason
+
+
+def test_no_sync_violation_needs_kvm_mmu_sync_roots_probed():
+    # 5.16+: kvm_mmu_sync_roots syncs the page in place; only kvm_mmu_load/unload are probed,
+    # so the sync call itself is invisible and its absence proves nothing.
+    s = unsynced()
+    s.pv(V1, 1, need_flush=1).sync(V1, 4).fn(Kind.HW_FLUSH, V1).run(V1, Kind.GUEST_ENTRY)
+    load_only = TraceMeta(probes=["kprobe:kvm_mmu_load", "kprobe:kvm_mmu_unload"])
+    w, _ = only_window(s, load_only)
+    assert (w.verdict, w.function_probes) == ("ok", False)
+    w, _ = only_window(s, FN_META)           # sync_roots probed and silent: the pre-5.13 path
+    assert w.verdict == "violation" and w.function_probes

@@ -110,6 +110,18 @@ def test_lost_markers_are_recounted_after_a_crash(tmp_path: Path) -> None:
     assert back.meta.lost_per_cpu == {"0": 3, "1": 12}
 
 
+def test_lost_marker_of_unknown_size_counts_as_one_after_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "rec.jsonl"
+    writer = TraceWriter(path, TraceMeta(source="recorded"))
+    writer.write(from_rows([dict(ts=1, kind=Kind.LOST, cpu=1, value=-1),
+                            dict(ts=2, kind=Kind.LOST, cpu=1, value=3)]))
+    back = load(path)                        # no trailer: counts rebuilt from the markers
+    assert back.meta.lost_events == 4 and back.meta.lost_per_cpu == {"1": 4}
+    out = tmp_path / "again.jsonl"
+    write_trace(out, back.events, back.meta)
+    assert load(out).meta.lost_events == 4
+
+
 def test_recorder_killed_by_sigkill_leaves_readable_file(tmp_path: Path) -> None:
     path = tmp_path / "killed.parquet"
     script = f"""
@@ -168,6 +180,17 @@ def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
     meta["schema_version"] = SCHEMA_VERSION + 1
     with pytest.raises(TraceFileError, match="unknown schema version"):
         load(_jsonl(tmp_path, meta))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("lost_events", "5"), ("lost_events", -1), ("tdp", "no"), ("probes", "kprobe:kvm_mmu_load"),
+    ("notes", "x"), ("lost_per_cpu", {"0": "7"}), ("start_time_ns", None), ("kernel_release", 6),
+])
+def test_metadata_of_the_wrong_type_is_refused(tmp_path: Path, field: str, value) -> None:
+    meta = TraceMeta().to_dict()
+    meta[field] = value
+    with pytest.raises(TraceFileError, match=f"metadata field '{field}'"):
+        load(_jsonl(tmp_path, meta, {"ts": 1, "kind": "pio"}))
 
 
 def test_unknown_kind_and_missing_fields_are_refused(tmp_path: Path) -> None:

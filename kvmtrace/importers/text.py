@@ -344,6 +344,7 @@ class _Importer:
                          source_path=str(self.path), kernel_release=self.kernel_release)
         self._fix_comms(cols)
         tgid = self._tgids(cols, meta, notes)
+        self._check_cpu_order(cols)
         order = np.argsort(cols["ts"], kind="stable")
         data = {name: (tgid if name == "tgid" else cols[name])[order] for name in _DTYPE}
         # Every array already has its schema dtype (see _Columns), so this frame conforms
@@ -366,6 +367,27 @@ class _Importer:
         meta.probes = sorted(self.probes)
         meta.notes = notes
         return Trace(events=events, meta=meta, warnings=list(notes))
+
+    def _check_cpu_order(self, cols: dict[str, np.ndarray]) -> None:
+        """Refuse a trace whose timestamps go back on one CPU.
+
+        Each CPU's ring buffer is written in time order (kernel/trace/ring_buffer.c; perf's
+        per-CPU mmap likewise), so only an edited, spliced or corrupt file goes back there.
+        Sorting would not repair it: the order of events printed with the same timestamp (a
+        microsecond clock prints many) is then unknown, and a flush read after the guest
+        run it preceded would pass for a synced one.  Across CPUs the file may interleave
+        freely; merging by timestamp keeps each CPU's order."""
+        ts, cpu = cols["ts"], cols["cpu"]
+        if len(ts) < 2 or not (ts[1:] < ts[:-1]).any():
+            return
+        by_cpu = np.argsort(cpu, kind="stable")
+        t, c = ts[by_cpu], cpu[by_cpu]
+        back = np.flatnonzero((t[1:] < t[:-1]) & (c[1:] == c[:-1]))
+        if len(back):
+            i = int(back[0])
+            raise TraceFileError(self.path, f"timestamps go back on CPU {int(c[i])} "
+                                            f"({int(t[i + 1])} ns after {int(t[i])} ns): "
+                                            "the trace is out of order")
 
     def _thread_names(self, cols: dict[str, np.ndarray]) -> None:
         """tid -> its last known comm (not "<...>")."""
