@@ -222,6 +222,8 @@ def per_event_model(path: str) -> tuple[float, str]:
 
 def _analyze_child(path: str, queue) -> None:
     from kvmtrace.analysis import analyze_path
+    from kvmtrace.tracefile import use_system_memory_pool
+    use_system_memory_pool()            # as `kvmtrace analyze` runs (kvmtrace.cli.main)
     t0, c0 = time.perf_counter(), time.process_time()
     r = analyze_path(path)
     dt, dc = time.perf_counter() - t0, time.process_time() - c0
@@ -246,6 +248,8 @@ def main() -> int:
     ap.add_argument("--small", type=int, default=2_000_000, help="events in the memory comparison trace")
     ap.add_argument("--keep", metavar="DIR", help="write the traces here and keep them")
     args = ap.parse_args()
+    from kvmtrace.tracefile import use_system_memory_pool
+    use_system_memory_pool()            # the baselines allocate as analyze does
     tmp = args.keep or tempfile.mkdtemp(prefix="kvmtrace-bench-")
     os.makedirs(tmp, exist_ok=True)
     big = os.path.join(tmp, "bench_big.parquet")

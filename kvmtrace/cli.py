@@ -16,7 +16,7 @@ from .commands.check import check
 from .commands.watch import watch
 from .errors import fail_line
 from .schema import SchemaError
-from .tracefile import TraceFileError
+from .tracefile import TraceFileError, use_system_memory_pool
 
 EPILOG = """\b
 Examples:
@@ -51,6 +51,7 @@ cli.add_command(watch)
 
 
 def main(argv: list[str] | None = None) -> None:
+    use_system_memory_pool()
     try:
         code = cli.main(args=argv, prog_name="kvmtrace", standalone_mode=False)
     except click.exceptions.Exit as exc:
