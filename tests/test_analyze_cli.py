@@ -15,16 +15,6 @@ from model_scenarios import flush_with_sync, flush_without_sync
 WINDOW_KEYS = {"total", "meaningful", "ok", "violation", "suspect", "inconclusive", "open"}
 
 
-@pytest.fixture
-def lab_without_sync(tmp_path):
-    lines = LAB.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if "kvm_mmu_sync_page" not in line]
-    assert len(kept) == len(lines) - 1
-    path = tmp_path / "lab_no_sync.ftrace.txt"
-    path.write_text("".join(kept))
-    return path
-
-
 # ----------------------------------------------------------------------------- the real capture
 
 def test_real_capture_is_ok_with_a_meaningful_sync_in_place_window(capsys):

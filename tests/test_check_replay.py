@@ -24,17 +24,6 @@ from cli_support import FIXTURES, GEN, LAB, REAL, run_main as run
 
 
 @pytest.fixture
-def lab_without_sync(tmp_path: Path) -> Path:
-    """The real lab capture with its kvm_mmu_sync_page line removed: a violation."""
-    lines = LAB.read_text().splitlines(keepends=True)
-    kept = [l for l in lines if "kvm_mmu_sync_page" not in l]
-    assert len(kept) == len(lines) - 1
-    path = tmp_path / "lab_no_sync.txt"
-    path.write_text("".join(kept))
-    return path
-
-
-@pytest.fixture
 def real_without_one_sync(tmp_path: Path) -> tuple[Path, int]:
     """The real 2-vCPU exercise recording with the sync_page events of its 5th window removed."""
     trace = load(REAL)

@@ -8,26 +8,24 @@ import time
 import click
 
 from ..analysis import analyze_paths, render
-from .options import tgid_map_option
+from .options import StatusLine, tgid_map_option
 
 
 class _Progress:
     """A one-line progress report on stderr, only when stderr is a terminal."""
 
     def __init__(self) -> None:
-        self.enabled = sys.stderr.isatty()
+        self.line = StatusLine() if sys.stderr.isatty() else None
         self.start = time.monotonic()
-        self.shown = False
 
     def __call__(self, path: str, events: int) -> None:
-        if not self.enabled or time.monotonic() - self.start < 1.0:
+        elapsed = time.monotonic() - self.start
+        if self.line is None or elapsed < 1.0:
             return
-        rate = events / max(time.monotonic() - self.start, 1e-9)
-        click.echo(f"\r{path}: {events:,} events ({rate / 1e6:.1f} M/s)   ", err=True, nl=False)
-        self.shown = True
+        self.line(f"{path}: {events:,} events ({events / elapsed / 1e6:.1f} M/s)")
 
     def done(self) -> None:
-        if self.shown:
+        if self.line is not None and self.line.width:
             click.echo("", err=True)
 
 

@@ -11,6 +11,7 @@ import click
 
 from .. import exitcodes
 from ..errors import fail_line
+from .options import StatusLine, warn_absent_tgids
 
 EPILOG = """\b
 Verdicts and exit codes:
@@ -62,12 +63,10 @@ def check(duration: float, tgids: tuple[int, ...], exercise: bool, min_windows: 
     tty = sys.stderr.isatty() and not as_json
     cfg = CheckConfig(duration=duration, min_windows=min_windows, exercise=exercise,
                       other_vms=bool(tgids) or not exercise,
-                      status=_StatusLine() if tty else None)
+                      status=StatusLine() if tty else None)
     if exercise:
         _exercise_possible()
-    for t in tgids:
-        if not os.path.exists(f"/proc/{t}"):
-            click.echo(f"kvmtrace: warning: no process {t} now; tracing it if it appears", err=True)
+    warn_absent_tgids(tgids, "tracing")
     source = _source(replay, tgids, exercise)
     stop = threading.Event()
     if cfg.status is not None and not replay:
@@ -123,23 +122,6 @@ def _write_prom(path: str, report) -> None:
     except OSError as exc:
         fail_line(f"check: cannot write {path}: {exc.strerror or exc}")
         raise click.exceptions.Exit(exitcodes.BAD_INPUT)
-
-
-class _StatusLine:
-    """One status line on a terminal's stderr, rewritten in place."""
-
-    def __init__(self) -> None:
-        self.width = 0
-
-    def __call__(self, text: str) -> None:
-        sys.stderr.write("\r" + text.ljust(self.width))
-        sys.stderr.flush()
-        self.width = len(text)
-
-    def clear(self) -> None:
-        if self.width:
-            sys.stderr.write("\r" + " " * self.width + "\r")
-            sys.stderr.flush()
 
 
 def _tdp_word(tdp) -> str:

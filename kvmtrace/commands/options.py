@@ -1,6 +1,9 @@
 """Options shared by several commands."""
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
 
@@ -20,3 +23,28 @@ def _parse_tgid_map(ctx, param, value: tuple[str, ...]) -> dict[int, int] | None
 tgid_map_option = click.option(
     "--tgid-map", multiple=True, callback=_parse_tgid_map, metavar="TID=TGID",
     help="Assign thread TID to the VM process TGID (repeatable) when the trace has no TGID column.")
+
+
+class StatusLine:
+    """One status line on a terminal's stderr, rewritten in place (padded over the last)."""
+
+    def __init__(self) -> None:
+        self.width = 0
+
+    def __call__(self, text: str) -> None:
+        sys.stderr.write("\r" + text.ljust(self.width))
+        sys.stderr.flush()
+        self.width = len(text)
+
+    def clear(self) -> None:
+        if self.width:
+            sys.stderr.write("\r" + " " * self.width + "\r")
+            sys.stderr.flush()
+            self.width = 0
+
+
+def warn_absent_tgids(tgids, verb: str) -> None:
+    """-p names a process that is not running (yet): say so, and trace it if it appears."""
+    for tgid in tgids:
+        if not os.path.exists(f"/proc/{tgid}"):
+            click.echo(f"kvmtrace: warning: no process {tgid} now; {verb} it if it appears", err=True)

@@ -8,6 +8,7 @@ import click
 
 from .. import exitcodes
 from ..errors import fail_line
+from .options import StatusLine, warn_absent_tgids
 
 
 @click.command(epilog="""\b
@@ -41,32 +42,23 @@ def record(output: str | None, tgids: tuple[int, ...], duration: float | None, p
             if ebpf:
                 click.echo(rec.program_text(), nl=False)
                 return
-            for t in tgids:
-                if not _alive(t):
-                    click.echo(f"kvmtrace: warning: no process {t} now; recording it if it appears", err=True)
+            warn_absent_tgids(tgids, "recording")
             report = rec.attach()
         except LiveUnavailable as exc:
             fail_line(str(exc))
             raise click.exceptions.Exit(exitcodes.ENVIRONMENT)
         for line in report.lines():
             click.echo(f"kvmtrace: {line}", err=True)
-        tty = sys.stderr.isatty()
+        status = StatusLine() if sys.stderr.isatty() else None
         try:
-            stats = rec.run(duration=duration, stop=stop, progress=_status_line if tty else None)
+            stats = rec.run(duration=duration, stop=stop,
+                            progress=(lambda s: status(s.line())) if status else None)
         finally:
             meta = rec.close()
-    if tty:
-        click.echo("", err=True)
+    if status:
+        click.echo("", err=True)        # keep the last status line on screen
     lost = meta.lost_events if meta else stats.lost
     click.echo(f"kvmtrace: wrote {stats.events} events to {output} in {stats.elapsed:.1f} s "
                f"({lost} lost)", err=True)
 
 
-def _status_line(stats) -> None:
-    sys.stderr.write("\r" + stats.line())
-    sys.stderr.flush()
-
-
-def _alive(pid: int) -> bool:
-    import os
-    return os.path.exists(f"/proc/{pid}")
