@@ -16,21 +16,13 @@ import pyarrow.parquet as pq
 
 from ..importers import load
 from ..schema import SchemaError
-from ..tracefile import ARROW_SCHEMA, PARQUET_MAGIC, TraceFileError, iter_parquet
+from ..tracefile import ARROW_SCHEMA, TraceFileError, is_parquet, iter_parquet
 from .replay import Replayer
 from .report import AnalysisResult, merge
 from .select import NEEDED, CommColumn
 
 CHUNK_ROWS = 1 << 20
 Progress = Callable[[str, int], None]
-
-
-def _is_parquet(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == PARQUET_MAGIC
-    except OSError:
-        return False
 
 
 def _parquet_arrays(path: str, chunk_rows: int) -> tuple:
@@ -94,7 +86,7 @@ def analyze_path(path: str | os.PathLike, *, vm: Optional[int] = None,
                  max_findings: int = 100) -> AnalysisResult:
     """Replay one trace file of any supported format; return its result."""
     path = str(path)
-    if _is_parquet(path):
+    if is_parquet(path):
         meta, chunks = _parquet_arrays(path, chunk_rows)
         rep = Replayer(meta, vm=vm, vcpu=vcpu, source=path, max_findings=max_findings)
         rows = _run(rep, path, ((c, m) for c, m in chunks), progress)

@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence
 import pandas as pd
 
 from .schema import TraceMeta
-from .tracefile import PARQUET_MAGIC, iter_parquet
+from .tracefile import is_parquet, iter_parquet
 
 OnChunk = Callable[[pd.DataFrame], None]
 
@@ -106,7 +106,7 @@ class FileSource:
         self._meta: Optional[TraceMeta] = None
 
     def open(self) -> SourceInfo:
-        if self._is_parquet():
+        if is_parquet(self.path):
             meta, self._chunks = iter_parquet(self.path, self.chunk_rows)
         else:
             from .importers import load
@@ -120,13 +120,6 @@ class FileSource:
         self._meta = meta
         return SourceInfo(meta=meta, attached=list(meta.probes), notes=list(meta.notes),
                           live=False, label=self.path)
-
-    def _is_parquet(self) -> bool:
-        try:
-            with open(self.path, "rb") as f:
-                return f.read(4) == PARQUET_MAGIC
-        except OSError:
-            return False              # load() names the problem
 
     def run(self, on_chunk: OnChunk, duration: Optional[float], stop: threading.Event) -> None:
         if self._chunks is None:

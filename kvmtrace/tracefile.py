@@ -255,6 +255,15 @@ def sniff_native(head: bytes) -> str | None:
     return None
 
 
+def is_parquet(path: str | os.PathLike) -> bool:
+    """Whether path starts like a Parquet file (unreadable files: False; the reader says why)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(PARQUET_MAGIC)) == PARQUET_MAGIC
+    except OSError:
+        return False
+
+
 def _meta_from_schema(path, schema: pa.Schema) -> TraceMeta:
     raw = (schema.metadata or {}).get(META_KEY)
     if raw is None:
