@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kvmtrace.live import Recorder                      # noqa: E402
-from kvmtrace.live.bccload import import_bcc           # noqa: E402
-from kvmtrace.live.selftest import GETPPID              # noqa: E402
+from kvmtrace.sources.live import Recorder                      # noqa: E402
+from kvmtrace.sources.live.bccload import import_bcc           # noqa: E402
+from kvmtrace.sources.live.selftest import GETPPID              # noqa: E402
 
 RING_PAGES = 8192          # 32 MiB, the recorder's default
 

@@ -1,4 +1,4 @@
-"""Text-import throughput: ftrace text lines per second through kvmtrace.importers.load().
+"""Text-import throughput: ftrace text lines per second through kvmtrace.sources.text.load().
 
 Builds a ~1M-line ftrace file by repeating the lab capture (fixtures/lab_two_vcpu_flush.ftrace.txt)
 with timestamps shifted past the previous copy, then times:
@@ -56,7 +56,7 @@ def baseline(path: Path) -> float:
 
 
 def run_import(path: Path) -> tuple[float, int]:
-    from kvmtrace.importers import load
+    from kvmtrace.sources.text import load
     start = time.process_time()
     trace = load(path)
     return time.process_time() - start, len(trace.events)

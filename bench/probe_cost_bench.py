@@ -25,10 +25,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kvmtrace.exercise import ExerciseConfig, run_exercise      # noqa: E402
-from kvmtrace.importers import load                               # noqa: E402
-from kvmtrace.live import Recorder                                # noqa: E402
-from kvmtrace.live.selftest import GETPPID                        # noqa: E402
-from kvmtrace.live.tracepoints import EVIDENCE, TracepointProbe   # noqa: E402
+from kvmtrace.sources.text import load                               # noqa: E402
+from kvmtrace.sources.live import Recorder                                # noqa: E402
+from kvmtrace.sources.live.selftest import GETPPID                        # noqa: E402
+from kvmtrace.sources.live.tracepoints import EVIDENCE, TracepointProbe   # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from capture_bench import build_loop, finish, spawn               # noqa: E402

@@ -31,9 +31,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from kvmtrace.frame import from_rows
+from kvmtrace.sources.frame import from_rows
 from kvmtrace.schema import Kind, TraceMeta, empty_columns
-from kvmtrace.tracefile import TraceWriter
+from kvmtrace.sources.native import TraceWriter
 
 N_VMS = 64
 VCPUS_PER_VM = 8
@@ -177,8 +177,8 @@ def baseline_loop(path: str) -> tuple[float, int]:
     """A plain per-event Python loop: read the same columns the same way, iterate every row
     and dispatch on its kind to a small handler (open a window on a PV flush request, close
     it at the thread's next evidence).  No model at all: a lower bound for per-event Python."""
-    from kvmtrace.analysis.select import NEEDED
-    from kvmtrace.analysis.stream import _parquet_arrays
+    from kvmtrace.analysis.selection import NEEDED
+    from kvmtrace.pipeline.offline import _parquet_arrays
     t0 = time.process_time()
     _, chunks = _parquet_arrays(path, CHUNK)
     open_windows: dict[int, int] = {}
@@ -210,7 +210,7 @@ def baseline_loop(path: str) -> tuple[float, int]:
 def per_event_model(path: str) -> tuple[float, str]:
     """The same model with every event through its handler (Replayer(per_event=True))."""
     from kvmtrace.analysis import Replayer
-    from kvmtrace.analysis.stream import _parquet_arrays
+    from kvmtrace.pipeline.offline import _parquet_arrays
     t0 = time.process_time()
     meta, chunks = _parquet_arrays(path, CHUNK)
     rep = Replayer(meta, per_event=True)
@@ -221,8 +221,8 @@ def per_event_model(path: str) -> tuple[float, str]:
 
 
 def _analyze_child(path: str, queue) -> None:
-    from kvmtrace.analysis import analyze_path
-    from kvmtrace.tracefile import use_system_memory_pool
+    from kvmtrace.pipeline.offline import analyze_path
+    from kvmtrace.sources.native import use_system_memory_pool
     use_system_memory_pool()            # as `kvmtrace analyze` runs (kvmtrace.cli.main)
     t0, c0 = time.perf_counter(), time.process_time()
     r = analyze_path(path)
@@ -248,7 +248,7 @@ def main() -> int:
     ap.add_argument("--small", type=int, default=2_000_000, help="events in the memory comparison trace")
     ap.add_argument("--keep", metavar="DIR", help="write the traces here and keep them")
     args = ap.parse_args()
-    from kvmtrace.tracefile import use_system_memory_pool
+    from kvmtrace.sources.native import use_system_memory_pool
     use_system_memory_pool()            # the baselines allocate as analyze does
     tmp = args.keep or tempfile.mkdtemp(prefix="kvmtrace-bench-")
     os.makedirs(tmp, exist_ok=True)

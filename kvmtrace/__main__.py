@@ -1,3 +1,3 @@
-from .cli import main
+from kvmtrace.cli import main
 
 main()

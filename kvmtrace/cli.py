@@ -5,18 +5,18 @@ import sys
 
 import click
 
-from . import __version__, exitcodes
-from .commands.analyze import analyze
-from .commands.convert import convert
-from .commands.exercise import exercise
-from .commands.show import show
-from .commands.doctor import doctor
-from .commands.record import record
-from .commands.check import check
-from .commands.watch import watch
-from .errors import fail_line
-from .schema import SchemaError
-from .tracefile import TraceFileError, use_system_memory_pool
+from kvmtrace import __version__, exitcodes
+from kvmtrace.commands.analyze import analyze
+from kvmtrace.commands.convert import convert
+from kvmtrace.commands.exercise import exercise
+from kvmtrace.commands.show import show
+from kvmtrace.commands.doctor import doctor
+from kvmtrace.commands.record import record
+from kvmtrace.commands.check import check
+from kvmtrace.commands.watch import watch
+from kvmtrace.errors import fail_line
+from kvmtrace.schema import SchemaError
+from kvmtrace.sources.native import TraceFileError, use_system_memory_pool
 
 EPILOG = """\b
 Examples:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .schema import Kind
+from kvmtrace.schema import Kind
 
 
 @dataclass(frozen=True)

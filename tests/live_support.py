@@ -3,8 +3,8 @@ from __future__ import annotations
 
 
 from kvmtrace.host import gather
-from kvmtrace.live.bccload import headers, import_bcc, privileges
-from kvmtrace.live.errors import LiveUnavailable
+from kvmtrace.sources.live.bccload import headers, import_bcc, privileges
+from kvmtrace.sources.live.errors import LiveUnavailable
 
 
 def bpf_unavailable_reason() -> str | None:
@@ -30,7 +30,7 @@ def kvm_tracing_unavailable_reason() -> str | None:
     reason = bpf_unavailable_reason()
     if reason:
         return reason
-    from kvmtrace.live.tracepoints import REQUIRED
+    from kvmtrace.sources.live.tracepoints import REQUIRED
     facts = gather()
     if not facts.backend.name:
         return "no KVM backend loaded (modprobe kvm_intel, kvm_amd or kvm_pvm)"

@@ -6,7 +6,7 @@ then vCPU1 services a PV flush and runs again.
 """
 from __future__ import annotations
 
-from kvmtrace.frame import from_rows
+from kvmtrace.sources.frame import from_rows
 from kvmtrace.schema import Kind
 
 TGID = 1

@@ -102,8 +102,8 @@ def test_a_stopped_check_ends_its_guest_early_and_is_inconclusive() -> None:
     # Ctrl-C / SIGTERM set the stop event; a guest asked for 200001 rounds must not run on.
     import re
     import threading
-    from kvmtrace.checkrun import CheckConfig, run_check
-    from kvmtrace.sources import LiveSource
+    from kvmtrace.pipeline.check import CheckConfig, run_check
+    from kvmtrace.sources.chunks import LiveSource
     stop = threading.Event()
 
     def status(text: str) -> None:

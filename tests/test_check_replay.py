@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kvmtrace.checkrun import CheckConfig, run_check
+from kvmtrace.pipeline.check import CheckConfig, run_check
 from kvmtrace.exercise import ExerciseResult, StaleRead
-from kvmtrace.importers import load
+from kvmtrace.sources.text import load
 from kvmtrace.schema import Kind
-from kvmtrace.sources import FileSource
-from kvmtrace.tracefile import write_trace
+from kvmtrace.sources.chunks import FileSource
+from kvmtrace.sources.native import write_trace
 
 from cli_support import FIXTURES, GEN, LAB, REAL, run_main as run
 
@@ -187,13 +187,13 @@ def test_cli_replay_takes_no_exercise(capsys) -> None:
 
 # ----------------------------------------------------------------------------- exit 4
 def _no_bpf(self):
-    from kvmtrace.live import LiveUnavailable
+    from kvmtrace.sources.live import LiveUnavailable
     raise LiveUnavailable("live tracing needs root: effective uid 1000", "run as root (sudo kvmtrace ...)")
 
 
 @pytest.mark.parametrize("command", [["check", "-d", "1"], ["watch"], ["watch", "--json"]])
 def test_cannot_trace_is_one_line_exit_4(command, monkeypatch, capsys) -> None:
-    from kvmtrace.sources import LiveSource
+    from kvmtrace.sources.chunks import LiveSource
     monkeypatch.setattr(LiveSource, "open", _no_bpf)
     code, out, err = run(command, capsys)
     assert code == 4 and out == ""
@@ -220,7 +220,7 @@ class _LiveWithoutSync(FileSource):
 
 def test_live_check_without_the_sync_tracepoint_refuses_to_judge() -> None:
     # Without the sync events every meaningful window would read as a violation.
-    from kvmtrace.live import LiveUnavailable
+    from kvmtrace.sources.live import LiveUnavailable
     source = _LiveWithoutSync(LAB)
     with pytest.raises(LiveUnavailable, match="kvmmmu:kvm_mmu_sync_page \\(tracepoint absent\\)"):
         run_check(source, CheckConfig())
@@ -229,7 +229,7 @@ def test_live_check_without_the_sync_tracepoint_refuses_to_judge() -> None:
 
 def test_exercise_impossible_is_exit_4_before_tracing(monkeypatch, capsys) -> None:
     import kvmtrace.exercise as exercise_pkg
-    from kvmtrace.sources import LiveSource
+    from kvmtrace.sources.chunks import LiveSource
     monkeypatch.setattr(exercise_pkg, "unavailable_reason", lambda device=None: "/dev/kvm does not exist")
     monkeypatch.setattr(LiveSource, "open", lambda self: pytest.fail("attached anyway"))
     code, out, err = run(["check", "--exercise"], capsys)

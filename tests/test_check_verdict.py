@@ -1,10 +1,10 @@
-"""Every branch of the check verdict (kvmtrace.checking.decide)."""
+"""Every branch of the check verdict (kvmtrace.pipeline.check_rules.decide)."""
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvmtrace.checking import (FAIL, INCONCLUSIVE, NOT_EXPOSED, PASS, Evidence,
+from kvmtrace.pipeline.check_rules import (FAIL, INCONCLUSIVE, NOT_EXPOSED, PASS, Evidence,
                                ExerciseOutcome, decide)
 
 

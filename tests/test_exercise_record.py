@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kvmtrace.analysis import analyze_path
+from kvmtrace.pipeline.offline import analyze_path
 from kvmtrace.cli import cli
 from kvmtrace.exercise import ExerciseConfig, unavailable_reason
 
@@ -29,7 +29,7 @@ def _has_symbol(name: str) -> bool:
 
 def recorded(tmp_path: Path, config: ExerciseConfig):
     from kvmtrace.exercise.recording import run_recorded
-    from kvmtrace.live import LiveUnavailable
+    from kvmtrace.sources.live import LiveUnavailable
     try:
         return run_recorded(config, str(tmp_path / "run.parquet"))
     except LiveUnavailable as exc:
@@ -75,7 +75,7 @@ def test_cli_record_writes_a_trace(tmp_path):
 def test_cli_record_unavailable_exits_4(monkeypatch, tmp_path):
     """A recorder that cannot attach: one line, exit 4, no run."""
     import kvmtrace.exercise.recording as recording
-    from kvmtrace.live import LiveUnavailable
+    from kvmtrace.sources.live import LiveUnavailable
 
     def refuse(config, output, probes="auto"):
         raise LiveUnavailable("no kernel headers for BCC", "apt install linux-headers")

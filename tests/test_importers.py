@@ -17,14 +17,14 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from kvmtrace import functions
-from kvmtrace.frame import conform
-from kvmtrace.importers import load
-from kvmtrace.importers.payloads import KVM_REQ_TLB_FLUSH_GUEST_BIT, decode
-from kvmtrace.importers.sp_text import ROLE_SMM_LOW, parse_sp
+from kvmtrace.sources.frame import conform
+from kvmtrace.sources.text import load
+from kvmtrace.sources.text.payloads import KVM_REQ_TLB_FLUSH_GUEST_BIT, decode
+from kvmtrace.sources.text.sp_text import ROLE_SMM_LOW, parse_sp
 from kvmtrace.schema import (ROLE_AD_DISABLED, ROLE_CR0_WP, ROLE_DIRECT, ROLE_EFER_NX,
                              ROLE_HAS_4_BYTE_GPTE, ROLE_INVALID, ROLE_SMAP_ANDNOT_WP,
                              ROLE_SMEP_ANDNOT_WP, Kind)
-from kvmtrace.tracefile import TraceFileError
+from kvmtrace.sources.native import TraceFileError
 
 REPO = Path(__file__).resolve().parent.parent
 FIX = REPO / "fixtures"

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 
 from kvmtrace.cli import cli
 from kvmtrace.host import gather
-from kvmtrace.live import recorder as recorder_mod
-from kvmtrace.live import doctor as doctor_mod
-from kvmtrace.live.errors import LiveUnavailable
+from kvmtrace.sources.live import recorder as recorder_mod
+from kvmtrace.sources.live import doctor as doctor_mod
+from kvmtrace.sources.live.errors import LiveUnavailable
 
 from live_support import kvm_tracing_unavailable_reason
 
@@ -173,9 +173,9 @@ def test_attach_interrupted_half_way_detaches_and_leaves_no_file(monkeypatch, tm
 def test_a_full_disk_is_one_clear_error_naming_the_partial_file(monkeypatch, tmp_path):
     # /dev/full fails every write with ENOSPC: put it under the open .part file after its
     # header went out, like a filesystem that filled up mid-recording.
-    from kvmtrace.live.records import lost_frame
+    from kvmtrace.sources.live.records import lost_frame
     from kvmtrace.schema import TraceMeta
-    from kvmtrace.tracefile import TraceFileError, TraceWriter
+    from kvmtrace.sources.native import TraceFileError, TraceWriter
     monkeypatch.setattr(recorder_mod, "gather", lambda root: gather(HOSTS / "pvm_6_18"))
     out = tmp_path / "x.parquet"
     rec = recorder_mod.Recorder(out)

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from kvmtrace.host import gather, parse_format
-from kvmtrace.live.bccload import captured_stderr
-from kvmtrace.live.capabilities import kprobes
-from kvmtrace.live.plan import build
-from kvmtrace.live.program import ProgramConfig, generate, resolve
-from kvmtrace.live.tracepoints import BY_NAME
+from kvmtrace.sources.live.bccload import captured_stderr
+from kvmtrace.sources.live.capabilities import kprobes
+from kvmtrace.sources.live.plan import build
+from kvmtrace.sources.live.program import ProgramConfig, generate, resolve
+from kvmtrace.sources.live.tracepoints import BY_NAME
 
 from live_support import bcc_or_none, bpf_unavailable_reason, kvm_tracing_unavailable_reason
 
@@ -39,7 +39,7 @@ def compile_and_load(text: str, tracepoints=(), functions=()):
 def test_function_probe_program_compiles_and_verifies(sample):
     facts = gather(HOSTS / sample)
     # Plan as if kprobes worked (the sample says whether they do; we only compile here).
-    from kvmtrace.live.capabilities import Capability
+    from kvmtrace.sources.live.capabilities import Capability
     plan = build(facts, "auto", Capability(True, "assumed for compiling"))
     assert plan.functions, "the sample has probe-able functions"
     text = generate(ProgramConfig(tgids=(1234,)), plan.tracepoints, plan.functions)

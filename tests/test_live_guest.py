@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kvmtrace.importers import load
-from kvmtrace.live import Recorder
+from kvmtrace.sources.text import load
+from kvmtrace.sources.live import Recorder
 from kvmtrace.schema import (EVIDENCE_KINDS, FLUSH_REQUEST_KINDS, ROLE_ACCESS_MASK, ROLE_AD_DISABLED,
                              ROLE_DIRECT, ROLE_EFER_NX, ROLE_HAS_4_BYTE_GPTE, ROLE_INVALID,
                              ROLE_LEVEL_MASK, ROLE_QUADRANT_MASK, Kind, SP_KINDS)

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from kvmtrace.host import gather, parse_format
-from kvmtrace.live.capabilities import kprobes
-from kvmtrace.live.plan import build
-from kvmtrace.live.program import (FunctionProbe, ProgramConfig, ProgramError, args_struct,
+from kvmtrace.sources.live.capabilities import kprobes
+from kvmtrace.sources.live.plan import build
+from kvmtrace.sources.live.program import (FunctionProbe, ProgramConfig, ProgramError, args_struct,
                                    generate, resolve, tracepoint_handler)
-from kvmtrace.live.tracepoints import BY_NAME, TRACEPOINTS
+from kvmtrace.sources.live.tracepoints import BY_NAME, TRACEPOINTS
 from kvmtrace.schema import Kind
 
 HOSTS = Path(__file__).parent / "data" / "hosts"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kvmtrace.importers import load
+from kvmtrace.sources.text import load
 from kvmtrace.schema import Kind
-from kvmtrace.tracefile import TraceFileError
+from kvmtrace.sources.native import TraceFileError
 
 from live_support import kvm_unavailable_reason
 

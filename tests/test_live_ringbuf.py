@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kvmtrace.live.records import SLOT_DTYPE, lost_frame, to_frame
-from kvmtrace.live.ringbuf import BUSY_BIT, DISCARD_BIT, RingbufError, RingbufReader
-from kvmtrace.frame import conform
+from kvmtrace.sources.live.records import SLOT_DTYPE, lost_frame, to_frame
+from kvmtrace.sources.live.ringbuf import BUSY_BIT, DISCARD_BIT, RingbufError, RingbufReader
+from kvmtrace.sources.frame import conform
 from kvmtrace.schema import Kind
 
 SIZE = 16 * SLOT_DTYPE.itemsize        # 16 slots

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kvmtrace.live import Recorder
-from kvmtrace.live.selftest import GETPPID
+from kvmtrace.sources.live import Recorder
+from kvmtrace.sources.live.selftest import GETPPID
 from kvmtrace.schema import Kind
-from kvmtrace.tracefile import read_native
+from kvmtrace.sources.native import read_native
 
 from live_support import bpf_unavailable_reason
 

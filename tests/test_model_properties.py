@@ -8,7 +8,7 @@ import pandas as pd
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from kvmtrace.analysis import Replayer, replay_frame
-from kvmtrace.frame import concat
+from kvmtrace.sources.frame import concat
 from kvmtrace.schema import Kind
 
 from model_scenarios import built

@@ -1,8 +1,9 @@
 """The replay model, transition by transition, on hand-built event streams."""
 import pytest
 
+from kvmtrace.exitcodes import for_verdict
 from kvmtrace.analysis import Replayer, replay_frame
-from kvmtrace.frame import concat
+from kvmtrace.sources.frame import concat
 from kvmtrace.schema import KVM_EXIT_INTR, Kind, SchemaError, TraceMeta
 
 from model_scenarios import (HELPER, V0, V1, Stream, built, flush_with_sync,
@@ -94,12 +95,12 @@ def test_feed_returns_windows_closed_by_that_chunk():
 def test_ok_when_the_unsync_page_is_synced():
     w, res = only_window(flush_with_sync())
     assert (w.verdict, w.pattern, w.meaningful) == ("ok", "sync-in-place", True)
-    assert w.latency_ns == 10 and res.exit_code == 0
+    assert w.latency_ns == 10 and for_verdict(res.verdict) == 0
 
 
 def test_violation_names_the_reachable_unsync_page():
     w, res = only_window(flush_without_sync())
-    assert w.verdict == "violation" and w.vcpu == 1 and res.exit_code == 1
+    assert w.verdict == "violation" and w.vcpu == 1 and for_verdict(res.verdict) == 1
     assert [(o.gfn, o.reachable) for o in w.outstanding] == [(4, True)]
     assert res.findings[0]["outstanding"][0]["gfn"] == 4
     assert res.pattern == "hardware-flush-only"
@@ -131,7 +132,7 @@ def test_suspect_when_the_vcpu_root_is_unknown():
     s.pv(V0, 0).unsync(V0, 4).run(V0)
     s.pv(V1, 1, need_flush=1).run(V1)
     w, res = only_window(s)
-    assert w.verdict == "suspect" and res.exit_code == 3
+    assert w.verdict == "suspect" and for_verdict(res.verdict) == 3
     assert w.outstanding[0].reachable is None
 
 
@@ -162,7 +163,7 @@ def test_lost_events_inside_the_window_are_inconclusive():
     s = unsynced()
     s.pv(V1, 1, need_flush=1).lost().run(V1)
     w, res = only_window(s)
-    assert w.verdict == "inconclusive" and res.lost_events == 5 and res.exit_code == 3
+    assert w.verdict == "inconclusive" and res.lost_events == 5 and for_verdict(res.verdict) == 3
 
 
 def test_trace_ending_inside_the_window_is_open():
@@ -364,7 +365,7 @@ def test_shadow_pages_without_gfn_make_every_window_inconclusive():
         if row["kind"] in (Kind.SP_GET, Kind.SP_UNSYNC, Kind.SP_SYNC, Kind.SP_ZAP):
             row["gfn"] = -1                  # libtraceevent's kvm plugin omits it
     res = result(s)
-    assert res.verdict == "inconclusive" and res.windows["ok"] == 0 and res.exit_code == 3
+    assert res.verdict == "inconclusive" and res.windows["ok"] == 0 and for_verdict(res.verdict) == 3
     assert any("lack a field" in n for n in res.notes)
 
 
@@ -372,7 +373,7 @@ def test_pv_flush_without_need_flush_is_never_no_flushes():
     s = unsynced()
     s.add(Kind.FLUSH_REQUEST_PV, V1, vcpu=1).run(V1)          # need_flush_tlb missing
     res = result(s)
-    assert res.verdict == "inconclusive" and res.exit_code == 3
+    assert res.verdict == "inconclusive" and for_verdict(res.verdict) == 3
 
 
 def test_losses_without_any_window_are_inconclusive_not_no_flushes():
@@ -380,7 +381,7 @@ def test_losses_without_any_window_are_inconclusive_not_no_flushes():
     s.lost(4).run(V1)
     res = result(s)
     assert res.windows["total"] == 0
-    assert res.verdict == "inconclusive" and res.exit_code == 3 and res.lost_events == 4
+    assert res.verdict == "inconclusive" and for_verdict(res.verdict) == 3 and res.lost_events == 4
     assert result(unsynced()).verdict == "no-flushes"        # the same trace without the loss
 
 

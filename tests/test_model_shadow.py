@@ -75,9 +75,9 @@ def test_new_page_with_existing_key_drops_stale_links():
 def test_analysis_never_imports_bcc_or_the_live_collector():
     import subprocess
     import sys
-    code = ("import sys, kvmtrace.analysis, kvmtrace.commands.analyze, kvmtrace.analysis.generations;"
+    code = ("import sys, kvmtrace.analysis, kvmtrace.commands.analyze, fixtures.generations;"
             "bad = [m for m in sys.modules if m == 'bcc' or m.startswith('bcc.') "
-            "or m.startswith('kvmtrace.live') or m.startswith('kvmtrace.host')];"
+            "or m.startswith('kvmtrace.sources.live') or m.startswith('kvmtrace.host')];"
             "print(','.join(bad)); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

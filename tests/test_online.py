@@ -8,14 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kvmtrace.analysis import analyze_path
-from kvmtrace.frame import from_rows
-from kvmtrace.importers import load
+from kvmtrace.pipeline.offline import analyze_path
+from kvmtrace.sources.frame import from_rows
+from kvmtrace.sources.text import load
 from kvmtrace.analysis.report import finding_dict, is_finding
-from kvmtrace.online import OnlineAnalysis
+from kvmtrace.pipeline.online import OnlineAnalysis
 from kvmtrace.schema import Kind, TraceMeta
-from kvmtrace.session import Session
-from kvmtrace.sources import FileSource
+from kvmtrace.pipeline.session import Session
+from kvmtrace.sources.chunks import FileSource
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 TRACES = sorted(str(p) for p in (FIXTURES / "generations").glob("*.jsonl")) + [

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from kvmtrace.prom import render_metrics, write_atomically
+from kvmtrace.outputs.prom import render_metrics, write_atomically
 
 
 def _samples(text: str) -> dict[tuple[str, tuple], float]:

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from kvmtrace.frame import conform, from_rows
-from kvmtrace.importers import load
+from kvmtrace.sources.frame import conform, from_rows
+from kvmtrace.sources.text import load
 from kvmtrace.schema import COLUMNS, SCHEMA_VERSION, Kind, SchemaError, TraceMeta
-from kvmtrace.tracefile import TraceFileError, TraceWriter, write_trace
+from kvmtrace.sources.native import TraceFileError, TraceWriter, write_trace
 
 FORMATS = ["t.parquet", "t.jsonl", "t.jsonl.gz"]
 
@@ -126,9 +126,9 @@ def test_recorder_killed_by_sigkill_leaves_readable_file(tmp_path: Path) -> None
     path = tmp_path / "killed.parquet"
     script = f"""
 import os, signal
-from kvmtrace.frame import from_rows
+from kvmtrace.sources.frame import from_rows
 from kvmtrace.schema import Kind, TraceMeta
-from kvmtrace.tracefile import TraceWriter
+from kvmtrace.sources.native import TraceWriter
 w = TraceWriter({str(path)!r}, TraceMeta(source="recorded"))
 for c in range(4):
     w.write(from_rows([dict(ts=c * 100 + i, kind=Kind.PIO, value=i) for i in range(100)]))
@@ -225,7 +225,7 @@ def test_writer_killed_before_its_first_chunk_leaves_its_metadata(tmp_path: Path
     script = f"""
 import os, signal
 from kvmtrace.schema import TraceMeta
-from kvmtrace.tracefile import TraceWriter
+from kvmtrace.sources.native import TraceWriter
 TraceWriter({str(path)!r}, TraceMeta(source="recorded", kernel_release="6.18-test"))
 os.kill(os.getpid(), signal.SIGKILL)
 """

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from kvmtrace.importers import load
-from kvmtrace.livetable import AnsiTable, JsonLines, PlainLines
+from kvmtrace.sources.text import load
+from kvmtrace.outputs.livetable import AnsiTable, JsonLines, PlainLines
 from kvmtrace.schema import Kind
-from kvmtrace.sources import FileSource
-from kvmtrace.tracefile import write_trace
-from kvmtrace.watching import Watch
+from kvmtrace.sources.chunks import FileSource
+from kvmtrace.sources.native import write_trace
+from kvmtrace.pipeline.watch import Watch
 
 from cli_support import FIXTURES, GEN, REAL, run_main as run
 

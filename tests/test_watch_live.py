@@ -17,7 +17,7 @@ import pytest
 
 from live_support import kvm_unavailable_reason
 
-from kvmtrace.analysis import analyze_path
+from kvmtrace.pipeline.offline import analyze_path
 from kvmtrace.exercise import ExerciseConfig, run_exercise
 
 REASON = kvm_unavailable_reason()

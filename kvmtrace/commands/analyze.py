@@ -7,8 +7,10 @@ import time
 
 import click
 
-from ..analysis import analyze_paths, render
-from .options import StatusLine, tgid_map_option
+from kvmtrace import exitcodes
+from kvmtrace.outputs.text import render
+from kvmtrace.pipeline.offline import analyze_paths
+from kvmtrace.commands.options import StatusLine, tgid_map_option
 
 
 class _Progress:
@@ -59,4 +61,4 @@ def analyze(traces: tuple[str, ...], as_json: bool, vm: int | None, vcpu: int | 
     finally:
         progress.done()
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else render(result))
-    raise click.exceptions.Exit(result.exit_code)
+    raise click.exceptions.Exit(exitcodes.for_verdict(result.verdict))

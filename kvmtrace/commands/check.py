@@ -9,9 +9,9 @@ import time
 
 import click
 
-from .. import exitcodes
-from ..errors import fail_line
-from .options import StatusLine, warn_absent_tgids
+from kvmtrace import exitcodes
+from kvmtrace.errors import fail_line
+from kvmtrace.commands.options import StatusLine, warn_absent_tgids
 
 EPILOG = """\b
 Verdicts and exit codes:
@@ -53,9 +53,9 @@ def check(duration: float, tgids: tuple[int, ...], exercise: bool, min_windows: 
     shadow-MMU model as `kvmtrace analyze` while they arrive.  A check that saw no
     meaningful flush window never passes: use --exercise to make one happen.
     """
-    from ..checkrun import CheckConfig, run_check
-    from ..live import LiveUnavailable
-    from ..session import stop_on_signals
+    from kvmtrace.pipeline.check import CheckConfig, run_check
+    from kvmtrace.sources.live import LiveUnavailable
+    from kvmtrace.pipeline.session import stop_on_signals
     if replay and (exercise or tgids):
         raise click.UsageError("--replay judges a recorded trace: it takes no --exercise or -p")
     if prom_file:
@@ -90,7 +90,7 @@ def check(duration: float, tgids: tuple[int, ...], exercise: bool, min_windows: 
 
 
 def _source(replay: str | None, tgids: tuple[int, ...], exercise: bool):
-    from ..sources import FileSource, LiveSource
+    from kvmtrace.sources.chunks import FileSource, LiveSource
     if replay:
         return FileSource(replay)
     traced = set(tgids)
@@ -100,7 +100,7 @@ def _source(replay: str | None, tgids: tuple[int, ...], exercise: bool):
 
 
 def _exercise_possible() -> None:
-    from ..exercise import unavailable_reason
+    from kvmtrace.exercise import unavailable_reason
     reason = unavailable_reason()
     if reason:
         fail_line(f"check: cannot run the built-in guest here: {reason}")
@@ -115,7 +115,7 @@ def _check_prom_dir(path: str) -> None:
 
 
 def _write_prom(path: str, report) -> None:
-    from ..prom import render_metrics, write_atomically
+    from kvmtrace.outputs.prom import render_metrics, write_atomically
     text = render_metrics(report.verdict, report.windows(), report.stale_reads, time.time())
     try:
         write_atomically(path, text)

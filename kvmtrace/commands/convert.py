@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import click
 
-from ..importers import load
-from ..tracefile import native_format, write_trace
-from .options import tgid_map_option
+from kvmtrace.sources.text import load
+from kvmtrace.sources.native import native_format, write_trace
+from kvmtrace.commands.options import tgid_map_option
 
 
 @click.command(epilog="""\b

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from .. import exitcodes
+from kvmtrace import exitcodes
 
 
 @click.command(epilog="""\b
@@ -18,7 +18,7 @@ Exit 0 when a recording is possible, 4 when not.
 def doctor(as_json: bool) -> None:
     """Check everything live tracing needs: KVM backend, TDP/shadow paging, BCC, headers,
     tracefs, BPF tracepoint programs, kprobes, fentry, KVM functions and tracepoints."""
-    from ..live.doctor import diagnose, render
+    from kvmtrace.sources.live.doctor import diagnose, render
     d = diagnose()
     click.echo(json.dumps(d.to_dict(), indent=2) if as_json else render(d))
     raise click.exceptions.Exit(exitcodes.OK if d.recording_possible else exitcodes.ENVIRONMENT)

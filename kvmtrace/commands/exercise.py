@@ -9,9 +9,9 @@ import time
 
 import click
 
-from .. import exitcodes
-from ..errors import fail_line
-from ..exercise import (ExerciseConfig, ExerciseError, ExerciseResult, ExerciseUnavailable,
+from kvmtrace import exitcodes
+from kvmtrace.errors import fail_line
+from kvmtrace.exercise import (ExerciseConfig, ExerciseError, ExerciseResult, ExerciseUnavailable,
                         run_exercise)
 
 STALE_SHOWN = 10
@@ -172,9 +172,9 @@ def exercise(vcpus: int, rounds: int, pages: int, seed: int, no_flush: bool,
 
 def _run_recorded(config: ExerciseConfig, output: str):
     """The exercise under the live recorder; a recorder that cannot attach exits 4."""
-    from ..exercise.recording import run_recorded
-    from ..live import LiveUnavailable
-    from ..exercise import unavailable_reason
+    from kvmtrace.exercise.recording import run_recorded
+    from kvmtrace.sources.live import LiveUnavailable
+    from kvmtrace.exercise import unavailable_reason
     reason = unavailable_reason()          # before spending seconds compiling BPF
     if reason:
         raise ExerciseUnavailable(reason)

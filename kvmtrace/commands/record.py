@@ -6,9 +6,9 @@ import threading
 
 import click
 
-from .. import exitcodes
-from ..errors import fail_line
-from .options import StatusLine, warn_absent_tgids
+from kvmtrace import exitcodes
+from kvmtrace.errors import fail_line
+from kvmtrace.commands.options import StatusLine, warn_absent_tgids
 
 
 @click.command(epilog="""\b
@@ -31,8 +31,8 @@ FILE.part, which every kvmtrace command reads.
 def record(output: str | None, tgids: tuple[int, ...], duration: float | None, probes: str,
            ebpf: bool) -> None:
     """Record KVM guest-flush, shadow-page and guest-run events with BPF."""
-    from ..live import LiveUnavailable, Recorder
-    from ..session import stop_on_signals
+    from kvmtrace.sources.live import LiveUnavailable, Recorder
+    from kvmtrace.pipeline.session import stop_on_signals
     if not ebpf and not output:
         raise click.UsageError("-o/--output is required (or --ebpf)")
     stop = threading.Event()

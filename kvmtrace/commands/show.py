@@ -5,9 +5,9 @@ import json
 
 import click
 
-from ..importers import load
-from ..summary import render, summarize
-from .options import tgid_map_option
+from kvmtrace.sources.text import load
+from kvmtrace.outputs.summary import render, summarize
+from kvmtrace.commands.options import tgid_map_option
 
 
 @click.command(epilog="""\b

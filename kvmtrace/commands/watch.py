@@ -6,8 +6,8 @@ import threading
 
 import click
 
-from .. import exitcodes
-from ..errors import fail_line
+from kvmtrace import exitcodes
+from kvmtrace.errors import fail_line
 
 EPILOG = """\b
 On a terminal the table is refreshed in place and each violation is printed above it
@@ -38,11 +38,11 @@ Runs until Ctrl-C or SIGTERM.  Exit codes: 0, 1 when a violation was seen,
 def watch(tgids: tuple[int, ...], as_json: bool, output: str | None, interval: float | None,
           replay: str | None) -> None:
     """Watch guest TLB flush windows live and report each violation as it happens."""
-    from ..live import LiveUnavailable
-    from ..livetable import AnsiTable, JsonLines, PlainLines
-    from ..session import stop_on_signals
-    from ..sources import FileSource, LiveSource
-    from ..watching import Watch
+    from kvmtrace.sources.live import LiveUnavailable
+    from kvmtrace.outputs.livetable import AnsiTable, JsonLines, PlainLines
+    from kvmtrace.pipeline.session import stop_on_signals
+    from kvmtrace.sources.chunks import FileSource, LiveSource
+    from kvmtrace.pipeline.watch import Watch
     if replay and (tgids or output):
         raise click.UsageError("--replay reads a recorded trace: it takes no -p or -o")
     out = sys.stdout                # click.get_text_stream() is deprecated (Click 8.5 warns)

@@ -17,8 +17,8 @@ import os
 import platform
 import time
 
-from .backend import detect_backend
-from .result import ExerciseConfig, ExerciseResult, StaleRead
+from kvmtrace.exercise.backend import detect_backend
+from kvmtrace.exercise.result import ExerciseConfig, ExerciseResult, StaleRead
 
 __all__ = ["run_exercise", "unavailable_reason", "ExerciseConfig", "ExerciseResult",
            "StaleRead", "ExerciseUnavailable", "ExerciseError"]
@@ -51,8 +51,8 @@ def unavailable_reason(device: str | None = None) -> str | None:
     backend = detect_backend()
     if backend.quirks is None:
         return "no supported KVM backend loaded (kvm_intel, kvm_amd or kvm_pvm)"
-    from .paravirt import missing_features
-    from .vm import Kvm, pv_features
+    from kvmtrace.exercise.paravirt import missing_features
+    from kvmtrace.exercise.vm import Kvm, pv_features
     try:
         kvm = Kvm(device)
         try:
@@ -72,9 +72,9 @@ def run_exercise(config: ExerciseConfig) -> ExerciseResult:
     Raises ExerciseUnavailable when the host cannot run it, ValueError for a bad config,
     ExerciseError when the guest stops unexpectedly.  Stale reads are data, not errors.
     """
-    from .guest import GuestSetupError, build_guest
-    from .protocol import Exerciser, tables_for
-    from .vm import GuestStopped
+    from kvmtrace.exercise.guest import GuestSetupError, build_guest
+    from kvmtrace.exercise.protocol import Exerciser, tables_for
+    from kvmtrace.exercise.vm import GuestStopped
 
     config.validate()
     reason = unavailable_reason()

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..host.backend import tdp_param
+from kvmtrace.host.backend import tdp_param
 
 PVM_MSR_VIF = 0x4b564d10           # VIF page: GPA | PVM_VIF_HOST_ENABLE
 PVM_VIF_HOST_ENABLE = 0x400

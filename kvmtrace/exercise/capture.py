@@ -14,7 +14,7 @@ import os
 import re
 import threading
 
-from ..host.tracefs import find_mount
+from kvmtrace.host.tracefs import find_mount
 
 SYSTEMS = ("kvm", "kvmmmu")
 _ENTRIES_RE = re.compile(r"entries-in-buffer/entries-written:\s*(\d+)/(\d+)")

@@ -7,7 +7,7 @@ guest ABI expects; VMX and SVM accept any.
 """
 from __future__ import annotations
 
-from .kvmabi import KvmRegs, KvmSegment, KvmSregs
+from kvmtrace.exercise.kvmabi import KvmRegs, KvmSegment, KvmSregs
 
 KERNEL_CS, KERNEL_DS = 0x10, 0x18
 

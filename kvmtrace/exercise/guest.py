@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import backend as be
-from .cpustate import entry_regs, long_mode_sregs
-from .guestcode import CODE
-from .layout import CODE_GPA, Layout
-from .paravirt import MSR_KVM_STEAL_TIME, missing_features, steal_time_msr_value
-from .vm import Kvm, Vcpu, Vm, pv_features
+from kvmtrace.exercise import backend as be
+from kvmtrace.exercise.cpustate import entry_regs, long_mode_sregs
+from kvmtrace.exercise.guestcode import CODE
+from kvmtrace.exercise.layout import CODE_GPA, Layout
+from kvmtrace.exercise.paravirt import MSR_KVM_STEAL_TIME, missing_features, steal_time_msr_value
+from kvmtrace.exercise.vm import Kvm, Vcpu, Vm, pv_features
 
 
 class GuestSetupError(RuntimeError):

@@ -27,14 +27,14 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .guest import Guest
-from .guestcode import (CTL_FLAGS, CTL_NFLAGS, CTL_NREADS, CTL_NSTORES, CTL_READS,
+from kvmtrace.exercise.guest import Guest
+from kvmtrace.exercise.guestcode import (CTL_FLAGS, CTL_NFLAGS, CTL_NREADS, CTL_NSTORES, CTL_READS,
                         CTL_RESULTS, CTL_STORES, PARK_PORT)
-from .kvmabi import set_thread_name
-from .layout import PAIRS_PER_TABLE, Layout, leaf_entry
-from .paravirt import STEAL_TIME_PREEMPTED_OFFSET
-from .result import ExerciseConfig, StaleRead
-from .vm import Vcpu
+from kvmtrace.exercise.kvmabi import set_thread_name
+from kvmtrace.exercise.layout import PAIRS_PER_TABLE, Layout, leaf_entry
+from kvmtrace.exercise.paravirt import STEAL_TIME_PREEMPTED_OFFSET
+from kvmtrace.exercise.result import ExerciseConfig, StaleRead
+from kvmtrace.exercise.vm import Vcpu
 
 WRITER = 0
 PHASE_TIMEOUT_S = 30.0

@@ -1,4 +1,4 @@
-"""Run the exercise while the live recorder (kvmtrace.live.Recorder) records its VM.
+"""Run the exercise while the live recorder (kvmtrace.sources.live.Recorder) records its VM.
 
 The guest runs in this process, so the recorder is filtered to this process's TGID.  The
 recorder attaches before the VM exists and stops after it is torn down, so the file holds
@@ -11,8 +11,8 @@ import os
 import threading
 from dataclasses import dataclass, field
 
-from . import run_exercise
-from .result import ExerciseConfig, ExerciseResult
+from kvmtrace.exercise import run_exercise
+from kvmtrace.exercise.result import ExerciseConfig, ExerciseResult
 
 
 @dataclass
@@ -27,8 +27,8 @@ class Recording:
 
 def run_recorded(config: ExerciseConfig, output: str, probes: str = "auto"
                  ) -> tuple[ExerciseResult, Recording]:
-    """Raises kvmtrace.live.LiveUnavailable when the recorder cannot attach here."""
-    from ..live import Recorder
+    """Raises kvmtrace.sources.live.LiveUnavailable when the recorder cannot attach here."""
+    from kvmtrace.sources.live import Recorder
     recorder = Recorder(output, tgids=(os.getpid(),), probes=probes)
     report = recorder.attach()
     stop = threading.Event()

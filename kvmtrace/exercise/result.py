@@ -18,8 +18,8 @@ class ExerciseConfig:
     progress: Optional[Progress] = None
 
     def validate(self) -> None:
-        from .guestcode import MAX_FLAGS, MAX_READS, MAX_STORES
-        from .layout import MAX_VCPUS
+        from kvmtrace.exercise.guestcode import MAX_FLAGS, MAX_READS, MAX_STORES
+        from kvmtrace.exercise.layout import MAX_VCPUS
         top = min(MAX_FLAGS + 1, MAX_VCPUS)
         if not 2 <= self.vcpus <= top:
             raise ValueError(f"--vcpus must be 2..{top} (one writer, at least one reader)")

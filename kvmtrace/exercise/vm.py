@@ -11,8 +11,8 @@ import mmap
 import os
 import struct
 
-from . import kvmabi as abi
-from .paravirt import KVM_CPUID_FEATURES
+from kvmtrace.exercise import kvmabi as abi
+from kvmtrace.exercise.paravirt import KVM_CPUID_FEATURES
 
 
 class Kvm:

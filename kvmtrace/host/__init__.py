@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import backend as _backend
-from .backend import Backend
-from .kallsyms import Kallsyms, Symbol
-from .kernel import KernelConfig, release
-from .tracefs import FormatError, TraceField, TracepointFormat, Tracefs, find_mount, parse_format
+from kvmtrace.host import backend as _backend
+from kvmtrace.host.backend import Backend
+from kvmtrace.host.kallsyms import Kallsyms, Symbol
+from kvmtrace.host.kernel import KernelConfig, release
+from kvmtrace.host.tracefs import FormatError, TraceField, TracepointFormat, Tracefs, find_mount, parse_format
 
 __all__ = ["HostFacts", "gather", "Backend", "Kallsyms", "Symbol", "KernelConfig", "Tracefs",
            "TracepointFormat", "TraceField", "FormatError", "find_mount", "parse_format"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .kallsyms import Kallsyms
+from kvmtrace.host.kallsyms import Kallsyms
 
 BACKENDS = ("kvm_intel", "kvm_amd", "kvm_pvm")
 # A symbol every build of the backend has (its vcpu_run op), for built-in backends.

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..functions import PROBED_FUNCTIONS, ProbedFunction
-from ..schema import Kind
-from .kallsyms import Kallsyms
+from kvmtrace.functions import PROBED_FUNCTIONS, ProbedFunction
+from kvmtrace.schema import Kind
+from kvmtrace.host.kallsyms import Kallsyms
 
 # The vendor prefix of each backend's functions (arch/x86/kvm/vmx, svm, pvm).
 VENDOR_PREFIX = {"kvm_intel": "vmx_", "kvm_amd": "svm_", "kvm_pvm": "pvm_"}

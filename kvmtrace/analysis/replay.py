@@ -1,0 +1,541 @@
+"""Replay a normalised event stream through a model of KVM's shadow MMU.
+
+``Replayer`` is incremental: ``feed(chunk)`` returns the flush windows that chunk closed,
+``finish()`` the whole result.  The offline ``analyze`` command and the live ``check`` /
+``watch`` commands use this one implementation.  select.py picks the events that can change
+the model (vectorised); this module handles those one by one, with ONE METHOD PER EVENT
+KIND (``on_<kind name>``), dispatching on ``schema.Kind``.
+
+Kernel objects modelled (arch/x86/kvm/mmu/mmu.c, arch/x86/kvm/x86.c):
+- per VM (``struct kvm``): the shadow pages (``struct kvm_mmu_page``) keyed by
+  ``(gfn, union kvm_mmu_page_role)``, which are unsync, and what is known of the SP tree
+  (shadow.py);
+- per vCPU (``struct kvm_vcpu``): ``vcpu->arch.mmu->root`` as last seen, and the open flush
+  window between servicing a guest TLB flush (``kvm_vcpu_flush_tlb_guest``, requested via
+  ``KVM_VCPU_FLUSH_TLB`` / ``KVM_REQ_TLB_FLUSH_GUEST`` / Hyper-V) and the next guest run
+  (vcpu.py, window.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple, Optional
+
+import numpy as np
+import pandas as pd
+
+from kvmtrace.schema import (COLUMN_NAMES, KIND_NAMES, KVM_EXIT_INTR, ROLE_DIRECT, Kind, SchemaError,
+                      TraceMeta)
+from kvmtrace.analysis.report import AnalysisResult, Aggregate
+from kvmtrace.analysis.selection import (NEEDED, PTE_ADDR, PTE_PRESENT, PTE_PSE, WALK_FROM_ROOT, ChunkSelector,
+                     CommColumn)
+from kvmtrace.analysis.shadow import ShadowMMU
+from kvmtrace.analysis.vcpu import (SINCE_LOAD, SINCE_SYNC_PREV, SINCE_SYNC_ROOTS, SINCE_UNLOAD, VcpuState)
+from kvmtrace.analysis.window import FlushWindow, Outstanding, decide
+
+# The function probe whose silence makes "no sync happened" observable (DESIGN §2): every
+# fixed flush path runs kvm_mmu_sync_roots() before the guest does - 5.16+ directly in
+# kvm_vcpu_flush_tlb_guest(), 5.13-5.15 from the kvm_mmu_load() that follows
+# kvm_mmu_unload() (arch/x86/kvm/mmu/mmu.c, kvm_mmu_load: "kvm_mmu_sync_roots(vcpu);").
+# Probes on kvm_mmu_load/kvm_mmu_unload alone would miss the 5.16+ sync.
+SYNC_PROBE = "kvm_mmu_sync_roots"
+MAX_OUTSTANDING_SCAN = 4096
+
+
+class Event(NamedTuple):
+    """One event the model handles (select.NEEDED columns, plus select.py's ``aux``)."""
+
+    ts: int
+    tgid: int
+    tid: int
+    vcpu: int
+    kind: int
+    gfn: int
+    role: int
+    level: int
+    created: int
+    need_flush: int
+    value: int
+    aux: int = -1        # select.py: a walker edge's parent table gfn (-1: the root)
+
+
+@dataclass
+class VMState:
+    """One VM (``struct kvm``, the VMM process ``tgid``)."""
+
+    tgid: int
+    shadow: ShadowMMU = field(default_factory=ShadowMMU)
+    threads: dict = field(default_factory=dict)          # thread key -> VcpuState
+    open: set = field(default_factory=set)               # thread keys with an open window
+    # Guest page-table edges seen by walkers: (child table gfn, level) -> parent table gfns.
+    guest_parents: dict = field(default_factory=dict)
+    sp_seen: bool = False               # a kvmmmu shadow-page event of this VM fired
+    sync_probe_seen: bool = False       # a kvm_mmu_sync_roots probe of this VM fired
+
+
+class Replayer:
+    """Feed chunks of events (DataFrames in the schema), get flush windows and verdicts.
+
+    ``per_event=True`` runs every event through its handler instead of the vectorised
+    selection: the plain reference the selection is checked and benchmarked against.
+    """
+
+    def __init__(self, meta: Optional[TraceMeta] = None, *, vm: Optional[int] = None,
+                 vcpu: Optional[int] = None, max_findings: int = 100,
+                 source: str = "", per_event: bool = False) -> None:
+        self.meta = meta or TraceMeta()
+        self.vm_filter = vm
+        self.vcpu_filter = vcpu
+        self.source = source
+        self.fn_probes = any(probe.endswith(":" + SYNC_PROBE) for probe in self.meta.probes)
+        # The recorder says it attached kvmmmu:kvm_mmu_unsync_page: silence means none.
+        self.sp_probed = any(probe.endswith("kvm_mmu_unsync_page") for probe in self.meta.probes)
+        self.vms: dict[int, VMState] = {}
+        self.seq = 0
+        self.events = 0
+        self.handled = 0
+        self.lost_markers = 0
+        self.reordered = 0
+        self.late = 0
+        self.ambiguous = 0
+        self.incomplete = 0
+        self.vcpu_conflicts = 0
+        self.agg = Aggregate(max_findings=max_findings, vcpu=vcpu)
+        self._selector = ChunkSelector(select_all=per_event)
+        self._closed: list[FlushWindow] = []
+        self._pairs: dict[tuple[int, int], tuple[VMState, VcpuState]] = {}
+        self._finished: Optional[AnalysisResult] = None
+        self._dispatch: dict[int, Callable[[Event], None]] = {
+            int(k): getattr(self, "on_" + k.name.lower()) for k in Kind}
+
+    # ------------------------------------------------------------------ feeding
+    def feed(self, chunk: pd.DataFrame) -> list[FlushWindow]:
+        """Replay one chunk (time-ordered within itself); return the windows it closed."""
+        missing = [c for c in NEEDED if c not in chunk.columns]
+        if missing:
+            raise SchemaError(f"missing column {missing[0]!r}")
+        cols = {c: chunk[c].to_numpy() for c in NEEDED}
+        comm = CommColumn(chunk["comm"].to_numpy(dtype=object)) if "comm" in chunk.columns else None
+        return self.feed_arrays(cols, comm)
+
+    def feed_arrays(self, cols: dict, comm: Optional[CommColumn] = None) -> list[FlushWindow]:
+        """Like feed(), from a dict of column arrays (the fast Parquet path)."""
+        if self._finished is not None:
+            raise RuntimeError("feed() after finish()")
+        if self.vm_filter is not None:
+            keep = (np.asarray(cols["tgid"]) == self.vm_filter) | (np.asarray(cols["kind"]) == Kind.LOST)
+            if not keep.all():
+                cols = {k: np.asarray(v)[keep] for k, v in cols.items()}
+                comm = comm.take(np.flatnonzero(keep)) if comm is not None else None
+        sel = self._selector.select(cols, comm)
+        self.events += len(sel.cols["ts"])
+        self.reordered += sel.reordered
+        self.late += sel.late
+        self.ambiguous += sel.ambiguous
+        self.incomplete += sel.incomplete
+        for tgid, tkey, vcpu, name in sel.threads:
+            th = self._thread(tgid, tkey)
+            if not th.learn_vcpu(vcpu):
+                self.vcpu_conflicts += 1
+            th.learn_comm(name)
+        rows = sel.rows
+        if len(rows):
+            c = sel.cols
+            columns = [np.asarray(c[name])[rows].tolist() for name in Event._fields]
+            dispatch = self._dispatch
+            for values in zip(*columns):
+                ev = Event(*values)
+                dispatch[ev.kind](ev)
+            self.handled += len(rows)
+        closed, self._closed = self._closed, []
+        return closed
+
+    def finish(self) -> AnalysisResult:
+        """End of trace: open windows stay "open"; returns the aggregated result."""
+        if self._finished is None:
+            for vm in self.vms.values():
+                for tkey in sorted(vm.open):
+                    th = vm.threads[tkey]
+                    w = th.window
+                    th.window = None
+                    if w is not None and not w.tentative:
+                        w.vcpu = th.vcpu
+                        self.agg.add(w)
+                vm.open.clear()
+            self._finished = self.agg.result(self)
+        return self._finished
+
+    # ------------------------------------------------------------------ state helpers
+    def _vm(self, tgid: int) -> VMState:
+        vm = self.vms.get(tgid)
+        if vm is None:
+            vm = self.vms[tgid] = VMState(tgid)
+        return vm
+
+    def _thread(self, tgid: int, tkey: int) -> VcpuState:
+        vm = self._vm(tgid)
+        th = vm.threads.get(tkey)
+        if th is None:
+            th = vm.threads[tkey] = VcpuState(tgid, tkey)
+        return th
+
+    def _of(self, ev: Event, remember: bool = True) -> tuple[VMState, VcpuState]:
+        """The VM and vCPU of an event.  ``remember`` keeps it as context for findings:
+        only for events every chunking hands over (not evidence or walker events, which
+        select.py thins out), so results do not depend on chunk boundaries."""
+        key = (ev.tgid, ev.tid if ev.tid >= 0 else -2 - ev.vcpu)
+        pair = self._pairs.get(key)
+        if pair is None:
+            pair = self._pairs[key] = (self._vm(ev.tgid), self._thread(*key))
+        th = pair[1]
+        if ev.vcpu >= 0 and th.vcpu != ev.vcpu and not th.learn_vcpu(ev.vcpu):
+            self.vcpu_conflicts += 1
+        if remember:
+            th.recent.append(ev)
+        return pair
+
+    def _open(self, vm: VMState, th: VcpuState, ev: Event, *, tentative: bool = False,
+              started_inside: bool = False) -> FlushWindow:
+        w = th.window
+        if w is not None:
+            if w.tentative and not tentative:
+                w.tentative = False
+            w.add_event(ev)
+            return w
+        self.seq += 1
+        w = FlushWindow(tgid=th.tgid, tid=th.tid, vcpu=th.vcpu, opened_ts=ev.ts,
+                        opener=KIND_NAMES[ev.kind], open_seq=self.seq,
+                        unsync_at_open=len(vm.shadow.unsync), tentative=tentative,
+                        started_inside=started_inside)
+        for before in list(th.recent)[-3:-1]:
+            w.add_event(before)
+        w.add_event(ev)
+        th.window = w
+        vm.open.add(th.tid)
+        return w
+
+    def _confirm(self, th: VcpuState, ev: Event) -> Optional[FlushWindow]:
+        """A flush-path event on this vCPU: the open window (now surely a guest flush)."""
+        w = th.window
+        if w is not None:
+            w.tentative = False
+            w.add_event(ev)
+        return w
+
+    def _close(self, vm: VMState, th: VcpuState, ev: Event) -> None:
+        w = th.window
+        th.window = None
+        vm.open.discard(th.tid)
+        if w is None or w.tentative:
+            return          # kvm_service_local_tlb_flush_requests for a non-guest flush
+        w.closed_ts = ev.ts
+        w.closer = KIND_NAMES[ev.kind]
+        w.vcpu = th.vcpu
+        w.add_event(ev)
+        tdp = self.meta.tdp
+        shadow_vm = tdp is False or (tdp is None and vm.sp_seen)
+        fn_mode = self.fn_probes or vm.sync_probe_seen
+        # Reachability (the costly part) matters unless the verdict is already settled.
+        settled = (w.lost or w.started_inside or tdp is True
+                   or (fn_mode and shadow_vm and (w.saw_sync_roots or w.saw_unload)))
+        outstanding = []
+        unchecked = 0
+        shadow = vm.shadow
+        for key, rec in shadow.unsync_before(w.open_seq):
+            if len(outstanding) >= MAX_OUTSTANDING_SCAN:
+                unchecked += 1        # the cap bounds the reachability walks, not the count
+                continue
+            sp = shadow.pages.get(key)
+            reach = None if settled else shadow.reachable(key, th.root)
+            outstanding.append(Outstanding(key[0], key[1], sp.level if sp else key[1] & 0xF,
+                                           rec.ts, rec.tid, reach))
+        decide(w, outstanding, tdp=tdp, shadow_vm=shadow_vm, fn_mode=fn_mode,
+               sp_observed=vm.sp_seen or self.sp_probed, unchecked=unchecked)
+        self._closed.append(w)
+        self.agg.add(w)
+
+    def _evidence(self, ev: Event) -> None:
+        vm, th = self._of(ev, remember=False)
+        th.since_run = 0
+        if th.window is not None:
+            self._close(vm, th, ev)
+
+    # ------------------------------------------------------------------ lost events
+    def on_lost(self, ev: Event) -> None:
+        """The collector dropped ``value`` records: every open window becomes inconclusive."""
+        self.lost_markers += max(1, ev.value)
+        for vm in self.vms.values():
+            for tkey in vm.open:
+                w = vm.threads[tkey].window
+                if w is not None:
+                    w.lost = True
+
+    # ------------------------------------------------------------------ flush requests
+    def on_flush_request_pv(self, ev: Event) -> None:
+        """kvm:kvm_pv_tlb_flush from record_steal_time(): need_flush_tlb set opens a window.
+
+        With need_flush_tlb 0 it only says the vCPU is being loaded (every KVM_RUN on PVM).
+        """
+        vm, th = self._of(ev, remember=ev.need_flush > 0)
+        if ev.need_flush > 0:
+            self._open(vm, th, ev)
+
+    def on_flush_request_guest(self, ev: Event) -> None:
+        """KVM_REQ_TLB_FLUSH_GUEST pending (kvm_exit ``requests``, 6.14+)."""
+        vm, th = self._of(ev)
+        self._open(vm, th, ev)
+
+    def on_flush_request_hyperv(self, ev: Event) -> None:
+        """kvm_hv_flush_tlb(_ex): fires on the vCPU that made the Hyper-V flush hypercall
+        (arch/x86/kvm/hyperv.c, kvm_hv_flush_tlb), which requests the flush on every vCPU of
+        its processor set.  The set is not in the schema (``value`` is processor_mask or,
+        for _ex, only the bank mask), so only the caller's window is modelled."""
+        vm, th = self._of(ev)
+        self._open(vm, th, ev)
+
+    # ------------------------------------------------------------------ flush path functions
+    def on_flush_guest_entry(self, ev: Event) -> None:
+        """kvm_vcpu_flush_tlb_guest() entered: a guest flush is being serviced."""
+        vm, th = self._of(ev)
+        w = self._open(vm, th, ev)
+        w.saw_flush_fn = True
+
+    def on_flush_guest_return(self, ev: Event) -> None:
+        vm, th = self._of(ev)
+        w = self._confirm(th, ev)
+        if w is None:
+            # Its entry is not in the trace: the trace (or the probe) started inside.
+            w = self._open(vm, th, ev, started_inside=True)
+            self._inherit(th, w)
+        w.saw_flush_fn = True
+
+    def on_flush_service(self, ev: Event) -> None:
+        """kvm_service_local_tlb_flush_requests(): runs for any pending TLB flush request,
+        so it opens only a tentative window that a guest-flush action must confirm."""
+        vm, th = self._of(ev)
+        if th.window is None:
+            self._open(vm, th, ev, tentative=True)
+        else:
+            th.window.add_event(ev)
+
+    def on_hw_flush(self, ev: Event) -> None:
+        """The vendor flush (vmx_flush_tlb_guest, svm_flush_tlb*, pvm_flush_tlb_guest).
+        Not an opener: on SVM the same function also serves flush_tlb_current/all."""
+        _, th = self._of(ev)
+        w = th.window
+        if w is not None:
+            w.saw_hw_flush = True
+            w.add_event(ev)
+
+    def on_mmu_unload(self, ev: Event) -> None:
+        """kvm_mmu_unload(): frees root and prev_roots; the next kvm_mmu_load() syncs."""
+        _, th = self._of(ev)
+        th.since_run |= SINCE_UNLOAD
+        th.drop_root()
+        w = self._confirm(th, ev)
+        if w is not None:
+            w.saw_unload = True
+            w.note_sync(ev.ts)
+
+    def on_mmu_load_entry(self, ev: Event) -> None:
+        """kvm_mmu_load(): allocates roots, then kvm_mmu_sync_roots(), then loads the PGD."""
+        _, th = self._of(ev)
+        th.since_run |= SINCE_LOAD
+        w = th.window
+        if w is not None:
+            w.saw_load = True
+            w.add_event(ev)
+
+    def on_mmu_load_return(self, ev: Event) -> None:
+        _, th = self._of(ev)
+        w = th.window
+        if w is not None:
+            w.saw_load = w.saw_load or ev.value == 0
+            w.add_event(ev)
+
+    def on_sync_roots(self, ev: Event) -> None:
+        """kvm_mmu_sync_roots(): syncs every unsync SP reachable from the current root."""
+        vm, th = self._of(ev)
+        vm.sync_probe_seen = True
+        th.since_run |= SINCE_SYNC_ROOTS
+        w = self._confirm(th, ev)
+        if w is not None:
+            w.saw_sync_roots = True
+            w.note_sync(ev.ts)
+
+    def on_sync_prev_roots(self, ev: Event) -> None:
+        """kvm_mmu_sync_prev_roots() (5.16+): frees prev_roots that have unsync children."""
+        _, th = self._of(ev)
+        th.since_run |= SINCE_SYNC_PREV
+        w = self._confirm(th, ev)
+        if w is not None:
+            w.saw_sync_prev = True
+
+    def _inherit(self, th: VcpuState, w: FlushWindow) -> None:
+        """Flush-path functions since the last guest run belong to a window opened late."""
+        w.saw_sync_roots |= bool(th.since_run & SINCE_SYNC_ROOTS)
+        w.saw_unload |= bool(th.since_run & SINCE_UNLOAD)
+        w.saw_load |= bool(th.since_run & SINCE_LOAD)
+        w.saw_sync_prev |= bool(th.since_run & SINCE_SYNC_PREV)
+
+    # ------------------------------------------------------------------ shadow pages
+    def on_sp_get(self, ev: Event) -> None:
+        """kvmmmu:kvm_mmu_get_page: an SP found or created for this thread's walk or root.
+
+        A root-level (4 or 5), not direct SP is this vCPU's new root (mmu_alloc_root).
+        Otherwise the SP hangs under the SP one level up on the same path: the vCPU's root
+        when that is the root level, else the guest walk's table or the thread's latest SP
+        of that level (FNAME(fetch) calls kvm_mmu_get_child_sp top-down).
+        """
+        vm, th = self._of(ev)
+        vm.sp_seen = True
+        level = ev.level if ev.level > 0 else ev.role & 0xF
+        shadow = vm.shadow
+        sp = shadow.page(ev.gfn, ev.role, level, created=ev.created == 1)
+        if level >= 4 and not ev.role & ROLE_DIRECT and (level == 5 or th.root_level != 5):
+            th.set_root(sp.key, level)
+            w = th.window
+            if w is not None:
+                w.saw_reload_root = True
+                w.note_sync(ev.ts)
+                w.add_event(ev)
+            return
+        parent = self._parent_of(vm, th, ev.gfn, level, ev.role)
+        if parent is not None and parent.level == level + 1:
+            shadow.link(parent, sp)
+        for lower in [lv for lv in th.path if lv < level]:
+            del th.path[lower]
+        th.path[level] = sp.key
+
+    @staticmethod
+    def _parent_of(vm: VMState, th: VcpuState, gfn: int, level: int, role: int):
+        """The SP one level up on the path that just got SP (gfn, level).
+
+        Under the root level it is the vCPU's root.  Lower down, the guest walk says which
+        tables point at this one; the thread's latest SP of that level is used when it is
+        one of them (or when no walk was recorded), else the only known SP among them.
+        """
+        shadow = vm.shadow
+        if th.root is not None and level + 1 == th.root_level:
+            return shadow.pages.get(th.root)
+        pk = th.path.get(level + 1)
+        latest = shadow.pages.get(pk) if pk is not None else None
+        tables = vm.guest_parents.get((gfn, level))
+        if not tables:
+            return latest
+        if latest is not None and latest.gfn in tables:
+            return latest
+        found = [sp for sp in (shadow.find(p, level + 1, role) for p in tables) if sp is not None]
+        return found[0] if len(found) == 1 else None
+
+    def on_sp_unsync(self, ev: Event) -> None:
+        """kvmmmu:kvm_mmu_unsync_page: the guest may now write this last-level table."""
+        vm, th = self._of(ev)
+        vm.sp_seen = True
+        self.seq += 1
+        level = ev.level if ev.level > 0 else ev.role & 0xF
+        vm.shadow.mark_unsync(ev.gfn, ev.role, level, self.seq, ev.ts, ev.tid)
+
+    def on_sp_sync(self, ev: Event) -> None:
+        """kvmmmu:kvm_mmu_sync_page (kvm_sync_page; also fires for a zapped unsync SP)."""
+        vm, th = self._of(ev)
+        vm.sp_seen = True
+        rec = vm.shadow.mark_sync((ev.gfn, ev.role))
+        if rec is None:
+            return
+        for tkey in vm.open:
+            w = vm.threads[tkey].window
+            if w is not None and rec.seq < w.open_seq:
+                w.synced += 1
+                w.note_sync(ev.ts)
+                if tkey == th.tid:
+                    w.add_event(ev)
+
+    def on_sp_zap(self, ev: Event) -> None:
+        """kvmmmu:kvm_mmu_prepare_zap_page, from any thread of the VM (MMU notifiers,
+        kvm-nx-lpage-recovery): the SP and its links go; a zapped root is reloaded."""
+        vm, th = self._of(ev)
+        vm.sp_seen = True
+        key = (ev.gfn, ev.role)
+        rec = vm.shadow.unsync.get(key)
+        vm.shadow.zap(key)
+        if rec is not None:
+            for tkey in vm.open:
+                w = vm.threads[tkey].window
+                if w is not None and rec.seq < w.open_seq:
+                    w.zapped += 1
+        for other in vm.threads.values():
+            if other.root == key:
+                other.drop_root()
+
+    def on_walk_element(self, ev: Event) -> None:
+        """kvmmmu:kvm_mmu_paging_element: the guest PTE read at ``level`` points at the guest
+        table one level down (select.py put the table it was read from in ``aux``), so it
+        links the SPs shadowing the two tables, when both are known."""
+        vm, th = self._of(ev, remember=False)
+        level = ev.level
+        pte = ev.value
+        if level < 2 or not pte & PTE_PRESENT or (level in (2, 3) and pte & PTE_PSE):
+            return                          # a leaf: names a data page, not a table
+        child_gfn = (pte & PTE_ADDR) >> 12
+        shadow = vm.shadow
+        like = th.root[1] if th.root is not None else None
+        if ev.aux == WALK_FROM_ROOT:
+            if th.root is None or level != th.root_level:
+                return
+            parent_gfn = th.root[0]
+            parent = shadow.pages.get(th.root)
+        else:
+            parent_gfn = ev.aux
+            parent = shadow.find(parent_gfn, level, like)
+        vm.guest_parents.setdefault((child_gfn, level - 1), set()).add(parent_gfn)
+        child = shadow.find(child_gfn, level - 1, like)
+        if parent is not None and child is not None:
+            shadow.link(parent, child)
+
+    # ------------------------------------------------------------------ guest-run evidence
+    def on_guest_entry(self, ev: Event) -> None:
+        """kvm:kvm_entry: the vCPU enters guest mode."""
+        self._evidence(ev)
+
+    def on_guest_exit(self, ev: Event) -> None:
+        """kvm:kvm_exit: the vCPU ran guest code until this exit."""
+        self._evidence(ev)
+
+    def on_spte_install(self, ev: Event) -> None:
+        """kvmmmu:kvm_mmu_set_spte from a guest fault: the guest ran and faulted."""
+        self._evidence(ev)
+
+    def on_emulate(self, ev: Event) -> None:
+        self._evidence(ev)
+
+    def on_pio(self, ev: Event) -> None:
+        self._evidence(ev)
+
+    def on_mmio(self, ev: Event) -> None:
+        self._evidence(ev)
+
+    def on_hypercall(self, ev: Event) -> None:
+        self._evidence(ev)
+
+    def on_userspace_exit(self, ev: Event) -> None:
+        """kvm:kvm_userspace_exit: evidence only for a real exit reason (not an errno, not
+        KVM_EXIT_INTR, which KVM_RUN returns for a signal before entering the guest)."""
+        if ev.value >= 0 and ev.value != KVM_EXIT_INTR:
+            self._evidence(ev)
+
+    def on_page_fault(self, ev: Event) -> None:
+        self._evidence(ev)
+
+    def on_walk_start(self, ev: Event) -> None:
+        """kvmmmu:kvm_mmu_pagetable_walk: a guest fault (or emulated access) is walked."""
+        self._evidence(ev)
+
+
+def replay_frame(df: pd.DataFrame, meta: Optional[TraceMeta] = None, **kw) -> AnalysisResult:
+    """Replay one in-memory frame (tests, small traces)."""
+    r = Replayer(meta, **kw)
+    r.feed(df)
+    return r.finish()
+
+
+__all__ = ["Replayer", "replay_frame", "Event", "VMState", "COLUMN_NAMES"]

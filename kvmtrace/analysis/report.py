@@ -1,0 +1,265 @@
+"""Aggregate flush windows into verdicts: per vCPU, per VM, per trace; JSON and text.
+
+Verdict order (issue 3): ``violation`` > ``suspect`` > ``ok`` (some window closed ok) >
+``inconclusive`` (only inconclusive or open windows) > ``no-flushes``.  Memory stays bounded:
+windows are counted as they close; only the first ``max_findings`` findings are kept.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+from kvmtrace.schema import KIND_NAMES, Kind
+from kvmtrace.analysis.window import (GENERATIONS, INCONCLUSIVE, OK, OPEN, PATTERNS, SUSPECT, UNKNOWN,
+                     VIOLATION, FlushWindow)
+
+if TYPE_CHECKING:
+    from kvmtrace.analysis.replay import Replayer
+
+NO_FLUSHES = "no-flushes"
+COUNT_KEYS = ("total", "meaningful", "ok", "violation", "suspect", "inconclusive", "open")
+FINDING_VERDICTS = (VIOLATION, SUSPECT, INCONCLUSIVE)
+
+
+def empty_counts() -> dict[str, int]:
+    return {k: 0 for k in COUNT_KEYS}
+
+
+PRECEDENCE = (VIOLATION, SUSPECT, OK, INCONCLUSIVE, NO_FLUSHES)
+
+
+def verdict_of(counts: dict[str, int]) -> str:
+    for verdict in (VIOLATION, SUSPECT, OK):
+        if counts[verdict]:
+            return verdict
+    if counts[INCONCLUSIVE] or counts[OPEN]:
+        return INCONCLUSIVE
+    return NO_FLUSHES
+
+
+def trace_pattern(meaningful: Counter, observed: Counter) -> str:
+    """The pattern most meaningful windows showed; function-probe windows when none was
+    meaningful (there the pattern is observed, not inferred)."""
+    for counter in (meaningful, observed):
+        known = [(n, p) for p, n in counter.items() if p in PATTERNS]
+        if known:
+            # Most frequent; ties go to the buggy pattern first.
+            return max(known, key=lambda np_: (np_[0], -PATTERNS.index(np_[1])))[1]
+    return UNKNOWN
+
+
+@dataclass
+class VcpuRow:
+    tgid: int
+    vcpu: int
+    tids: set = field(default_factory=set)
+    counts: dict = field(default_factory=empty_counts)
+    lat_n: int = 0
+    lat_sum: int = 0
+    lat_max: int = 0
+
+    def add(self, w: FlushWindow) -> None:
+        self.tids.add(w.tid)
+        self.counts["total"] += 1
+        self.counts[w.verdict] += 1
+        if w.meaningful:
+            self.counts["meaningful"] += 1
+        lat = w.latency_ns
+        if lat is not None:
+            self.lat_n += 1
+            self.lat_sum += lat
+            self.lat_max = max(self.lat_max, lat)
+
+    def to_dict(self) -> dict:
+        return {"vcpu": self.vcpu if self.vcpu >= 0 else None, "tids": sorted(self.tids),
+                "verdict": verdict_of(self.counts), "windows": dict(self.counts),
+                "latency_ns": {"count": self.lat_n,
+                               "mean": self.lat_sum // self.lat_n if self.lat_n else None,
+                               "max": self.lat_max if self.lat_n else None}}
+
+
+def _event_dict(ev) -> dict:
+    kind = int(ev.kind)
+    out: dict[str, Any] = {"ts": int(ev.ts), "tid": int(ev.tid), "event": KIND_NAMES[kind]}
+    if ev.vcpu >= 0:
+        out["vcpu"] = int(ev.vcpu)
+    if kind in (Kind.SP_GET, Kind.SP_UNSYNC, Kind.SP_SYNC, Kind.SP_ZAP):
+        out.update(gfn=int(ev.gfn), role=int(ev.role), level=int(ev.level))
+        if kind == Kind.SP_GET and ev.created >= 0:
+            out["created"] = int(ev.created)
+    elif kind == Kind.FLUSH_REQUEST_PV:
+        out["need_flush"] = int(ev.need_flush)
+    elif kind not in (Kind.LOST,) and ev.value:
+        out["value"] = int(ev.value)
+    return out
+
+
+def finding_dict(w: FlushWindow) -> dict:
+    """A closed window as `analyze --json` lists it under `findings` (watch prints the same)."""
+    return {"ts": w.opened_ts, "closed_ts": w.closed_ts, "tgid": w.tgid,
+            "vcpu": w.vcpu if w.vcpu >= 0 else None, "tid": w.tid, "verdict": w.verdict,
+            "reason": w.reason, "pattern": w.pattern, "harmless": w.harmless,
+            "meaningful": w.meaningful,
+            "outstanding": [o.to_dict() for o in w.outstanding if o.reachable is not False][:32],
+            "events": [_event_dict(e) for e in w.events]}
+
+
+def is_finding(w: FlushWindow) -> bool:
+    """Closed windows reported as findings: violation, suspect, inconclusive."""
+    return w.verdict in FINDING_VERDICTS
+
+
+class Aggregate:
+    """Counts windows as they close; keeps the first findings."""
+
+    def __init__(self, max_findings: int = 100, vcpu: Optional[int] = None) -> None:
+        self.max_findings = max_findings
+        self.vcpu_filter = vcpu
+        self.rows: dict[tuple, VcpuRow] = {}
+        self.findings: list[dict] = []
+        self.findings_total = 0
+        self.meaningful_patterns: Counter = Counter()
+        self.observed_patterns: Counter = Counter()
+        self.doubts: list[str] = []
+
+    def add(self, w: FlushWindow) -> None:
+        if self.vcpu_filter is not None and w.vcpu != self.vcpu_filter:
+            return
+        key = (w.tgid, w.vcpu if w.vcpu >= 0 else -1, -1 if w.vcpu >= 0 else w.tid)
+        row = self.rows.get(key)
+        if row is None:
+            row = self.rows[key] = VcpuRow(w.tgid, w.vcpu)
+        row.add(w)
+        if w.verdict in (OK, VIOLATION, SUSPECT):
+            if w.meaningful:
+                self.meaningful_patterns[w.pattern] += 1
+            if w.function_probes:
+                self.observed_patterns[w.pattern] += 1
+        if is_finding(w):
+            self.findings_total += 1
+            if len(self.findings) < self.max_findings:
+                self.findings.append(finding_dict(w))
+
+    def demote_all(self, reason: str) -> None:
+        """Losses or disorder the replay could not place: no window can be trusted."""
+        self.doubts.append(reason)
+        for row in self.rows.values():
+            c = row.counts
+            c[INCONCLUSIVE] += c[OK] + c[VIOLATION] + c[SUSPECT]
+            c[OK] = c[VIOLATION] = c[SUSPECT] = 0
+        for f in self.findings:
+            if f["verdict"] != INCONCLUSIVE:
+                f["verdict"] = INCONCLUSIVE
+                f["reason"] = f"{reason} (the replay said: {f['reason']})"
+
+    def result(self, rep: "Replayer") -> "AnalysisResult":
+        notes: list[str] = []
+        lost_meta = rep.meta.lost_events
+        lost = max(lost_meta, rep.lost_markers)
+        if lost_meta > rep.lost_markers:
+            msg = (f"{lost_meta - rep.lost_markers} events were lost at unknown times "
+                   "(no LOST markers in the stream)")
+            notes.append(msg + "; every window is inconclusive")
+            self.demote_all(msg)
+        if rep.late:
+            msg = f"{rep.late} events arrived out of time order across chunks"
+            notes.append(msg + "; every window is inconclusive")
+            self.demote_all(msg)
+        if rep.ambiguous:
+            msg = (f"{rep.reordered} time-order inversions were re-sorted in chunks where "
+                   f"{rep.ambiguous} events share a timestamp, so the order of simultaneous "
+                   "events is unknown")
+            notes.append(msg + "; every window is inconclusive")
+            self.demote_all(msg)
+        elif rep.reordered:
+            notes.append(f"{rep.reordered} time-order inversions inside chunks were re-sorted")
+        if rep.incomplete:
+            msg = (f"{rep.incomplete} shadow-page or kvm_pv_tlb_flush events lack a field the "
+                   "model needs (gfn, role or need_flush_tlb; libtraceevent's kvm plugin prints "
+                   "no gfn: use `trace-cmd report -R`)")
+            notes.append(msg + "; every window is inconclusive")
+            self.demote_all(msg)
+        if rep.vm_filter is not None and rep.vm_filter not in rep.vms:
+            notes.append(f"no event of VM tgid {rep.vm_filter} is in this trace")
+        if rep.vcpu_conflicts:
+            notes.append(f"{rep.vcpu_conflicts} events named a different vCPU id than their "
+                         "thread had (vCPU moved between threads?)")
+        vms = []
+        total = empty_counts()
+        by_vm: dict[int, list[VcpuRow]] = {}
+        for key in sorted(self.rows, key=lambda k: (k[0], k[1] < 0, k[1], k[2])):
+            by_vm.setdefault(key[0], []).append(self.rows[key])
+        for tgid, rows in by_vm.items():
+            counts = empty_counts()
+            for row in rows:
+                for k in COUNT_KEYS:
+                    counts[k] += row.counts[k]
+            for k in COUNT_KEYS:
+                total[k] += counts[k]
+            vms.append({"tgid": tgid, "verdict": verdict_of(counts), "windows": counts,
+                        "vcpus": [r.to_dict() for r in rows]})
+        pattern = trace_pattern(self.meaningful_patterns, self.observed_patterns)
+        verdict = verdict_of(total)
+        if verdict == NO_FLUSHES and (lost or self.doubts):
+            # A flush window may be among what was lost or misread: "none seen" is no answer.
+            verdict = INCONCLUSIVE
+            why = f"{lost} events were lost" if lost else self.doubts[0]
+            notes.append(f"no flush window was seen, but {why}: a flush may have been missed")
+        return AnalysisResult(
+            verdict=verdict, pattern=pattern, windows=total, vms=vms,
+            findings=list(self.findings), findings_total=self.findings_total,
+            lost_events=lost, events=rep.events, handled=rep.handled,
+            patterns=dict(self.meaningful_patterns), notes=notes,
+            meta=rep.meta.to_dict(), sources=[rep.source] if rep.source else [])
+
+
+@dataclass
+class AnalysisResult:
+    verdict: str
+    pattern: str
+    windows: dict
+    vms: list
+    findings: list
+    findings_total: int
+    lost_events: int
+    events: int
+    handled: int = 0
+    patterns: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+    sources: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "pattern": self.pattern,
+                "pattern_kernels": GENERATIONS[self.pattern], "windows": self.windows,
+                "vms": self.vms, "findings": self.findings,
+                "findings_total": self.findings_total, "lost_events": self.lost_events,
+                "events": self.events, "patterns": self.patterns, "notes": self.notes,
+                "traces": self.sources}
+
+
+def merge(results: list[AnalysisResult]) -> AnalysisResult:
+    """Several traces analysed separately, reported together."""
+    if len(results) == 1:
+        return results[0]
+    total = empty_counts()
+    vms, findings, notes, sources = [], [], [], []
+    patterns: Counter = Counter()
+    for r in results:
+        for k in COUNT_KEYS:
+            total[k] += r.windows[k]
+        for vm in r.vms:
+            vms.append({**vm, "trace": r.sources[0] if r.sources else ""})
+        findings += [{**f, "trace": r.sources[0] if r.sources else ""} for f in r.findings]
+        notes += [f"{r.sources[0] if r.sources else ''}: {n}" for n in r.notes]
+        sources += r.sources
+        patterns.update(r.patterns)
+    known = [r.pattern for r in results if r.pattern != UNKNOWN]
+    pattern = trace_pattern(patterns, Counter(known))
+    # A trace alone can be inconclusive without any window (see Aggregate.result).
+    verdict = min([verdict_of(total)] + [r.verdict for r in results], key=PRECEDENCE.index)
+    return AnalysisResult(verdict, pattern, total, vms, findings,
+                          sum(r.findings_total for r in results),
+                          sum(r.lost_events for r in results), sum(r.events for r in results),
+                          sum(r.handled for r in results), dict(patterns), notes, {}, sources)

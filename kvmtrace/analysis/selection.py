@@ -1,0 +1,335 @@
+"""Pick, per chunk and with numpy, the few events the shadow-MMU model must see one by one.
+
+Most events of a real trace are guest-run evidence (``kvm_entry``/``kvm_exit``,
+``kvm_mmu_set_spte``, ``kvm_pio`` ...), guest walker events (``kvm_mmu_paging_element``,
+four or five per shadow page fault) and ``kvm_pv_tlb_flush`` with ``need_flush_tlb`` 0,
+which PVM hosts emit on every ``KVM_RUN`` (record_steal_time runs on each vCPU load).
+The model changes state only at:
+
+- shadow-page events and lost markers: all kept;
+- "gate" events, which can open a flush window or mark a flush path (flush requests with
+  need_flush set, flush-path function probes): all kept;
+- evidence: only the first evidence on a thread after a gate (where a window closes),
+  and each thread's first evidence in the chunk (a window carried over from the previous
+  chunk closes there);
+- walker events: each is turned into a guest page-table edge "table P at level L points
+  at table C" (P = the previous element's table in the same walk, or the thread's root
+  for the top level); only the first occurrence of each distinct edge in the chunk is kept.
+
+Threads are grouped with a hash factorisation and a stable radix sort of 16-bit thread
+codes, both linear in the chunk size.  Everything else is replay.py's job.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+
+from kvmtrace.schema import (EVIDENCE_KINDS, FLUSH_REQUEST_KINDS, FUNCTION_KINDS, KIND_NAMES,
+                      KVM_EXIT_INTR, SP_KINDS, Kind, SchemaError)
+
+# The columns the model reads (cpu, root_count and unsync are not needed to decide).
+NEEDED = ("ts", "tgid", "tid", "vcpu", "kind", "gfn", "role", "level", "created",
+          "need_flush", "value")
+
+_STATE = np.zeros(256, dtype=bool)
+for _k in (Kind.LOST, *SP_KINDS):
+    _STATE[int(_k)] = True
+_GATE = np.zeros(256, dtype=bool)
+for _k in (*FLUSH_REQUEST_KINDS, *FUNCTION_KINDS):
+    _GATE[int(_k)] = True
+_EVIDENCE = np.zeros(256, dtype=bool)
+for _k in EVIDENCE_KINDS:
+    _EVIDENCE[int(_k)] = True
+_VALID = np.zeros(256, dtype=bool)
+for _k in KIND_NAMES:
+    _VALID[_k] = True
+_SP = np.zeros(256, dtype=bool)
+for _k in SP_KINDS:
+    _SP[int(_k)] = True
+
+# Guest PTE bits (arch/x86/include/asm/pgtable_types.h): present, page size (a leaf at
+# levels 2 and 3), and the physical-address field of a 64-bit entry.
+PTE_PRESENT = 1
+PTE_PSE = 1 << 7
+PTE_ADDR = 0x000FFFFFFFFFF000
+WALK_FROM_ROOT = -1          # walk edge whose parent table is the thread's root
+
+
+class CommColumn:
+    """The ``comm`` strings of a chunk, decoded only where the replay asks.
+
+    With a ``loader`` the column is not even read until first asked: after the first
+    chunk every thread's name is usually known, and the strings are the costliest column
+    of a Parquet trace to decode.
+    """
+
+    def __init__(self, words=None, indices: Optional[np.ndarray] = None,
+                 loader: Optional[Callable[[], tuple]] = None) -> None:
+        self._words = words            # object array of names, or the dictionary (list)
+        self._indices = indices        # dictionary indices per row, or None
+        self._loader = loader          # () -> (words, indices), called once when needed
+
+    def _ready(self) -> None:
+        if self._loader is not None:
+            self._words, self._indices = self._loader()
+            self._loader = None
+
+    def take(self, order: np.ndarray) -> "CommColumn":
+        self._ready()
+        if self._indices is not None:
+            return CommColumn(self._words, self._indices[order])
+        return CommColumn(np.asarray(self._words, dtype=object)[order])
+
+    def __getitem__(self, i: int) -> str:
+        self._ready()
+        if self._indices is not None:
+            j = int(self._indices[i])
+            return self._words[j] if 0 <= j < len(self._words) else ""
+        value = self._words[i]
+        return value if isinstance(value, str) else ""
+
+
+def thread_keys(tid: np.ndarray, vcpu: np.ndarray) -> np.ndarray:
+    """Per-row thread key: the host tid, or (sources without tids) -2 - vcpu id."""
+    tid = tid.astype(np.int64, copy=False)
+    if len(tid) and tid.min() < 0:
+        return np.where(tid >= 0, tid, -2 - vcpu.astype(np.int64))
+    return tid
+
+
+def evidence_mask(kind: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Rows that prove the vCPU ran guest code (schema.EVIDENCE_KINDS).
+
+    ``kvm_userspace_exit`` counts only for a real exit reason: an errno (< 0) or
+    KVM_EXIT_INTR means KVM_RUN returned without (necessarily) entering the guest.
+    """
+    ev = _EVIDENCE[kind]
+    ue = kind == Kind.USERSPACE_EXIT
+    if ue.any():
+        ev &= ~(ue & ((value < 0) | (value == KVM_EXIT_INTR)))
+    return ev
+
+
+def gate_mask(kind: np.ndarray, need_flush: np.ndarray) -> np.ndarray:
+    gate = _GATE[kind]
+    pv = kind == Kind.FLUSH_REQUEST_PV
+    if pv.any():
+        gate &= ~(pv & (need_flush <= 0))
+    return gate
+
+
+@dataclass
+class Selection:
+    """One chunk, time-ordered, and the row indices the replay must handle in order."""
+
+    cols: dict
+    rows: np.ndarray
+    # Threads of this chunk whose vCPU id the replay may not know yet:
+    # (tgid, thread key, vcpu or -1, comm or "").
+    threads: list = field(default_factory=list)
+    reordered: int = 0
+    late: int = 0
+    # Rows re-sorted in a chunk that also has rows sharing a timestamp: the file order of
+    # simultaneous events was the only order they had, and that file was out of order.
+    ambiguous: int = 0
+    # Rows whose kind needs a field they lack: a shadow-page event without its gfn or role
+    # (libtraceevent's kvm plugin prints none), a kvm_pv_tlb_flush without need_flush_tlb.
+    incomplete: int = 0
+
+
+class ChunkSelector:
+    """Carries what chunk selection needs across chunks (the last timestamp, known threads).
+
+    ``select_all`` hands every row to the replay (the plain per-event reference the
+    vectorised selection is tested and benchmarked against).
+    """
+
+    def __init__(self, select_all: bool = False) -> None:
+        self.select_all = select_all
+        self.last_ts: Optional[int] = None
+        self.known: dict[int, tuple[int, str]] = {}     # combined key -> (vcpu, comm)
+        self.edges: set = set()                         # walker edges already handed on
+
+    def select(self, cols: dict, comm: Optional[CommColumn] = None) -> Selection:
+        missing = [c for c in NEEDED if c not in cols]
+        if missing:
+            raise SchemaError(f"missing column {missing[0]!r}")
+        cols = {k: np.asarray(cols[k]) for k in NEEDED}
+        kind = cols["kind"]
+        if kind.dtype != np.uint8:
+            if len(kind) and (kind.min() < 0 or kind.max() > 255):
+                raise SchemaError(f"unknown event kind code {int(kind[(kind < 0) | (kind > 255)][0])}")
+            cols["kind"] = kind = kind.astype(np.uint8)
+        bad = ~_VALID[kind]
+        if bad.any():
+            raise SchemaError(f"unknown event kind code {int(kind[bad][0])}")
+        ts = cols["ts"]
+        reordered = late = ambiguous = 0
+        if len(ts) > 1:
+            down = ts[1:] < ts[:-1]
+            if down.any():
+                reordered = int(down.sum())
+                order = np.argsort(ts, kind="stable")
+                cols = {k: v[order] for k, v in cols.items()}
+                comm = comm.take(order) if comm is not None else None
+                ts = cols["ts"]
+                ambiguous = int(np.count_nonzero(ts[1:] == ts[:-1]))
+        if len(ts):
+            if self.last_ts is not None and ts[0] < self.last_ts:
+                late = int(np.count_nonzero(ts < self.last_ts))
+            self.last_ts = int(ts[-1]) if self.last_ts is None else max(self.last_ts, int(ts[-1]))
+        rows, threads = self._rows(cols, comm)
+        return Selection(cols, rows, threads, reordered, late, ambiguous,
+                         _incomplete(cols, rows))
+
+    def _rows(self, cols: dict, comm: Optional[CommColumn]) -> tuple[np.ndarray, list]:
+        kind = cols["kind"]
+        if len(kind) == 0:
+            cols["aux"] = np.empty(0, dtype=np.int64)
+            return np.empty(0, dtype=np.int64), []
+        vcpu = cols["vcpu"]
+        tkey = thread_keys(cols["tid"], vcpu)
+        combined = (cols["tgid"].astype(np.int64) << 32) | (tkey & 0xFFFFFFFF)
+        codes, uniques = pd.factorize(combined)
+        # Stable argsort of 16-bit keys is a radix sort: linear in the chunk.
+        tcodes = codes.astype(np.uint16) if len(uniques) < 65536 else codes
+        state = _STATE[kind]
+        gate = gate_mask(kind, cols["need_flush"])
+        ev = evidence_mask(kind, cols["value"])
+        walk = kind == Kind.WALK_ELEMENT
+        aux = np.full(len(kind), -1, dtype=np.int64)
+        if self.select_all:
+            if walk.any():
+                _walk_edges(tcodes, combined, walk, cols["level"], cols["value"], cols["tgid"],
+                            aux, None)
+            cols["aux"] = aux
+            return np.arange(len(kind)), self._new_threads(codes, uniques, vcpu, comm)
+        keep = [np.flatnonzero(state | gate), _first_evidence(tcodes, gate, ev)]
+        if walk.any():
+            keep.append(_walk_edges(tcodes, combined, walk, cols["level"], cols["value"],
+                                    cols["tgid"], aux, self.edges))
+        cols["aux"] = aux
+        rows = np.concatenate(keep)
+        rows.sort()
+        return rows, self._new_threads(codes, uniques, vcpu, comm)
+
+    def _new_threads(self, codes, uniques, vcpu, comm) -> list:
+        """Threads whose vCPU id this chunk may teach (few after the first chunk)."""
+        unknown = np.fromiter((self.known.get(int(u), (-1, ""))[0] < 0 for u in uniques),
+                              dtype=bool, count=len(uniques))
+        if not unknown.any():
+            return []
+        rows_of_unknown = unknown[codes]
+        first_vcpu = _first_per_code(codes, rows_of_unknown & (vcpu >= 0))
+        first_row = _first_per_code(codes, rows_of_unknown)
+        out = []
+        for code in np.flatnonzero(unknown).tolist():
+            u = int(uniques[code])
+            i = first_vcpu.get(code)
+            v = int(vcpu[i]) if i is not None else -1
+            old_v, old_c = self.known.get(u, (-1, ""))
+            c = old_c or (comm[first_row[code]] if comm is not None and code in first_row else "")
+            self.known[u] = (v if v >= 0 else old_v, old_c or c)
+            tkey = u & 0xFFFFFFFF
+            if tkey >= 1 << 31:
+                tkey -= 1 << 32
+            out.append((u >> 32, tkey, v, c))
+        return out
+
+
+def _incomplete(cols: dict, rows: np.ndarray) -> int:
+    """Rows the model would misread for a missing field (see Selection.incomplete).
+
+    Every shadow-page row is among ``rows``; flush requests without need_flush_tlb are not
+    (they are no gate), so those are counted over the whole chunk."""
+    kind = cols["kind"]
+    sp = rows[_SP[kind[rows]]]
+    n = int(np.count_nonzero((cols["gfn"][sp] < 0) | (cols["role"][sp] < 0)))
+    pv = kind == Kind.FLUSH_REQUEST_PV
+    return n + int(np.count_nonzero(pv & (cols["need_flush"] < 0)))
+
+
+def _first_occurrences(keys: np.ndarray) -> np.ndarray:
+    """Indices of the first row of each distinct key, in row order."""
+    sub = pd.factorize(keys)[0]                     # codes follow first appearance
+    return np.flatnonzero(np.r_[True, sub[1:] > np.maximum.accumulate(sub)[:-1]])
+
+
+def _first_per_code(codes: np.ndarray, mask: np.ndarray) -> dict[int, int]:
+    """code -> index of its first row among the masked rows."""
+    idx = np.flatnonzero(mask)
+    if not len(idx):
+        return {}
+    sub, ucodes = pd.factorize(codes[idx])           # sub codes follow first appearance
+    first = np.flatnonzero(np.r_[True, sub[1:] > np.maximum.accumulate(sub)[:-1]])
+    return dict(zip(ucodes[sub[first]].tolist(), idx[first].tolist()))
+
+
+def _first_evidence(codes, gate, ev) -> np.ndarray:
+    """Evidence rows that follow a gate on their thread, or open their thread's chunk."""
+    sel = np.flatnonzero(gate | ev)
+    if not len(sel):
+        return sel
+    order = np.argsort(codes[sel], kind="stable")
+    ks = codes[sel][order]
+    gs = gate[sel][order]
+    keep = np.empty(len(sel), dtype=bool)
+    keep[0] = True
+    keep[1:] = (ks[1:] != ks[:-1]) | gs[:-1]
+    keep &= ~gs
+    return sel[order[keep]]
+
+
+def _walk_edges(codes, thread, walk, level, value, tgid, aux, seen: Optional[set]) -> np.ndarray:
+    """Walker rows giving a guest page-table edge never handed on before.
+
+    The replay records each edge once (replay.py keeps them per VM, and get_page uses them
+    for SPs created later), so repeats carry nothing new.  Sets aux[row] to the parent
+    table's gfn (WALK_FROM_ROOT for the top level)."""
+    w = np.flatnonzero(walk)
+    order = np.argsort(codes[w], kind="stable")
+    rows = w[order]
+    lv = level[rows].astype(np.int64)
+    pte = value[rows]
+    child = (pte & PTE_ADDR) >> 12
+    leaf = (lv < 2) | ((pte & PTE_PRESENT) == 0) | (((lv == 2) | (lv == 3)) & ((pte & PTE_PSE) != 0))
+    same = np.r_[False, codes[rows][1:] == codes[rows][:-1]]
+    chained = same & np.r_[False, lv[:-1] == lv[1:] + 1]
+    parent = np.where(chained, np.r_[-1, child[:-1]], WALK_FROM_ROOT)
+    ok = ~leaf
+    rows, lv, child, parent = rows[ok], lv[ok], child[ok], parent[ok]
+    if seen is None:                         # every row (the per-event reference)
+        aux[rows] = parent
+        return rows
+    if not len(rows):
+        return rows
+    # An edge below the top is a fact about the VM's guest page tables; a top edge depends
+    # on the thread's root, so it is distinct per thread.
+    top = parent == WALK_FROM_ROOT
+    owner = np.where(top, thread[rows], -1)
+    vm_codes = pd.factorize(tgid[rows])[0].astype(np.int64)
+    thread_codes = codes[rows].astype(np.int64)
+    offset = int(thread_codes.max()) + 1
+    if offset + len(vm_codes) < 1 << 19:     # (unit, child, level) packs into 63 bits
+        unit = np.where(top, thread_codes, offset + vm_codes)
+        packed = (unit << 44) | (child << 4) | lv
+        k1 = pd.factorize(packed)[0].astype(np.int64)
+    else:
+        k1 = pd.MultiIndex.from_arrays([tgid[rows], owner, lv, child]).factorize()[0]
+        k1 = k1.astype(np.int64)
+    k2 = pd.factorize(parent)[0].astype(np.int64)
+    first = _first_occurrences(k1 * (int(k2.max()) + 1) + k2)
+    new = []
+    for i, k in zip(first.tolist(), zip(tgid[rows[first]].tolist(), owner[first].tolist(),
+                                        lv[first].tolist(), parent[first].tolist(),
+                                        child[first].tolist())):
+        if k not in seen:
+            seen.add(k)
+            new.append(i)
+    first = np.asarray(new, dtype=np.int64)
+    rows = rows[first]
+    aux[rows] = parent[first]
+    return rows

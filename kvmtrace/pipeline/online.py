@@ -1,0 +1,231 @@
+"""Online analysis: the offline shadow-MMU model fed chunk by chunk while a trace is taken.
+
+There is one model: ``kvmtrace.analysis.Replayer`` (per VM ``struct kvm`` shadow pages, per
+vCPU roots and flush windows).  ``OnlineAnalysis`` only feeds it the chunks the live
+recorder hands over (``Recorder(on_chunk=online.feed)``) -- or chunks read from a trace file,
+for tests and ``--replay`` -- so a flush window's verdict is known the moment the chunk that
+closes it arrives.  It adds what a live view needs and the offline report does not:
+
+- a lock, because the recorder calls ``feed`` from its own thread while the command's main
+  thread reads ``snapshot()``;
+- listeners, called (in the feeding thread, outside the lock) with each batch of windows
+  that just closed;
+- running per-vCPU tallies (``analysis.report.VcpuRow``, the analyser's own rows) and which
+  VMs showed shadow paging: an indirect shadow page (``role.direct`` clear) exists only when
+  KVM shadows guest page tables, i.e. the VM runs on the shadow MMU (mmu.c
+  ``kvm_mmu_get_child_sp``/``mmu_alloc_root`` with ``!tdp_enabled`` or a nested guest).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+
+from kvmtrace.analysis import AnalysisResult, FlushWindow, Replayer
+from kvmtrace.analysis.report import VcpuRow, empty_counts
+from kvmtrace.schema import ROLE_DIRECT, Kind, TraceMeta
+
+Listener = Callable[[list[FlushWindow]], None]
+
+_SP_CODES = np.array([int(Kind.SP_GET), int(Kind.SP_UNSYNC), int(Kind.SP_SYNC),
+                      int(Kind.SP_ZAP)], dtype=np.int64)
+
+
+@dataclass
+class RowSnapshot:
+    """One vCPU (or, before its id is known, one thread) of one VM."""
+
+    tgid: int
+    vcpu: Optional[int]
+    tids: list[int]
+    windows: dict[str, int]
+    open_now: int
+    latency_mean_ns: Optional[int]
+    latency_max_ns: Optional[int]
+    lost_windows: int = 0             # windows of this vCPU made inconclusive by lost events
+
+    @property
+    def label(self) -> str:
+        return str(self.vcpu) if self.vcpu is not None else f"tid {self.tids[0] if self.tids else '?'}"
+
+
+@dataclass
+class Snapshot:
+    """What the online analysis knows at one moment (a copy: safe to keep and print)."""
+
+    events: int
+    lost_events: int
+    windows: dict[str, int]           # closed windows by verdict, plus total and meaningful
+    meaningful_ok: int                # meaningful windows that closed ok: the check's evidence
+    lost_windows: int                 # windows made inconclusive by lost events
+    open_now: int                     # windows open right now
+    rows: list[RowSnapshot] = field(default_factory=list)
+    vms: list[int] = field(default_factory=list)
+    shadow_vms: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"events": self.events, "lost_events": self.lost_events,
+                "windows": dict(self.windows), "meaningful_ok": self.meaningful_ok,
+                "lost_windows": self.lost_windows, "open_now": self.open_now,
+                "vms": [{"tgid": t, "shadow_paging": t in self.shadow_vms,
+                         "vcpus": [{"vcpu": r.vcpu, "tids": r.tids, "windows": r.windows,
+                                    "open_now": r.open_now, "lost_windows": r.lost_windows,
+                                    "latency_ns": {"mean": r.latency_mean_ns,
+                                                   "max": r.latency_max_ns}}
+                                   for r in self.rows if r.tgid == t]}
+                        for t in self.vms]}
+
+
+def _row_key(w: FlushWindow) -> tuple[int, int, int]:
+    # The same key analysis.report.Aggregate uses: the vCPU id, or the thread until known.
+    return (w.tgid, w.vcpu if w.vcpu >= 0 else -1, -1 if w.vcpu >= 0 else w.tid)
+
+
+class OnlineAnalysis:
+    """Thread-safe incremental front of ``analysis.Replayer``.
+
+    ``start(meta)`` once the source knows its metadata (the recorder after ``attach()``),
+    then ``feed(chunk)`` per chunk from any thread, ``snapshot()`` at any time, ``finish()``
+    at the end.
+    """
+
+    def __init__(self, *, vm: Optional[int] = None, max_findings: int = 100) -> None:
+        self.vm = vm
+        self.max_findings = max_findings
+        self.meta: Optional[TraceMeta] = None
+        self._replayer: Optional[Replayer] = None
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self._rows: dict[tuple[int, int, int], VcpuRow] = {}
+        self._totals = empty_counts()
+        self._meaningful_ok = 0
+        self._lost_windows = 0
+        self._lost_by_key: dict[tuple[int, int, int], int] = {}
+        self._vms: set[int] = set()
+        self._shadow_vms: set[int] = set()
+        self._result: Optional[AnalysisResult] = None
+        self.started_at = 0.0
+
+    # ------------------------------------------------------------------ set-up
+    def start(self, meta: TraceMeta, source: str = "") -> None:
+        """Create the model for a trace with this metadata.
+
+        The replayer gets its own copy: the recorder keeps updating its meta (lost counts,
+        notes) from another thread, while lost records reach the model as LOST rows.
+        """
+        with self._lock:
+            if self._replayer is not None:
+                raise RuntimeError("OnlineAnalysis.start() called twice")
+            self.meta = TraceMeta.from_dict(meta.to_dict())
+            self._replayer = Replayer(self.meta, vm=self.vm, max_findings=self.max_findings,
+                                      source=source)
+            self.started_at = time.monotonic()
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(windows)`` with every non-empty batch of newly closed windows."""
+        self._listeners.append(listener)
+
+    # ------------------------------------------------------------------ feeding
+    def feed(self, chunk: pd.DataFrame) -> list[FlushWindow]:
+        """Replay one chunk (the recorder's on_chunk); returns and announces closed windows."""
+        with self._lock:
+            if self._replayer is None:
+                raise RuntimeError("OnlineAnalysis.feed() before start()")
+            if self._result is not None:
+                raise RuntimeError("OnlineAnalysis.feed() after finish()")
+            closed = self._replayer.feed(chunk)          # validates the columns
+            self._observe_vms(chunk)
+            for w in closed:
+                self._tally(w)
+        if closed:
+            for listener in self._listeners:
+                listener(closed)
+        return closed
+
+    def _observe_vms(self, chunk: pd.DataFrame) -> None:
+        if not len(chunk):
+            return
+        tgid = chunk["tgid"].to_numpy()
+        kind = chunk["kind"].to_numpy().astype(np.int64)
+        if self.vm is not None:
+            keep = tgid == self.vm
+            tgid, kind = tgid[keep], kind[keep]
+            chunk = chunk[keep]
+        real = kind != int(Kind.LOST)
+        self._vms.update(int(t) for t in np.unique(tgid[real]))
+        role = chunk["role"].to_numpy()
+        shadow = (kind == int(Kind.SP_UNSYNC)) | (
+            np.isin(kind, _SP_CODES) & (role >= 0) & ((role & ROLE_DIRECT) == 0))
+        if shadow.any():
+            self._shadow_vms.update(int(t) for t in np.unique(tgid[shadow]))
+
+    def _tally(self, w: FlushWindow) -> None:
+        key = _row_key(w)
+        row = self._rows.get(key)
+        if row is None:
+            row = self._rows[key] = VcpuRow(w.tgid, w.vcpu)
+        row.add(w)
+        self._totals["total"] += 1
+        self._totals[w.verdict] += 1
+        if w.meaningful:
+            self._totals["meaningful"] += 1
+            if w.verdict == "ok":
+                self._meaningful_ok += 1
+        if w.lost:
+            self._lost_windows += 1
+            self._lost_by_key[key] = self._lost_by_key.get(key, 0) + 1
+
+    # ------------------------------------------------------------------ reading
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            rep = self._replayer
+            open_by_key: dict[tuple[int, int, int], int] = {}
+            events = lost = 0
+            if rep is not None:
+                events, lost = rep.events, rep.lost_markers
+                for vm in rep.vms.values():
+                    for tkey in vm.open:
+                        th = vm.threads[tkey]
+                        w = th.window
+                        if w is None or w.tentative:
+                            continue
+                        key = (vm.tgid, th.vcpu if th.vcpu >= 0 else -1,
+                               -1 if th.vcpu >= 0 else th.tid)
+                        open_by_key[key] = open_by_key.get(key, 0) + 1
+            rows = []
+            for key in sorted(set(self._rows) | set(open_by_key),
+                              key=lambda k: (k[0], k[1] < 0, k[1], k[2])):
+                row = self._rows.get(key)
+                counts = dict(row.counts) if row else empty_counts()
+                rows.append(RowSnapshot(
+                    tgid=key[0], vcpu=key[1] if key[1] >= 0 else None,
+                    tids=sorted(row.tids) if row else ([key[2]] if key[2] >= 0 else []),
+                    windows=counts, open_now=open_by_key.get(key, 0),
+                    latency_mean_ns=row.lat_sum // row.lat_n if row and row.lat_n else None,
+                    latency_max_ns=row.lat_max if row and row.lat_n else None,
+                    lost_windows=self._lost_by_key.get(key, 0)))
+            return Snapshot(events=events, lost_events=lost, windows=dict(self._totals),
+                            meaningful_ok=self._meaningful_ok, lost_windows=self._lost_windows,
+                            open_now=sum(open_by_key.values()), rows=rows,
+                            vms=sorted(self._vms), shadow_vms=sorted(self._shadow_vms))
+
+    @property
+    def shadow_vms(self) -> list[int]:
+        with self._lock:
+            return sorted(self._shadow_vms)
+
+    def finish(self) -> AnalysisResult:
+        """End of trace: the analyser's final result (open windows stay ``open``)."""
+        with self._lock:
+            if self._replayer is None:
+                raise RuntimeError("OnlineAnalysis.finish() before start()")
+            if self._result is None:
+                self._result = self._replayer.finish()
+            return self._result
+
+
+__all__ = ["OnlineAnalysis", "Snapshot", "RowSnapshot"]

@@ -1,0 +1,248 @@
+"""Generate the BPF C program BCC compiles: kvmtrace/probes/kvmtrace.c plus one handler per probe.
+
+Only validated integers and C identifiers reach the text: TGIDs and sizes are checked
+``int``s, tracepoint and field names come from tracefs and must be identifiers, symbol
+names come from kallsyms and must be identifiers (with compiler-clone dots).
+
+Tracepoint handlers read the raw record through a generated struct whose member offsets
+are those of the running kernel's ``format`` file; a ``_Static_assert`` per member makes
+the compiler check every offset against it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from kvmtrace.host.tracefs import TraceField, TracepointFormat, valid_name
+from kvmtrace.schema import Kind
+from kvmtrace import probes
+from kvmtrace.sources.live.tracepoints import EVIDENCE, GUEST_EXIT, TracepointProbe, fields_of
+
+WITH_ARG = (EVIDENCE, GUEST_EXIT)
+
+RECORD_SIZE = 56          # struct kt_record
+NKINDS = 64               # kt_counted slots (Kind codes are < 64)
+MAX_TGIDS = 64
+_SYMBOL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+_TYPE_WORDS_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_ ]*$")
+# Header of a tracepoint record (struct trace_entry); BPF may not read it.
+TRACE_ENTRY_SIZE = 8
+
+
+class ProgramError(ValueError):
+    """Something unsafe or inconsistent was about to go into the BPF text."""
+
+
+@dataclass(frozen=True)
+class ProgramConfig:
+    tgids: tuple[int, ...] = ()
+    ringbuf_pages: int = 8192          # 32 MiB with 4 KiB pages; must be a power of 2
+    evidence_budget: int = 4           # evidence records emitted per flush window
+    max_threads: int = 16384
+
+    def validate(self) -> None:
+        if len(self.tgids) > MAX_TGIDS:
+            raise ProgramError(f"at most {MAX_TGIDS} TGIDs can be filtered")
+        for t in self.tgids:
+            if type(t) is not int or not 0 < t < 2**22:
+                raise ProgramError(f"TGID {t!r} is not a process id")
+        p = self.ringbuf_pages
+        if type(p) is not int or p < 1 or p & (p - 1) or p > 1 << 18:
+            raise ProgramError(f"ring buffer pages {p!r} must be a power of 2 up to 262144")
+        for name in ("evidence_budget", "max_threads"):
+            v = getattr(self, name)
+            if type(v) is not int or not 0 < v <= 1 << 20:
+                raise ProgramError(f"{name} {v!r} out of range")
+
+
+@dataclass(frozen=True)
+class ResolvedTracepoint:
+    """A TracepointProbe checked against the running kernel's format file."""
+
+    probe: TracepointProbe
+    fields: tuple[TraceField, ...]     # the fields the handler reads, by offset
+    columns: dict[str, str]            # schema column -> C expression (args->x form)
+    arg: str                           # the handler's extra argument (WITH_ARG handlers)
+
+    @property
+    def name(self) -> str:
+        return self.probe.name
+
+    @property
+    def fn_name(self) -> str:
+        return f"kt_tp__{self.probe.system}__{self.probe.event}"
+
+
+@dataclass(frozen=True)
+class FunctionProbe:
+    """A kprobe (or kretprobe) on a KVM function that has a symbol."""
+
+    symbol: str          # the kallsyms name it attaches to
+    kind: Kind
+    is_return: bool = False
+    opens_window: bool = False
+
+    @property
+    def fn_name(self) -> str:
+        base = re.sub(r"[^A-Za-z0-9_]", "_", self.symbol)
+        return f"kt_{'fnret' if self.is_return else 'fn'}__{base}"
+
+    @property
+    def name(self) -> str:
+        return f"{'kretprobe' if self.is_return else 'kprobe'}:{self.symbol}"
+
+
+def resolve(probe: TracepointProbe, fmt: TracepointFormat | None) -> ResolvedTracepoint | str:
+    """The probe's handler inputs, or the reason it cannot be generated."""
+    if fmt is None:
+        return "tracepoint absent"
+    used: dict[str, TraceField] = {}
+    columns: dict[str, str] = {}
+    for column, choices in probe.columns.items():
+        chosen = _choose(choices, fmt)
+        if chosen is None:
+            missing = sorted({f for c in choices for f in fields_of(c)} - set(fmt.fields))
+            return f"format lacks field(s) {', '.join(missing)}"
+        expr, fields = chosen
+        for f in fields:
+            problem = _unusable(fmt.fields[f])
+            if problem:
+                return problem
+            used[f] = fmt.fields[f]
+        columns[column] = _subst(expr)
+    arg = ""
+    if probe.handler in WITH_ARG:
+        chosen = _choose(probe.arg, fmt)
+        if chosen is None or any(_unusable(fmt.fields[f]) for f in chosen[1]):
+            return f"format lacks the fields of {probe.arg[0]!r}"
+        arg = _subst(chosen[0])
+        used.update((f, fmt.fields[f]) for f in chosen[1])
+    fields = tuple(sorted(used.values(), key=lambda f: f.offset))
+    return ResolvedTracepoint(probe, fields, columns, arg)
+
+
+def _choose(choices: tuple[str, ...], fmt: TracepointFormat) -> tuple[str, list[str]] | None:
+    for expr in choices:
+        names = fields_of(expr)
+        if all(n in fmt.fields for n in names):
+            return expr, names
+    return None
+
+
+def _unusable(f: TraceField) -> str:
+    if not valid_name(f.name):
+        return f"field name {f.name!r} is not a C identifier"
+    if not f.is_scalar:
+        return f"field {f.name} is not a scalar ({f.size} bytes{', array' if f.array else ''})"
+    if f.offset < TRACE_ENTRY_SIZE:
+        return f"field {f.name} lies in the trace_entry header"
+    return ""
+
+
+def _subst(expr: str) -> str:
+    return re.sub(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", r"args->\1", expr)
+
+
+def _ctype(f: TraceField) -> str:
+    return f"{'s' if f.signed else 'u'}{f.size * 8}"
+
+
+def _checked_names(rt: ResolvedTracepoint) -> None:
+    """The tracepoint's system and event become C identifiers: refuse anything else."""
+    for part in (rt.probe.system, rt.probe.event):
+        if not valid_name(part):
+            raise ProgramError(f"tracepoint name {rt.name!r} is not made of C identifiers")
+
+
+def _type_comment(f: TraceField) -> str:
+    # The declared type is text from the format file: echo it only when it is plain words
+    # (it sits inside a C comment, so "*/" must never get through).
+    return f.ctype if _TYPE_WORDS_RE.match(f.ctype) else "?"
+
+
+def args_struct(rt: ResolvedTracepoint) -> str:
+    """A struct laying the used fields at their format-file offsets, with checks."""
+    _checked_names(rt)
+    sname = f"kt_args__{rt.probe.system}__{rt.probe.event}"
+    lines = [f"struct {sname} {{"]
+    pos = 0
+    packed = any(f.offset % f.size for f in rt.fields)
+    for i, f in enumerate(rt.fields):
+        if f.offset < pos:
+            raise ProgramError(f"{rt.name}: field {f.name} overlaps the previous one")
+        if f.offset > pos:
+            lines.append(f"\tu8 __pad{i}[{f.offset - pos}];")
+        lines.append(f"\t{_ctype(f)} {f.name};\t/* {_type_comment(f)}, offset {f.offset} */")
+        pos = f.offset + f.size
+    if not rt.fields:
+        lines.append(f"\tu8 __pad0[{TRACE_ENTRY_SIZE}];")
+    lines.append("}" + (" __attribute__((packed))" if packed else "") + ";")
+    for f in rt.fields:
+        lines.append(f'_Static_assert(__builtin_offsetof(struct {sname}, {f.name}) == {f.offset}, '
+                     f'"{rt.name} {f.name} offset");')
+    return "\n".join(lines)
+
+
+def tracepoint_handler(rt: ResolvedTracepoint) -> str:
+    _checked_names(rt)
+    sname = f"kt_args__{rt.probe.system}__{rt.probe.event}"
+    body = [f"int {rt.fn_name}(struct {sname} *args)", "{",
+            "\tu64 id = bpf_get_current_pid_tgid();",
+            "\tif (kt_skip(id >> 32))", "\t\treturn 0;"]
+    if rt.probe.handler == EVIDENCE:
+        # Most evidence events find no open window: count them before building a record.
+        body += ["\tif (!kt_window_open((u32)id)) {", f"\t\tkt_count({int(rt.probe.kind)});",
+                 "\t\treturn 0;", "\t}"]
+    body += ["\tstruct kt_record e = {};",
+            f"\tkt_init(&e, {int(rt.probe.kind)}, id);"]
+    for column, expr in rt.columns.items():
+        body.append(f"\te.{column} = {expr};")
+        if column == "role":
+            body.append("\te.flags |= KT_F_ROLE;")
+    if rt.probe.handler in WITH_ARG:
+        body.append(f"\treturn {rt.probe.handler}(&e, {rt.arg});")
+    else:
+        body.append(f"\treturn {rt.probe.handler}(&e);")
+    body.append("}")
+    return args_struct(rt) + "\n\n" + "\n".join(body)
+
+
+def function_handler(fp: FunctionProbe) -> str:
+    if not _SYMBOL_RE.match(fp.symbol):
+        raise ProgramError(f"symbol {fp.symbol!r} is not a kernel function name")
+    lines = [f"int {fp.fn_name}(struct pt_regs *ctx)", "{",
+             "\tu64 id = bpf_get_current_pid_tgid();",
+             "\tif (kt_skip(id >> 32))", "\t\treturn 0;",
+             "\tstruct kt_record e = {};",
+             f"\tkt_init(&e, {int(fp.kind)}, id);"]
+    if fp.is_return:
+        lines.append("\te.value = (s64)(int)PT_REGS_RC(ctx);")
+    lines.append(f"\treturn {'kt_open' if fp.opens_window else 'kt_always'}(&e);")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _filter(tgids: tuple[int, ...]) -> str:
+    if not tgids:
+        return "return 0;"
+    return "return !(" + " || ".join(f"tgid == {int(t)}" for t in tgids) + ");"
+
+
+def generate(config: ProgramConfig, tracepoints: list[ResolvedTracepoint],
+             functions: list[FunctionProbe]) -> str:
+    """The complete program text."""
+    config.validate()
+    head = [
+        "/* Generated by kvmtrace (kvmtrace/live/program.py). */",
+        f"#define KT_RECORD_SIZE {RECORD_SIZE}",
+        f"#define KT_RINGBUF_PAGES {config.ringbuf_pages}",
+        f"#define KT_NKINDS {NKINDS}",
+        f"#define KT_MAX_THREADS {config.max_threads}",
+        f"#define KT_EVIDENCE_BUDGET {config.evidence_budget}",
+        f"#define KT_TGID_FILTER {_filter(config.tgids)}",
+        f"#define KT_KIND_FLUSH_REQUEST_GUEST {int(Kind.FLUSH_REQUEST_GUEST)}",
+    ]
+    parts = ["\n".join(head), probes.source("kvmtrace.c")]
+    parts += [tracepoint_handler(rt) for rt in tracepoints]
+    parts += [function_handler(fp) for fp in functions]
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,501 @@
+"""The live recorder: compile and attach the probes, drain the ring buffer in bulk, write
+schema chunks through the crash-safe TraceWriter and/or hand them to a callback.
+
+Usable as a library, also from a background thread::
+
+    rec = Recorder("out.parquet", tgids=(1234,), on_chunk=feed)
+    report = rec.attach()              # raises LiveUnavailable with what to install
+    rec.run(duration=30, stop=event)   # returns when the time is up or event is set
+    meta = rec.close()
+
+Ordering.  The ring buffer holds records in reservation order, which may differ from
+timestamp order by the few hundred nanoseconds between a CPU's ``bpf_ktime_get_ns()`` and
+its reservation.  Rows are sorted by timestamp and held back for ``holdback_ns`` before
+they are written, so every file is in timestamp order; a record later than that (never
+seen in practice) is clamped to the last written time and counted in the notes.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from kvmtrace import __version__
+from kvmtrace.host import FormatError, HostFacts, gather
+from kvmtrace.schema import KIND_NAMES, TraceMeta
+from kvmtrace.sources.native import ARROW_SCHEMA, TraceFileError, TraceWriter, native_format
+from kvmtrace.sources.live import capabilities
+from kvmtrace.sources.live.bccload import captured_stderr, headers, import_bcc, privileges, summarize_error
+from kvmtrace.sources.live.errors import INSTALL_HINT, LiveUnavailable
+from kvmtrace.sources.live.plan import MODES, ProbePlan, build
+from kvmtrace.sources.live.program import NKINDS, ProgramConfig, generate, resolve
+from kvmtrace.sources.live.records import SLOT_DTYPE, lost_frame, to_frame
+from kvmtrace.sources.live.ringbuf import RingbufReader, page_size
+from kvmtrace.sources.live.tracepoints import TracepointProbe
+
+# Records per drain and per chunk at most.  Keeping each buffer well under glibc's
+# largest mmap threshold (32 MiB) lets malloc reuse memory instead of faulting in fresh
+# pages for every chunk, which costs more than the copy itself.
+CHUNK_RECORDS = 1 << 17
+CLOCK = "monotonic"     # bpf_ktime_get_ns() is CLOCK_MONOTONIC; so is time.monotonic_ns()
+
+
+@dataclass
+class AttachReport:
+    attached: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def skipped_lines(self) -> list[str]:
+        """One line per reason: most probes are skipped for the same one (no kprobes)."""
+        by_reason: dict[str, list[str]] = {}
+        for name, why in self.skipped:
+            by_reason.setdefault(why, []).append(name)
+        return [f"not attached: {', '.join(names)}: {why}" for why, names in by_reason.items()]
+
+    def lines(self) -> list[str]:
+        out = [f"attached {len(self.attached)} probes: " + ", ".join(self.attached)]
+        return out + self.skipped_lines() + self.notes
+
+
+@dataclass
+class RecorderStats:
+    elapsed: float = 0.0
+    events: int = 0          # rows written / handed on
+    lost: int = 0            # records the ring buffer had no room for
+    bytes: int = 0           # output file size so far
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.elapsed if self.elapsed > 0 else 0.0
+
+    def line(self) -> str:
+        return (f"{self.elapsed:7.1f} s  {self.events:>10} events  {self.rate:>10.0f} ev/s  "
+                f"lost {self.lost}  {self.bytes / 1e6:.1f} MB")
+
+
+def _validate_tgids(tgids: Sequence[int]) -> tuple[int, ...]:
+    out = []
+    for t in tgids:
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 < int(t) < 2**22:
+            raise ValueError(f"TGID {t!r} is not a process id")
+        out.append(int(t))
+    return tuple(sorted(set(out)))
+
+
+class Recorder:
+    """One recording: plan and attach the probes, then run() until stopped, then close().
+
+    ``on_chunk`` receives every chunk of schema rows, in timestamp order, from the thread
+    that calls run() (about every ``flush_interval`` seconds, ``holdback_ns`` behind).
+    ``close()`` finishes the file; call it after run() returned (stop it with ``stop``).
+    """
+
+    def __init__(self, output: str | os.PathLike | None = None, tgids: Sequence[int] = (),
+                 probes: str = "auto",
+                 on_chunk: Callable[[pd.DataFrame], None] | None = None, *,
+                 ringbuf_pages: int = 8192, evidence_budget: int = 4,
+                 flush_interval: float = 0.1, holdback_ns: int = 20_000_000,
+                 tracepoints: Sequence[TracepointProbe] | None = None,
+                 root: str | os.PathLike = "/"):
+        """tracepoints: replace the KVM tracepoint set (benchmarks); function probes off."""
+        self.output = None if output is None else Path(output)
+        if self.output is not None:
+            native_format(self.output)          # reject unknown suffixes before attaching
+        self.tgids = _validate_tgids(tgids)
+        if probes not in MODES:
+            raise ValueError(f"probes must be one of {', '.join(MODES)}, not {probes!r}")
+        self.mode = probes
+        self.on_chunk = on_chunk
+        self.config = ProgramConfig(self.tgids, ringbuf_pages, evidence_budget)
+        self.config.validate()
+        self.flush_interval = flush_interval
+        self.batch_records = 4096
+        self.batch_pause = 0.002
+        self.holdback_ns = holdback_ns
+        self.custom_tracepoints = list(tracepoints) if tracepoints is not None else None
+        self.facts: HostFacts = gather(root)
+        self.stats = RecorderStats()
+        self.meta: TraceMeta | None = None
+        self._plan: ProbePlan | None = None
+        self._bpf = None
+        self._reader: RingbufReader | None = None
+        self._writer: TraceWriter | None = None
+        self._pending: list[np.ndarray] = []
+        self._last_ts = 0
+        self._first_ts = 0
+        self._clamped = 0
+        self._lost_seen: dict[int, int] = {}
+        self._comms: dict[int, str] = {}
+        self._started = 0.0
+        self._closed = False
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ planning
+
+    def plan(self) -> ProbePlan:
+        if self._plan is None:
+            if self.facts.tracefs is None:
+                raise LiveUnavailable("tracefs is not mounted (tracepoint formats are read from it)",
+                                      "mount -t tracefs nodev /sys/kernel/tracing")
+            problem = self.facts.tracefs.access_problem()
+            if problem:
+                raise LiveUnavailable(f"cannot read tracefs at {self.facts.tracefs.path} ({problem})",
+                                      "run as root (sudo kvmtrace ...)")
+            if self.custom_tracepoints is not None:
+                self._plan = self._custom_plan()
+            else:
+                kp = capabilities.kprobes(self.facts)
+                filt = self.facts.tracefs.filter_functions()
+                self._plan = build(self.facts, self.mode, kp, filt)
+            if self._plan.empty:
+                why = "; ".join(f"{n}: {w}" for n, w in self._plan.skipped[:4])
+                fix = ("load KVM (modprobe kvm_intel, kvm_amd or kvm_pvm): its kvm and kvmmmu "
+                       "tracepoints appear in tracefs with the module")
+                if self.mode != "auto":
+                    fix = f"use --probes auto, or {fix}"
+                raise LiveUnavailable(f"nothing to attach in mode {self.mode!r} ({why})", fix)
+        return self._plan
+
+    def _custom_plan(self) -> ProbePlan:
+        plan = ProbePlan("custom")
+        assert self.facts.tracefs is not None and self.custom_tracepoints is not None
+        for tp in self.custom_tracepoints:
+            try:
+                r = resolve(tp, self.facts.tracefs.format(tp.system, tp.event))
+            except FormatError as exc:
+                r = str(exc)
+            if isinstance(r, str):
+                plan.skipped.append((f"tracepoint:{tp.name}", r))
+            else:
+                plan.tracepoints.append(r)
+        return plan
+
+    def program_text(self) -> str:
+        plan = self.plan()
+        return generate(self.config, plan.tracepoints, plan.functions)
+
+    # ------------------------------------------------------------------ attaching
+
+    def attach(self) -> AttachReport:
+        """Compile, load and attach; open the output.  Raises LiveUnavailable."""
+        ok, why = privileges()
+        if not ok:
+            raise LiveUnavailable(f"live tracing needs root: {why}", "run as root (sudo kvmtrace ...)")
+        plan = self.plan()
+        bcc, how = import_bcc()
+        hdr, hdr_detail = headers(self.facts.kernel_release, self.facts.root)
+        if hdr is None:
+            raise LiveUnavailable(f"no kernel headers for BCC ({hdr_detail})", INSTALL_HINT)
+        text = generate(self.config, plan.tracepoints, plan.functions)
+        with captured_stderr() as err:
+            try:
+                self._bpf = bcc.BPF(text=text.encode())
+            except Exception as exc:
+                raise LiveUnavailable(f"BCC could not compile the probe program: {summarize_error(exc, err)}",
+                                      f"check the kernel headers ({hdr_detail}); {INSTALL_HINT}") from None
+        report = AttachReport(skipped=list(plan.skipped), notes=[f"BCC: {how}", f"headers: {hdr_detail}"])
+        try:
+            self._attach_all(plan, report)
+            if not report.attached:
+                raise LiveUnavailable("no probe could be attached: " +
+                                      "; ".join(f"{n}: {w}" for n, w in report.skipped[:4]),
+                                      "see kvmtrace doctor")
+            table = self._bpf[b"kt_events"]
+            self._reader = RingbufReader.open(table.map_fd, self.config.ringbuf_pages * page_size(), SLOT_DTYPE)
+            self.meta = self._initial_meta(report)
+            if self.output is not None:
+                self._writer = TraceWriter(self.output, self.meta)
+        except BaseException:
+            # Failed or interrupted (Ctrl-C) half way: nothing was recorded, so detach what
+            # is attached, give the memory back and leave no output file behind.
+            self._abandon()
+            raise
+        return report
+
+    def _abandon(self) -> None:
+        self._closed = True
+        try:
+            if self._writer is not None:         # interrupted right after creating it
+                self._writer.close(self.meta)
+                self._writer.path.unlink(missing_ok=True)
+        finally:
+            if self._reader is not None:
+                self._reader.close()
+            if self._bpf is not None:
+                self._bpf.cleanup()
+
+    def _attach_all(self, plan: ProbePlan, report: AttachReport) -> None:
+        b = self._bpf
+        for rt in plan.tracepoints:
+            name = f"tracepoint:{rt.name}"
+            with captured_stderr() as err:
+                try:
+                    b.attach_tracepoint(tp=rt.name.encode(), fn_name=rt.fn_name.encode())
+                except Exception as exc:
+                    report.skipped.append((name, summarize_error(exc, err)))
+                    continue
+            report.attached.append(name)
+        for fp in plan.functions:
+            with captured_stderr() as err:
+                try:
+                    if fp.is_return:
+                        b.attach_kretprobe(event=fp.symbol.encode(), fn_name=fp.fn_name.encode())
+                    else:
+                        b.attach_kprobe(event=fp.symbol.encode(), fn_name=fp.fn_name.encode())
+                except Exception as exc:
+                    report.skipped.append((fp.name, summarize_error(exc, err)))
+                    continue
+            report.attached.append(fp.name)
+
+    def _initial_meta(self, report: AttachReport) -> TraceMeta:
+        notes = report.skipped_lines()
+        if self.tgids:
+            notes.append("filtered to TGID(s) " + ", ".join(map(str, self.tgids)))
+        notes.append(f"guest-run evidence recorded only inside flush windows (up to "
+                     f"{self.config.evidence_budget} per window); the rest counted in the kernel")
+        return TraceMeta(source="recorded", source_format="bcc",
+                         source_path=str(self.output or ""),
+                         kernel_release=self.facts.kernel_release,
+                         kvm_backend=self.facts.kvm_backend, tdp=self.facts.tdp, clock=CLOCK,
+                         start_wall=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                         tool_version=__version__, vm_assignment="tgid",
+                         probes=list(report.attached), notes=notes)
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, duration: float | None = None, stop: threading.Event | None = None,
+            progress: Callable[[RecorderStats], None] | None = None,
+            progress_interval: float = 0.5) -> RecorderStats:
+        """Record until duration seconds pass or stop is set, then flush everything."""
+        if self._reader is None:
+            raise RuntimeError("attach() first")
+        self._started = time.monotonic()
+        deadline = None if duration is None else self._started + duration
+        last_flush = last_progress = self._started
+        while True:
+            now = time.monotonic()
+            if (stop is not None and stop.is_set()) or (deadline is not None and now >= deadline):
+                break
+            timeout = 0.05 if deadline is None else max(0.0, min(0.05, deadline - now))
+            self._reader.wait(timeout)
+            if self._drain() < self.batch_records:
+                # Few records: let more accumulate rather than paying the per-drain cost
+                # on every wakeup (the ring holds far more than this pause produces).
+                time.sleep(self.batch_pause)
+            now = time.monotonic()
+            if now - last_flush >= self.flush_interval or self._pending_records() >= CHUNK_RECORDS:
+                self._flush(final=False)
+                last_flush = now
+            if progress is not None and now - last_progress >= progress_interval:
+                progress(self._update_stats())
+                last_progress = now
+        self.collect()
+        stats = self._update_stats()
+        if progress is not None:
+            progress(stats)
+        return stats
+
+    def collect(self) -> int:
+        """Drain the ring buffer completely now and hand every record on (writer,
+        on_chunk), without waiting for the hold-back; returns how many records."""
+        if self._reader is None:
+            raise RuntimeError("attach() first")
+        before = self.stats.events
+        while True:
+            got = self._drain()
+            if not got and not self._pending:
+                break
+            self._flush(final=True)
+        self._flush(final=True)       # lost-record markers, if any
+        return self.stats.events - before
+
+    def _update_stats(self) -> RecorderStats:
+        self.stats.elapsed = time.monotonic() - self._started if self._started else 0.0
+        self.stats.bytes = self._writer.bytes_written if self._writer else 0
+        return self.stats
+
+    def _pending_records(self) -> int:
+        return sum(len(p) for p in self._pending) // SLOT_DTYPE.itemsize
+
+    def _drain(self) -> int:
+        """Move committed records into the pending list (raw bytes), up to one chunk's
+        worth pending; how many were moved."""
+        assert self._reader is not None
+        total = 0
+        while self._pending_records() < CHUNK_RECORDS:
+            got = self._reader.drain_raw(CHUNK_RECORDS)
+            n = len(got) // SLOT_DTYPE.itemsize
+            if not n:
+                break
+            self._pending.append(got)
+            total += n
+            if n < self.batch_records:
+                break                  # caught up; the rest next time
+        return total
+
+    def _read_lost(self) -> dict[int, int]:
+        """Per-CPU increase of the kernel's lost-record counters since the last read."""
+        table = self._bpf[b"kt_lost"]
+        values = table.getvalue(table.Key(0))
+        delta = {}
+        for cpu, v in enumerate(values):
+            v = int(v)
+            d = v - self._lost_seen.get(cpu, 0)
+            if d > 0:
+                delta[cpu] = d
+                self._lost_seen[cpu] = v
+        return delta
+
+    def _flush(self, final: bool) -> None:
+        now_ns = time.monotonic_ns()
+        slots, order = self._take_ready(None if final else now_ns - self.holdback_ns)
+        frames = []
+        if len(slots):
+            first = int(slots["ts"][order[0] if order is not None else 0])
+            if first < self._last_ts:
+                late = slots["ts"] < np.uint64(self._last_ts)
+                self._clamped += int(late.sum())
+                slots["ts"][late] = np.uint64(self._last_ts)
+            frame = to_frame(slots, self._comm, order)
+            frames.append(frame)
+            if not self._first_ts:
+                self._first_ts = int(frame["ts"].iloc[0])
+            self._last_ts = int(frame["ts"].iloc[-1])
+        lost = self._read_lost()
+        if lost:
+            lost_ts = self._last_ts if final else max(self._last_ts, now_ns - self.holdback_ns)
+            frames.append(lost_frame(lost_ts, lost))
+            self._last_ts = lost_ts
+            self.stats.lost += sum(lost.values())
+        for frame in frames:
+            self._drain()
+            self._emit(frame)
+
+    def _take_ready(self, watermark: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(slots, order): the pending slots with ts <= watermark (all when None) and the
+        order that sorts them by ts (None when they already are); the rest stay pending."""
+        self._pending = [p for p in self._pending if len(p)]
+        if not self._pending:
+            return np.empty(0, dtype=SLOT_DTYPE), None
+        raw = (np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]).view(SLOT_DTYPE)
+        ts = raw["ts"]
+        order = None if bool(np.all(ts[1:] >= ts[:-1])) else np.argsort(ts, kind="stable")
+        sorted_ts = ts if order is None else ts[order]
+        cut = len(raw) if watermark is None else int(np.searchsorted(sorted_ts, np.uint64(max(watermark, 0)), side="right"))
+        if cut == len(raw):
+            self._pending = []
+            return raw, order
+        if order is None:
+            self._pending = [raw[cut:].view(np.uint8)]
+            return raw[:cut], None
+        self._pending = [raw[order[cut:]].view(np.uint8)]
+        return raw, order[:cut]
+
+    def _emit(self, frame: pd.DataFrame) -> None:
+        if self._writer is not None:
+            try:
+                if self._writer.fmt == "parquet":
+                    # The frame already has the schema's dtypes: skip the writer's conform().
+                    self._writer.write_batch(pa.RecordBatch.from_pandas(frame, schema=ARROW_SCHEMA,
+                                                                        preserve_index=False))
+                else:
+                    self._writer.write(frame)
+            except OSError as exc:
+                raise self._write_failed(exc) from None
+        self.stats.events += len(frame)
+        if self.on_chunk is not None:
+            self.on_chunk(frame)
+
+    def _comm(self, tid: int) -> str:
+        name = self._comms.get(tid)
+        if name is None:
+            name = self._comm_from_map(tid) or _comm_from_proc(tid)
+            if name:
+                self._comms[tid] = name
+        return name or ""
+
+    def _comm_from_map(self, tid: int) -> str:
+        table = self._bpf[b"kt_comm"]
+        try:
+            value = table[table.Key(tid)]
+        except KeyError:
+            return ""
+        return bytes(value.comm).split(b"\0", 1)[0].decode(errors="replace")
+
+    # ------------------------------------------------------------------ closing
+
+    def counted(self) -> dict[str, int]:
+        """Events the kernel counted but did not record, by kind name."""
+        if self._bpf is None:
+            return {}
+        table = self._bpf[b"kt_counted"]
+        out = {}
+        for k, name in KIND_NAMES.items():
+            if k >= NKINDS:
+                continue
+            total = sum(int(v) for v in table.getvalue(table.Key(k)))
+            if total:
+                out[name] = total
+        return out
+
+    def close(self) -> TraceMeta | None:
+        """Finish the file (final metadata), detach everything.  Idempotent."""
+        with self._lock:
+            if self._closed:
+                return self.meta
+            self._closed = True
+            try:
+                if self.meta is not None and self._bpf is not None:
+                    self._finish_meta()
+                if self._writer is not None:
+                    try:
+                        self._writer.close(self.meta)
+                    except OSError as exc:
+                        raise self._write_failed(exc) from None
+            finally:
+                if self._reader is not None:
+                    self._reader.close()
+                if self._bpf is not None:
+                    self._bpf.cleanup()
+            return self.meta
+
+    def _write_failed(self, exc: OSError) -> TraceFileError:
+        assert self._writer is not None
+        return TraceFileError(self._writer.path,
+                              f"cannot write: {exc.strerror or exc}; the chunks written before "
+                              f"are readable from {self._writer.part}")
+
+    def _finish_meta(self) -> None:
+        assert self.meta is not None
+        self.meta.start_time_ns = self._first_ts
+        self.meta.lost_events = sum(self._lost_seen.values())
+        self.meta.lost_per_cpu = {str(c): v for c, v in sorted(self._lost_seen.items()) if v}
+        counted = self.counted()
+        if counted:
+            self.meta.notes.append("counted in the kernel, not recorded: " +
+                                   ", ".join(f"{k} {v}" for k, v in sorted(counted.items())))
+        if self._clamped:
+            self.meta.notes.append(f"{self._clamped} records arrived later than the "
+                                   f"{self.holdback_ns // 1_000_000} ms hold-back; their time was clamped")
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _comm_from_proc(tid: int) -> str:
+    try:
+        return Path(f"/proc/{tid}/comm").read_text().strip()
+    except OSError:
+        return ""

@@ -1,0 +1,358 @@
+"""Per-event payload decoders: a KVM tracepoint's printed body -> one normalised row payload.
+
+Each decoder reads what the kernel's ``TP_printk`` (arch/x86/kvm/trace.h, mmu/mmutrace.h)
+printed, in every format it has had, and also the raw ``field=value`` form that
+``trace-cmd report -R`` prints and that libtraceevent falls back to when it cannot parse a
+print fmt (``[FAILED TO PARSE] mmu_valid_gen=0 gfn=4 role=14081 ...``, as perf 6.1 does for
+the kvmmmu SP events).  A decoder returns a ``Payload`` tuple, a list of them, or None when
+the body is in no form it knows.
+
+Number bases of raw fields (libtraceevent, src/event-parse.c): when it can parse the event's
+print fmt (seen with libtraceevent 1.7.1 under trace-cmd 3.1.6 ``report -R``) it prints each
+field in the base the fmt uses - ``gfn=10`` is hex because the fmt says ``gfn %llx``, ``port=0x20`` keeps its ``0x``.
+When it cannot (``[FAILED TO PARSE]``, and the statement-expression fmt of the SP events
+always) it prints unsigned fields in decimal.  ``hex_or_dec`` below encodes that rule.
+
+u64 values (rip, spte, guest PTEs with NX = bit 63) are stored as their int64 two's
+complement.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, Union
+
+from kvmtrace.functions import kind_for
+from kvmtrace.schema import Kind
+from kvmtrace.sources.text.sp_text import parse_sp
+
+# (kind, vcpu, gfn, role, level, root_count, unsync, created, need_flush, value)
+Payload = tuple
+Decoded = Union[Payload, list, None]
+Decoder = Callable[[str], Decoded]
+
+# include/linux/kvm_host.h: KVM_REQUEST_ARCH_BASE = 8; arch/x86/include/asm/kvm_host.h:
+# KVM_REQ_TLB_FLUSH_GUEST = KVM_ARCH_REQ_FLAGS(27, ...), so kvm_make_request() sets bit
+# 8 + 27 = 35 of vcpu->requests (request & KVM_REQUEST_MASK).  kvm_exit prints vcpu->requests
+# since 6.14; the request number has been 27 in every kernel that prints it.
+KVM_REQ_TLB_FLUSH_GUEST_BIT = 35
+
+_U64_SIGN = 1 << 63
+_U64 = 1 << 64
+_FIELD = re.compile(r"(\w+)=(\S+)")
+
+
+def s64(v: int) -> int:
+    return v - _U64 if v >= _U64_SIGN else v
+
+
+def s32(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >= (1 << 31) else v
+
+
+def num(text: str) -> int:
+    """A raw field value as libtraceevent prints it: decimal, -decimal or 0x-hex."""
+    return int(text, 16) if text.startswith("0x") else int(text)
+
+
+def hexnum(text: str) -> int:
+    return int(text, 16)
+
+
+def raw_fields(body: str) -> dict[str, str]:
+    return dict(_FIELD.findall(body))
+
+
+FieldDecoder = Callable[[dict[str, str], Callable[[str], int]], Decoded]
+
+
+def row(kind: Kind, vcpu: int = -1, gfn: int = -1, role: int = -1, level: int = -1,
+        root_count: int = -1, unsync: int = -1, created: int = -1, need_flush: int = -1,
+        value: int = 0) -> Payload:
+    return (int(kind), vcpu, gfn, role, level, root_count, unsync, created, need_flush, value)
+
+
+def _with_fields(printed: Decoder, from_fields: FieldDecoder) -> tuple[Decoder, Decoder]:
+    """(printed-form decoder, raw field=value fallback) for one event.
+
+    ``from_fields(fields, hex_or_dec)`` parses the fields the print fmt shows as bare hex
+    (``%llx``) with ``hex_or_dec``: hex, or decimal under ``[FAILED TO PARSE]``.
+    """
+    def fallback(body: str) -> Decoded:
+        if "=" not in body:
+            return None
+        hex_or_dec = num if body.startswith("[FAILED TO PARSE]") else hexnum
+        try:
+            return from_fields(raw_fields(body), hex_or_dec)
+        except (KeyError, ValueError):
+            return None
+    return printed, fallback
+
+
+def decode(event: str, body: str) -> Decoded:
+    """Decode one tracepoint body (None: not decodable; KeyError: not a known event)."""
+    printed, fallback = TRACEPOINTS[event]
+    out = printed(body)
+    return fallback(body) if out is None else out
+
+
+# ----------------------------------------------------------------------- kvmmmu SP events
+
+def _sp(kind: Kind) -> Decoder:
+    k = int(kind)
+
+    def printed(body: str) -> Decoded:
+        sp = parse_sp(body)
+        if sp is None:
+            return None
+        return (k, -1, sp.gfn, sp.role, sp.level, sp.root_count, sp.unsync, sp.created, -1, 0)
+
+    def fields(f: dict[str, str], _hex) -> Decoded:
+        # The SP print fmt is never parsed by libtraceevent: its fields come out decimal.
+        role = num(f["role"]) & 0xFFFFFFFF
+        created = num(f["created"]) if "created" in f else -1
+        return (k, -1, num(f["gfn"]), role, role & 0xF, num(f["root_count"]),
+                int(num(f["unsync"]) != 0), created, -1, 0)
+
+    return _with_fields(printed, fields)
+
+
+# ----------------------------------------------------------------------- flush requests
+
+_PV_FLUSH = re.compile(r"vcpu (\d+) need_flush_tlb (true|false|1|0)\b")
+
+
+def _pv_flush_printed(body: str) -> Decoded:
+    m = _PV_FLUSH.match(body)
+    if m is None:
+        return None
+    need = 1 if m.group(2) in ("true", "1") else 0
+    return (int(Kind.FLUSH_REQUEST_PV), int(m.group(1)), -1, -1, -1, -1, -1, -1, need, 0)
+
+
+def _pv_flush_fields(f: dict[str, str], _hex) -> Decoded:
+    return row(Kind.FLUSH_REQUEST_PV, vcpu=num(f["vcpu_id"]),
+               need_flush=int(num(f["need_flush_tlb"]) != 0))
+
+
+_HV_MASK = re.compile(r"(?:processor_mask|valid_bank_mask) 0x([0-9a-f]+)")
+
+
+def _hv_flush(field: str) -> Decoder:
+    # kvm_hv_flush_tlb(_ex) fire on the vCPU that issued the Hyper-V hypercall; value =
+    # the processor mask (or, for the _ex form, the valid bank mask) it asked to flush.
+    def printed(body: str) -> Decoded:
+        m = _HV_MASK.match(body)
+        return None if m is None else row(Kind.FLUSH_REQUEST_HYPERV, value=s64(int(m.group(1), 16)))
+
+    def fields(f: dict[str, str], _hex) -> Decoded:
+        return row(Kind.FLUSH_REQUEST_HYPERV, value=s64(num(f[field])))
+
+    return _with_fields(printed, fields)
+
+
+# ----------------------------------------------------------------------- entry / exit
+
+# 4.x-5.7 "vcpu %u"; 5.8+ "vcpu %u, rip 0x%lx"; 6.x adds " intr_info ... error_code ..."
+# and (6.12+) "[immediate exit]"; libtraceevent's kvm plugin prints " vcpu %u rip 0x%llx".
+_ENTRY = re.compile(r"\s*vcpu (\d+)(?:,? rip 0x([0-9a-f]+))?")
+
+
+def _entry_printed(body: str) -> Decoded:
+    m = _ENTRY.match(body)
+    if m is None:
+        return None
+    rip = s64(int(m.group(2), 16)) if m.group(2) else 0
+    return (int(Kind.GUEST_ENTRY), int(m.group(1)), -1, -1, -1, -1, -1, -1, -1, rip)
+
+
+def _entry_fields(f: dict[str, str], _hex) -> Decoded:
+    return row(Kind.GUEST_ENTRY, vcpu=num(f["vcpu_id"]), value=s64(num(f.get("rip", "0"))))
+
+
+# Old "reason %s rip 0x%lx info %llx %llx" (and the plugin's form) has no vcpu;
+# 5.x+ "vcpu %u reason ..."; 6.14+ appends "requests 0x%016llx".
+_EXIT = re.compile(r"(?:vcpu (\d+) )?reason ")
+_REQUESTS = re.compile(r" requests 0x([0-9a-f]+)")
+
+
+def _exit_rows(vcpu: int, requests: int | None) -> Decoded:
+    if requests is None:
+        return (int(Kind.GUEST_EXIT), vcpu, -1, -1, -1, -1, -1, -1, -1, -1)
+    exit_row = (int(Kind.GUEST_EXIT), vcpu, -1, -1, -1, -1, -1, -1, -1, s64(requests))
+    if requests >> KVM_REQ_TLB_FLUSH_GUEST_BIT & 1:
+        return [exit_row, row(Kind.FLUSH_REQUEST_GUEST, vcpu=vcpu, value=s64(requests))]
+    return exit_row
+
+
+def _exit_printed(body: str) -> Decoded:
+    m = _EXIT.match(body)
+    if m is None:
+        return None
+    r = _REQUESTS.search(body, m.end())
+    return _exit_rows(int(m.group(1)) if m.group(1) else -1, int(r.group(1), 16) if r else None)
+
+
+def _exit_fields(f: dict[str, str], _hex) -> Decoded:
+    if "exit_reason" not in f:
+        return None
+    return _exit_rows(num(f["vcpu_id"]) if "vcpu_id" in f else -1,
+                      num(f["requests"]) if "requests" in f else None)
+
+
+# ----------------------------------------------------------------------- guest-run evidence
+
+def _simple(kind: Kind, pattern: str, field: str, vcpu_group: bool = False,
+            bare_hex: bool = False) -> Decoder:
+    """An event whose value is one hex number (group 'v'), optionally with a vcpu (group 'c').
+
+    ``bare_hex``: the print fmt shows ``field`` as %llx without 0x (see hex_or_dec).
+    """
+    k = int(kind)
+    rx = re.compile(pattern)
+
+    def printed(body: str, _match=rx.match) -> Decoded:
+        m = _match(body)
+        if m is None:
+            return None
+        vcpu = int(m.group("c")) if vcpu_group and m.group("c") else -1
+        v = int(m.group("v"), 16)
+        if v >= _U64_SIGN:
+            v -= _U64
+        return (k, vcpu, -1, -1, -1, -1, -1, -1, -1, v)
+
+    def fields(f: dict[str, str], hex_or_dec) -> Decoded:
+        vcpu = num(f["vcpu_id"]) if "vcpu_id" in f else -1
+        text = f[field]
+        value = hex_or_dec(text) if bare_hex and not text.startswith("0x") else num(text)
+        return (k, vcpu, -1, -1, -1, -1, -1, -1, -1, s64(value))
+
+    return _with_fields(printed, fields)
+
+
+_SET_SPTE = re.compile(r"gfn ([0-9a-f]+) spte ([0-9a-f]+) \(.*?\) level (\d+)")
+
+
+def _set_spte_printed(body: str) -> Decoded:
+    m = _SET_SPTE.match(body)
+    if m is None:
+        return None
+    return (int(Kind.SPTE_INSTALL), -1, int(m.group(1), 16), -1, int(m.group(3)), -1, -1, -1, -1,
+            s64(int(m.group(2), 16)))
+
+
+def _set_spte_fields(f: dict[str, str], hex_or_dec) -> Decoded:
+    return row(Kind.SPTE_INSTALL, gfn=hex_or_dec(f["gfn"]), level=num(f["level"]),
+               value=s64(hex_or_dec(f["spte"])))
+
+
+_PAGING_ELEMENT = re.compile(r"pte ([0-9a-f]+) level (\d+)")
+
+
+def _element_printed(body: str, _match=_PAGING_ELEMENT.match, _k=int(Kind.WALK_ELEMENT)) -> Decoded:
+    # The most frequent event of a shadow-paging trace (one per guest page-table level per
+    # walk): kept free of helper calls.
+    m = _match(body)
+    if m is None:
+        return None
+    pte, level = m.groups()
+    v = int(pte, 16)
+    if v >= _U64_SIGN:
+        v -= _U64
+    return (_k, -1, -1, -1, int(level), -1, -1, -1, -1, v)
+
+
+def _element_fields(f: dict[str, str], hex_or_dec) -> Decoded:
+    return row(Kind.WALK_ELEMENT, level=num(f["level"]), value=s64(hex_or_dec(f["pte"])))
+
+
+# "reason KVM_EXIT_IO (2)"; for a KVM_RUN that failed, "reason restart (4)" (-EINTR) or
+# "reason error (N)", which print -errno: value is then the negative errno.
+_USER_EXIT = re.compile(r"reason (\S+) \((-?\d+)\)")
+
+
+def _user_exit_printed(body: str) -> Decoded:
+    m = _USER_EXIT.match(body)
+    if m is None:
+        return None
+    n = int(m.group(2))
+    value = -n if m.group(1) in ("restart", "error") else n
+    return (int(Kind.USERSPACE_EXIT), -1, -1, -1, -1, -1, -1, -1, -1, value)
+
+
+def _user_exit_fields(f: dict[str, str], _hex) -> Decoded:
+    err = num(f.get("errno", "0"))
+    if err >= (1 << 31):                       # an int printed as unsigned
+        err -= 1 << 32
+    return row(Kind.USERSPACE_EXIT, value=err if err < 0 else num(f["reason"]))
+
+
+TRACEPOINTS: dict[str, tuple[Decoder, Decoder]] = {
+    "kvm_pv_tlb_flush": _with_fields(_pv_flush_printed, _pv_flush_fields),
+    "kvm_hv_flush_tlb": _hv_flush("processor_mask"),
+    "kvm_hv_flush_tlb_ex": _hv_flush("valid_bank_mask"),
+    "kvm_mmu_get_page": _sp(Kind.SP_GET),
+    "kvm_mmu_unsync_page": _sp(Kind.SP_UNSYNC),
+    "kvm_mmu_sync_page": _sp(Kind.SP_SYNC),
+    "kvm_mmu_prepare_zap_page": _sp(Kind.SP_ZAP),
+    "kvm_mmu_zap_page": _sp(Kind.SP_ZAP),          # its name before prepare_zap (2.6.x)
+    "kvm_entry": _with_fields(_entry_printed, _entry_fields),
+    "kvm_exit": _with_fields(_exit_printed, _exit_fields),
+    "kvm_mmu_set_spte": _with_fields(_set_spte_printed, _set_spte_fields),
+    "kvm_mmu_paging_element": _with_fields(_element_printed, _element_fields),
+    "kvm_mmu_pagetable_walk": _simple(Kind.WALK_START, r"addr (?P<v>[0-9a-f]+)", "addr",
+                                      bare_hex=True),
+    # "%x:%llx:%s (%s)%s" = csbase:rip:insn; the kvm plugin prints "csbase:rip: disasm".
+    "kvm_emulate_insn": _simple(Kind.EMULATE, r"[0-9a-f]+:(?P<v>[0-9a-f]+)", "rip", bare_hex=True),
+    "kvm_pio": _simple(Kind.PIO, r"pio_(?:read|write) at 0x(?P<v>[0-9a-f]+)", "port"),
+    "kvm_mmio": _simple(Kind.MMIO, r"mmio \S+ len \d+ gpa 0x(?P<v>[0-9a-f]+)", "gpa"),
+    "kvm_hypercall": _simple(Kind.HYPERCALL, r"nr 0x(?P<v>[0-9a-f]+)", "nr"),
+    "kvm_userspace_exit": _with_fields(_user_exit_printed, _user_exit_fields),
+    # Before 5.x "address %lx error_code %x"; later "vcpu %u rip 0x%lx address 0x%016llx ...".
+    "kvm_page_fault": _simple(Kind.PAGE_FAULT,
+                              r"(?:vcpu (?P<c>\d+) rip 0x[0-9a-f]+ )?address (?:0x)?(?P<v>[0-9a-f]+)",
+                              "fault_address", vcpu_group=True, bare_hex=True),
+}
+
+
+# ----------------------------------------------------------------------- kprobes
+
+# trace_kprobe.c print_kprobe_event(): "(SYM+0xOFF/0xSIZE [MOD])" then " name=value" args;
+# print_kretprobe_event(): "(CALLER+0xOFF/0xSIZE [MOD] <- FUNC [MOD])".  fprobes look alike.
+_SYM = r"(?P<{0}>[A-Za-z_][\w.$]*)(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?(?: \[[^\]]+\])?"
+_KPROBE = re.compile(r"\(" + _SYM.format("at") + r"(?: <- " + _SYM.format("func") + r")?\)(?P<args>.*)")
+# perf script prints addresses only: "(ffffffffc0a1b2c0)" or "(ffff... <- ffff...)".
+_PERF_PROBE = re.compile(r"\((?:0x)?[0-9a-f]+(?P<ret> <- (?:0x)?[0-9a-f]+)?\)(?P<args>.*)")
+
+
+def kprobe_function(body: str) -> tuple[str, bool, str] | None:
+    """(function, is_return, args) of an ftrace kprobe/kretprobe body, else None."""
+    m = _KPROBE.match(body)
+    if m is None:
+        return None
+    if m.group("func"):
+        return m.group("func"), True, m.group("args")
+    return m.group("at"), False, m.group("args")
+
+
+def perf_probe_args(body: str) -> tuple[bool, str] | None:
+    """(is_return, args) of a perf probe body, else None."""
+    m = _PERF_PROBE.match(body)
+    return None if m is None else (m.group("ret") is not None, m.group("args"))
+
+
+def function_payload(func: str, is_return: bool, args: str) -> Payload | None:
+    """Row payload of a probe on ``func``; None when the function/return is not one we use."""
+    kind = kind_for(func, is_return)
+    if kind is None:
+        return None
+    value = 0
+    if kind == Kind.MMU_LOAD_RETURN:
+        # kvm_mmu_load() returns int; "$retval" prints as a u64 of RAX, e.g. arg1=0xfffffff4.
+        m = _FIELD.search(args)
+        if m is not None:
+            try:
+                value = s32(num(m.group(2)))
+            except ValueError:
+                value = 0
+    return row(kind, value=value)
