@@ -5,7 +5,9 @@ columns.  A row models one firing of a KVM tracepoint or of a kprobe/kretprobe o
 function; ``kind`` says which, the payload columns say what it carried.  Columns that a
 kind does not use hold their ``MISSING`` value.
 
-Kind codes are part of the file format: append new kinds, never renumber.
+Kind codes are part of the file format: append new kinds, never renumber.  Columns are
+appended too, each with the schema version that added it; a reader fills the columns a
+file's older version lacks with their missing value.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 class Kind(enum.IntEnum):
@@ -45,6 +48,15 @@ class Kind(enum.IntEnum):
     SP_SYNC = 22              # kvmmmu:kvm_mmu_sync_page (also fires when an unsync SP is zapped)
     SP_ZAP = 23               # kvmmmu:kvm_mmu_prepare_zap_page
     WALK_ELEMENT = 24         # kvmmmu:kvm_mmu_paging_element; value = guest PTE, level
+
+    # Exact shadow-MMU state, read from KVM's own structures by raw-tracepoint probes
+    # (BTF offsets).  Kinds 25-29 are reserved for exact evidence.
+    SP_LINK = 25              # a parent_ptes link: child (gfn, role) under (parent_gfn,
+                              # parent_role); value 1 = present, 0 = dropped
+    ROOT_STATE = 26           # one root slot of a vCPU (vcpu->arch.mmu): gfn/role of the
+                              # root SP, unsync, unsync_children; value = slot (0 = root.hpa,
+                              # 1..N = prev_roots[N-1]); gfn -1 = no valid root in that slot.
+                              # The rows of one snapshot share (tid, ts).
 
     # Guest-run evidence: the vCPU executed guest code at or just before this event.
     GUEST_ENTRY = 30          # kvm:kvm_entry; value = rip
@@ -83,6 +95,7 @@ class Column:
     dtype: str       # numpy dtype name, or "str"
     missing: Any     # value when the kind does not carry it
     doc: str
+    since: int = 1   # the schema version that appended this column
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -101,6 +114,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("need_flush", "int8", -1, "kvm_pv_tlb_flush.need_flush_tlb"),
     Column("value", "int64", 0, "kind-specific scalar (see Kind)"),
     Column("comm", "str", "", "task name of tid"),
+    # Version 2: exact shadow-MMU state (SP_LINK, ROOT_STATE).
+    Column("parent_gfn", "int64", -1, "SP_LINK: gfn of the parent shadow page", since=2),
+    Column("parent_role", "int64", -1, "SP_LINK: full role word of the parent", since=2),
+    Column("unsync_children", "int32", -1, "kvm_mmu_page.unsync_children (exact probes)",
+           since=2),
 )
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 COLUMN_BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
@@ -155,8 +173,9 @@ class TraceMeta:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TraceMeta":
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise SchemaError(f"unknown schema version {version!r} (this kvmtrace reads {SCHEMA_VERSION})")
+        if version not in READABLE_VERSIONS:
+            raise SchemaError(f"unknown schema version {version!r} (this kvmtrace reads "
+                              f"{', '.join(map(str, READABLE_VERSIONS))})")
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
@@ -190,6 +209,11 @@ def _meta_type_problem(name: str, value: Any) -> str:
 
 class SchemaError(ValueError):
     """A trace does not match the schema (bad version, missing column, bad value)."""
+
+
+def columns_added_after(version: int) -> frozenset[str]:
+    """Columns a file of schema ``version`` may lack (appended by later versions)."""
+    return frozenset(c.name for c in COLUMNS if c.since > version)
 
 
 def empty_columns(n: int = 0) -> dict[str, np.ndarray]:

@@ -26,7 +26,7 @@ import pandas as pd
 from kvmtrace.schema import (COLUMN_NAMES, KIND_NAMES, KVM_EXIT_INTR, ROLE_DIRECT, Kind, SchemaError,
                       TraceMeta)
 from kvmtrace.analysis.report import AnalysisResult, Aggregate
-from kvmtrace.analysis.selection import (NEEDED, PTE_ADDR, PTE_PRESENT, PTE_PSE, WALK_FROM_ROOT, ChunkSelector,
+from kvmtrace.analysis.selection import (NEEDED, OPTIONAL, PTE_ADDR, PTE_PRESENT, PTE_PSE, WALK_FROM_ROOT, ChunkSelector,
                      CommColumn)
 from kvmtrace.analysis.shadow import ShadowMMU
 from kvmtrace.analysis.vcpu import (SINCE_LOAD, SINCE_SYNC_PREV, SINCE_SYNC_ROOTS, SINCE_UNLOAD, VcpuState)
@@ -55,7 +55,10 @@ class Event(NamedTuple):
     created: int
     need_flush: int
     value: int
-    aux: int = -1        # select.py: a walker edge's parent table gfn (-1: the root)
+    parent_gfn: int = -1
+    parent_role: int = -1
+    unsync_children: int = -1
+    aux: int = -1        # selection.py: a walker edge's parent table gfn (-1: the root)
 
 
 @dataclass
@@ -110,10 +113,10 @@ class Replayer:
     # ------------------------------------------------------------------ feeding
     def feed(self, chunk: pd.DataFrame) -> list[FlushWindow]:
         """Replay one chunk (time-ordered within itself); return the windows it closed."""
-        missing = [c for c in NEEDED if c not in chunk.columns]
+        missing = [c for c in NEEDED if c not in chunk.columns and c not in OPTIONAL]
         if missing:
             raise SchemaError(f"missing column {missing[0]!r}")
-        cols = {c: chunk[c].to_numpy() for c in NEEDED}
+        cols = {c: chunk[c].to_numpy() for c in NEEDED if c in chunk.columns}
         comm = CommColumn(chunk["comm"].to_numpy(dtype=object)) if "comm" in chunk.columns else None
         return self.feed_arrays(cols, comm)
 
@@ -491,6 +494,30 @@ class Replayer:
         child = shadow.find(child_gfn, level - 1, like)
         if parent is not None and child is not None:
             shadow.link(parent, child)
+
+    # ------------------------------------------------------------------ exact state
+    def on_sp_link(self, ev: Event) -> None:
+        """A link read from the child's ``parent_ptes`` (exact probes): the parent SP's
+        ``spt`` page holds the SPTE that points at the child."""
+        vm, _ = self._of(ev)
+        vm.sp_seen = True
+        shadow = vm.shadow
+        child = shadow.page(ev.gfn, ev.role, ev.role & 0xF)
+        parent = shadow.page(ev.parent_gfn, ev.parent_role, ev.parent_role & 0xF)
+        if ev.value:
+            shadow.link(parent, child)
+        else:
+            shadow.unlink(parent, child)
+
+    def on_root_state(self, ev: Event) -> None:
+        """One slot of ``vcpu->arch.mmu`` read at this moment (exact probes): slot 0 is the
+        vCPU's real current root."""
+        _, th = self._of(ev)
+        if ev.value == 0:
+            if ev.gfn >= 0:
+                th.set_root((ev.gfn, ev.role), ev.role & 0xF)
+            else:
+                th.drop_root()
 
     # ------------------------------------------------------------------ guest-run evidence
     def on_guest_entry(self, ev: Event) -> None:

@@ -27,15 +27,17 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
-from kvmtrace.schema import (EVIDENCE_KINDS, FLUSH_REQUEST_KINDS, FUNCTION_KINDS, KIND_NAMES,
+from kvmtrace.schema import (COLUMN_BY_NAME, columns_added_after, EVIDENCE_KINDS, FLUSH_REQUEST_KINDS, FUNCTION_KINDS, KIND_NAMES,
                       KVM_EXIT_INTR, SP_KINDS, Kind, SchemaError)
 
 # The columns the model reads (cpu, root_count and unsync are not needed to decide).
 NEEDED = ("ts", "tgid", "tid", "vcpu", "kind", "gfn", "role", "level", "created",
-          "need_flush", "value")
+          "need_flush", "value", "parent_gfn", "parent_role", "unsync_children")
+# Columns appended by later schema versions: a chunk from an older file may lack them.
+OPTIONAL = columns_added_after(1)
 
 _STATE = np.zeros(256, dtype=bool)
-for _k in (Kind.LOST, *SP_KINDS):
+for _k in (Kind.LOST, *SP_KINDS, Kind.SP_LINK, Kind.ROOT_STATE):
     _STATE[int(_k)] = True
 _GATE = np.zeros(256, dtype=bool)
 for _k in (*FLUSH_REQUEST_KINDS, *FUNCTION_KINDS):
@@ -154,10 +156,13 @@ class ChunkSelector:
         self.edges: set = set()                         # walker edges already handed on
 
     def select(self, cols: dict, comm: Optional[CommColumn] = None) -> Selection:
-        missing = [c for c in NEEDED if c not in cols]
+        missing = [c for c in NEEDED if c not in cols and c not in OPTIONAL]
         if missing:
             raise SchemaError(f"missing column {missing[0]!r}")
-        cols = {k: np.asarray(cols[k]) for k in NEEDED}
+        n = len(cols["kind"])
+        cols = {k: np.asarray(cols[k]) if k in cols else
+                np.full(n, COLUMN_BY_NAME[k].missing, dtype=COLUMN_BY_NAME[k].dtype)
+                for k in NEEDED}
         kind = cols["kind"]
         if kind.dtype != np.uint8:
             if len(kind) and (kind.min() < 0 or kind.max() > 255):

@@ -109,6 +109,10 @@ class ShadowMMU:
         parent.children.add(child.key)
         child.parents.add(parent.key)
 
+    def unlink(self, parent: ShadowPage, child: ShadowPage) -> None:
+        parent.children.discard(child.key)
+        child.parents.discard(parent.key)
+
     def zap(self, key: SPKey) -> bool:
         """kvm_mmu_prepare_zap_page: the SP leaves the hash and its links go.
 

@@ -30,7 +30,8 @@ def _parquet_arrays(path: str, chunk_rows: int) -> tuple:
     meta, _ = iter_parquet(path, chunk_rows)        # validates metadata and columns
     pf = pq.ParquetFile(path, read_dictionary=["comm"])
     types = {f.name: f.type for f in ARROW_SCHEMA}
-    for name in NEEDED:
+    needed = [n for n in NEEDED if n in pf.schema_arrow.names]   # older files lack some
+    for name in needed:
         if pf.schema_arrow.field(name).type != types[name]:
             raise TraceFileError(path, f"column {name!r} is {pf.schema_arrow.field(name).type}, "
                                        f"not {types[name]}")
@@ -58,18 +59,18 @@ def _parquet_arrays(path: str, chunk_rows: int) -> tuple:
             # its comm strings only if the replay asks; a foreign file's huge row groups
             # are streamed in slices instead.
             if pf.metadata.row_group(i).num_rows <= 4 * chunk_rows:
-                yield (pf.read_row_group(i, columns=list(NEEDED), use_threads=False),
+                yield (pf.read_row_group(i, columns=needed, use_threads=False),
                        CommColumn(loader=comm_loader(i)))
             else:
                 for batch in pf.iter_batches(batch_size=chunk_rows, row_groups=[i],
-                                             columns=list(NEEDED) + ["comm"], use_threads=False):
+                                             columns=needed + ["comm"], use_threads=False):
                     yield batch, CommColumn(*comm_of(batch))
 
     def chunks() -> Iterator[tuple[dict, CommColumn]]:
         try:
             for batch, comm in batches():
                 cols = {}
-                for name in NEEDED:
+                for name in needed:
                     arr = batch.column(name)
                     if arr.null_count:
                         raise TraceFileError(path, f"column {name!r} has empty values")

@@ -27,8 +27,8 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from kvmtrace.sources.frame import concat, conform, empty_frame, from_rows
-from kvmtrace.schema import (COLUMNS, COLUMN_BY_NAME, KIND_BY_NAME, KIND_NAMES, Kind, SchemaError,
-                     TraceMeta)
+from kvmtrace.schema import (COLUMNS, COLUMN_BY_NAME, KIND_BY_NAME, KIND_NAMES, SCHEMA_VERSION, Kind,
+                             SchemaError, TraceMeta, columns_added_after)
 
 META_KEY = b"kvmtrace"
 PARQUET_MAGIC = b"PAR1"
@@ -102,8 +102,13 @@ def use_system_memory_pool() -> None:
 
 # ----------------------------------------------------------------------------- writing
 
+def _stamped(meta: TraceMeta) -> dict:
+    """The metadata as written: a file always holds every column of this schema version."""
+    return {**meta.to_dict(), "schema_version": SCHEMA_VERSION}
+
+
 def _with_meta(schema: pa.Schema, meta: TraceMeta) -> pa.Schema:
-    return schema.with_metadata({META_KEY: json.dumps(meta.to_dict(), sort_keys=True).encode()})
+    return schema.with_metadata({META_KEY: json.dumps(_stamped(meta), sort_keys=True).encode()})
 
 
 def _to_batch(df: pd.DataFrame) -> pa.RecordBatch:
@@ -153,7 +158,7 @@ class TraceWriter:
                 if self.fmt == "jsonl.gz":
                     stream = gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0)
                 self._text = io.TextIOWrapper(stream, encoding="utf-8", newline="\n")
-                self._text.write(json.dumps({JSONL_HEADER: meta.to_dict()}, sort_keys=True) + "\n")
+                self._text.write(json.dumps({JSONL_HEADER: _stamped(meta)}, sort_keys=True) + "\n")
                 self._flush()
         except OSError as exc:
             raise TraceFileError(path, f"cannot write: {exc.strerror or exc}") from None
@@ -213,7 +218,7 @@ class TraceWriter:
             self._finish_parquet()
         else:
             assert self._text is not None
-            self._text.write(json.dumps({JSONL_TRAILER: self.meta.to_dict()}, sort_keys=True) + "\n")
+            self._text.write(json.dumps({JSONL_TRAILER: _stamped(self.meta)}, sort_keys=True) + "\n")
             self._text.close()
         self.closed = True
 
@@ -274,10 +279,13 @@ def _meta_from_schema(path, schema: pa.Schema) -> TraceMeta:
         raise TraceFileError(path, f"bad metadata: {exc}") from None
 
 
-def _check_columns(path, schema: pa.Schema) -> None:
+def _check_columns(path, schema: pa.Schema, meta: TraceMeta) -> list[str]:
+    """The schema columns the file has; a column its version should hold must be there."""
+    may_lack = columns_added_after(meta.schema_version)
     for col in COLUMNS:
-        if col.name not in schema.names:
+        if col.name not in schema.names and col.name not in may_lack:
             raise TraceFileError(path, f"missing column {col.name!r}")
+    return [c.name for c in COLUMNS if c.name in schema.names]
 
 
 def iter_parquet(path: str | os.PathLike, chunk_rows: int = 1 << 20) -> tuple[TraceMeta, Iterator[pd.DataFrame]]:
@@ -287,11 +295,11 @@ def iter_parquet(path: str | os.PathLike, chunk_rows: int = 1 << 20) -> tuple[Tr
     except (pa.ArrowException, OSError) as exc:
         raise TraceFileError(path, f"not a readable Parquet file ({exc})") from None
     meta = _meta_from_schema(path, pf.schema_arrow)
-    _check_columns(path, pf.schema_arrow)
+    present = _check_columns(path, pf.schema_arrow, meta)
 
     def chunks() -> Iterator[pd.DataFrame]:
         try:
-            for batch in pf.iter_batches(batch_size=chunk_rows, columns=[c.name for c in COLUMNS]):
+            for batch in pf.iter_batches(batch_size=chunk_rows, columns=present):
                 yield _batch_frame(path, batch)
         except pa.ArrowException as exc:
             raise TraceFileError(path, f"corrupt Parquet data ({exc})") from None
@@ -300,7 +308,7 @@ def iter_parquet(path: str | os.PathLike, chunk_rows: int = 1 << 20) -> tuple[Tr
 
 def _batch_frame(path, batch: pa.RecordBatch) -> pd.DataFrame:
     try:
-        return conform(batch.to_pandas())
+        return conform(batch.to_pandas(), fill_missing=True)   # columns were checked
     except SchemaError as exc:
         raise TraceFileError(path, str(exc)) from None
 
@@ -315,7 +323,7 @@ def _read_ipc(path) -> Trace:
         except pa.ArrowException as exc:
             raise TraceFileError(path, f"unfinished recording without a readable header ({exc})") from None
         meta = _meta_from_schema(path, reader.schema)
-        _check_columns(path, reader.schema)
+        _check_columns(path, reader.schema, meta)
         good_end = src.tell()
         while True:
             try:

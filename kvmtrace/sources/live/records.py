@@ -7,7 +7,7 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from kvmtrace.schema import COLUMN_NAMES, Kind
+from kvmtrace.schema import COLUMNS, COLUMN_NAMES, Kind
 
 # One ring buffer slot: the kernel's 8-byte record header, then struct kt_record.
 SLOT_DTYPE = np.dtype([
@@ -55,6 +55,10 @@ def to_frame(slots: np.ndarray, comm_of: Callable[[int], str] | Mapping[int, str
         "value": col("value", np.int64),
         "comm": names.take(codes),
     }
+    n = len(tids)
+    for c in COLUMNS:                      # columns the slot does not carry
+        if c.name not in cols:
+            cols[c.name] = np.full(n, c.missing, dtype=c.dtype)
     return pd.DataFrame(cols, columns=list(COLUMN_NAMES), copy=False)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from kvmtrace.functions import perf_probe_function
-from kvmtrace.schema import COLUMN_NAMES, COLUMNS, Kind, TraceMeta
+from kvmtrace.schema import COLUMN_BY_NAME, COLUMN_NAMES, COLUMNS, Kind, TraceMeta
 from kvmtrace.sources.native import GZIP_MAGIC, Trace, TraceFileError
 from kvmtrace.sources.text import lines as L
 from kvmtrace.sources.text.payloads import TRACEPOINTS, function_payload, kprobe_function, perf_probe_args
@@ -346,7 +346,10 @@ class _Importer:
         tgid = self._tgids(cols, meta, notes)
         self._check_cpu_order(cols)
         order = np.argsort(cols["ts"], kind="stable")
-        data = {name: (tgid if name == "tgid" else cols[name])[order] for name in _DTYPE}
+        n = len(order)
+        data = {name: (tgid if name == "tgid" else cols[name])[order] if name == "tgid" or name in cols
+                else np.full(n, COLUMN_BY_NAME[name].missing, dtype=_DTYPE[name])
+                for name in _DTYPE}       # text carries no exact-state columns
         # Every array already has its schema dtype (see _Columns), so this frame conforms
         # (tests check conform(events).equals(events)); building it once saves a copy.
         events = pd.DataFrame(data, columns=list(COLUMN_NAMES))
