@@ -1,0 +1,278 @@
+"""The kernel's BPF Type Format (BTF): struct member offsets and sizes of the running kernel.
+
+Reads ``/sys/kernel/btf/vmlinux`` and, where KVM is a module, the split BTF
+``/sys/kernel/btf/kvm`` (its type ids continue after vmlinux's, its string offsets after
+vmlinux's string section).  The encoding is the kernel's (include/uapi/linux/btf.h,
+Documentation/bpf/btf.rst): a ``struct btf_header`` (magic 0xeB9F), then ``struct btf_type``
+records ``{u32 name_off; u32 info; u32 size_or_type}`` each followed by kind-specific data,
+then a NUL-separated string section.  Only what offsets need is decoded (structs, unions,
+arrays, typedefs and qualifiers, ints, pointers); every other kind is skipped by its size.
+
+Pure Python, reads files only; no kernel version is ever consulted: a field that is not in
+the BTF is reported as absent, and whoever needs it says why it cannot work.
+
+Imports: the standard library only (layer 2, host facts).
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+BTF_MAGIC = 0xEB9F
+HEADER = struct.Struct("<HBBIIIII")     # magic, version, flags, hdr_len, type_off/len, str_off/len
+TYPE = struct.Struct("<III")            # name_off, info, size | type
+
+# include/uapi/linux/btf.h BTF_KIND_*
+INT, PTR, ARRAY, STRUCT, UNION, ENUM, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT = range(1, 12)
+FUNC, FUNC_PROTO, VAR, DATASEC, FLOAT, DECL_TAG, TYPE_TAG, ENUM64 = range(12, 20)
+# Kinds whose third word is a type id that only qualifies or renames another type.
+_ALIASES = frozenset({TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG})
+_MAX_DEPTH = 32                          # bound on alias chains and member nesting
+
+
+class BtfError(ValueError):
+    """A BTF blob that cannot be parsed (named by its source)."""
+
+
+def _extra_size(kind: int, vlen: int) -> int:
+    """Bytes of kind-specific data after a struct btf_type (Documentation/bpf/btf.rst §2.2)."""
+    if kind in (INT, VAR, DECL_TAG):
+        return 4
+    if kind == ARRAY:
+        return 12                        # struct btf_array {type, index_type, nelems}
+    if kind in (STRUCT, UNION, DATASEC, ENUM64):
+        return 12 * vlen                 # btf_member / btf_var_secinfo / btf_enum64
+    if kind in (ENUM, FUNC_PROTO):
+        return 8 * vlen                  # btf_enum / btf_param
+    if kind in (PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG):
+        return 0
+    raise BtfError(f"unknown BTF kind {kind}")
+
+
+@dataclass(frozen=True)
+class BtfType:
+    id: int
+    kind: int
+    name: str
+    size_or_type: int
+    vlen: int
+    kflag: bool
+    extra: bytes                          # the kind-specific data
+
+
+@dataclass(frozen=True)
+class Member:
+    """One resolved member: where it is in the outermost struct and what it holds."""
+
+    path: str
+    offset: int           # bytes from the start of the outermost struct
+    size: int             # bytes (of the whole storage unit for a bitfield)
+    bit_offset: int = 0   # bit offset inside the byte at ``offset`` (bitfields)
+    bit_size: int = 0     # 0 unless a bitfield
+    type_name: str = ""   # resolved type, e.g. "u64", "struct kvm_mmu *", "[4] struct ..."
+    nelems: int = 0       # arrays: element count (size is then the whole array)
+    elem_size: int = 0    # arrays: one element's size
+
+
+class Btf:
+    """The types of one BTF blob (plus its base, for split BTF)."""
+
+    def __init__(self, data: bytes, source: str = "<btf>", base: "Btf | None" = None):
+        self.source = source
+        self.base = base
+        self._types: list[BtfType] = []
+        self._first_id = 1 if base is None else base._next_id
+        self._strings = b""
+        self._by_name: dict[tuple[int, str], int] = {}
+        self._parse(data)
+
+    @classmethod
+    def load(cls, path: str | Path, base: "Btf | None" = None) -> "Btf":
+        p = Path(path)
+        try:
+            data = p.read_bytes()
+        except OSError as exc:
+            raise BtfError(f"{p}: cannot read: {exc.strerror or exc}") from None
+        return cls(data, str(p), base)
+
+    @property
+    def _next_id(self) -> int:
+        return self._first_id + len(self._types)
+
+    # ------------------------------------------------------------------ parsing
+
+    def _parse(self, data: bytes) -> None:
+        if len(data) < HEADER.size:
+            raise BtfError(f"{self.source}: {len(data)} bytes is too short for a BTF header")
+        magic, version, _flags, hdr_len, type_off, type_len, str_off, str_len = HEADER.unpack_from(data)
+        if magic != BTF_MAGIC:
+            raise BtfError(f"{self.source}: bad magic {magic:#x} (not little-endian BTF)")
+        if version != 1:
+            raise BtfError(f"{self.source}: BTF version {version} (this reader knows 1)")
+        if hdr_len < HEADER.size or hdr_len > len(data):
+            raise BtfError(f"{self.source}: header length {hdr_len} out of range")
+        t0, s0 = hdr_len + type_off, hdr_len + str_off
+        if t0 + type_len > len(data) or s0 + str_len > len(data):
+            raise BtfError(f"{self.source}: type or string section runs past the end of the data")
+        self._strings = data[s0:s0 + str_len]
+        pos, end = t0, t0 + type_len
+        while pos < end:
+            if pos + TYPE.size > end:
+                raise BtfError(f"{self.source}: truncated type record at byte {pos - t0}")
+            name_off, info, st = TYPE.unpack_from(data, pos)
+            kind, vlen, kflag = (info >> 24) & 0x1F, info & 0xFFFF, bool(info >> 31)
+            try:
+                n = _extra_size(kind, vlen)
+            except BtfError as exc:
+                raise BtfError(f"{self.source}: type {self._next_id}: {exc}") from None
+            pos += TYPE.size
+            if pos + n > end:
+                raise BtfError(f"{self.source}: type {self._next_id} runs past the type section")
+            t = BtfType(self._next_id, kind, self._str(name_off), st, vlen, kflag, data[pos:pos + n])
+            self._types.append(t)
+            if t.name and kind in (STRUCT, UNION, TYPEDEF, INT, ENUM, ENUM64, FWD):
+                # The first definition with members wins over an empty one of that name.
+                old = self._by_name.get((kind, t.name))
+                if old is None or (kind in (STRUCT, UNION) and not self.type(old).vlen and vlen):
+                    self._by_name[(kind, t.name)] = t.id
+            pos += n
+
+    def _str(self, off: int) -> str:
+        if self.base is not None:
+            base_len = len(self.base._strings)
+            if off < base_len:
+                return self.base._str(off)
+            off -= base_len
+        if off >= len(self._strings):
+            raise BtfError(f"{self.source}: string offset {off} out of range")
+        end = self._strings.find(b"\0", off)
+        return self._strings[off:end if end >= 0 else len(self._strings)].decode(errors="replace")
+
+    # ------------------------------------------------------------------ lookups
+
+    def type(self, tid: int) -> BtfType | None:
+        """The type with that id (0 = void gives None)."""
+        if tid < self._first_id:
+            return self.base.type(tid) if self.base is not None else None
+        i = tid - self._first_id
+        return self._types[i] if i < len(self._types) else None
+
+    def find(self, name: str, kind: int = STRUCT) -> BtfType | None:
+        """The first type of that kind and name, in this blob or its base."""
+        tid = self._by_name.get((kind, name))
+        if tid is not None:
+            return self.type(tid)
+        return self.base.find(name, kind) if self.base is not None else None
+
+    def resolve(self, tid: int) -> BtfType | None:
+        """Follow typedefs and qualifiers to the underlying type."""
+        t = self.type(tid)
+        for _ in range(_MAX_DEPTH):
+            if t is None or t.kind not in _ALIASES:
+                return t
+            t = self.type(t.size_or_type)
+        raise BtfError(f"{self.source}: alias chain longer than {_MAX_DEPTH} at type {tid}")
+
+    def size_of(self, tid: int) -> int:
+        t = self.resolve(tid)
+        if t is None:
+            return 0
+        if t.kind in (INT, STRUCT, UNION, ENUM, ENUM64, FLOAT, DATASEC):
+            return t.size_or_type
+        if t.kind == PTR:
+            return 8                      # x86-64
+        if t.kind == ARRAY:
+            elem, _idx, nelems = struct.unpack("<III", t.extra)
+            return nelems * self.size_of(elem)
+        return 0
+
+    def type_name(self, tid: int) -> str:
+        t = self.type(tid)
+        for _ in range(_MAX_DEPTH):
+            if t is None:
+                return "void"
+            if t.kind in (STRUCT, UNION):
+                return f"{'struct' if t.kind == STRUCT else 'union'} {t.name or '(anon)'}"
+            if t.kind == PTR:
+                return self.type_name(t.size_or_type) + " *"
+            if t.kind == ARRAY:
+                elem, _idx, nelems = struct.unpack("<III", t.extra)
+                return f"[{nelems}] {self.type_name(elem)}"
+            if t.kind in _ALIASES and not t.name:
+                t = self.type(t.size_or_type)
+                continue
+            return t.name or f"kind{t.kind}"
+        return "?"
+
+    def members(self, t: BtfType) -> list[tuple[str, int, int, int]]:
+        """(name, type id, bit offset, bitfield size) of a struct or union's members."""
+        if t.kind not in (STRUCT, UNION):
+            return []
+        out = []
+        for i in range(t.vlen):
+            name_off, mtype, off = struct.unpack_from("<III", t.extra, 12 * i)
+            # kind_flag: offset = bitfield_size << 24 | bit_offset (btf.rst, STRUCT)
+            bits, bitsize = (off & 0xFFFFFF, off >> 24) if t.kflag else (off, 0)
+            out.append((self._str(name_off), mtype, bits, bitsize))
+        return out
+
+    def member(self, struct_name: str, path: str, kind: int = STRUCT) -> Member | None:
+        """Member ``path`` ("arch.mmu", "root.hpa") of ``struct struct_name``; None when
+        the struct or any step is absent.  Anonymous struct/union members are searched
+        through, as C does; a step through a pointer is not followed (that is a load)."""
+        top = self.find(struct_name, kind)
+        if top is None:
+            return None
+        t, bits, tid = top, 0, top.id
+        for step in path.split("."):
+            found = self._find_member(t, step, 0)
+            if found is None:
+                return None
+            tid, off, bitsize = found
+            bits += off
+            t = self.resolve(tid)
+            if t is None:
+                return None
+        size = self.size_of(tid)
+        nelems = elem_size = 0
+        if t.kind == ARRAY:
+            elem, _idx, nelems = struct.unpack("<III", t.extra)
+            elem_size = self.size_of(elem)
+        return Member(path, bits // 8, size, bits % 8, bitsize, self.type_name(tid), nelems, elem_size)
+
+    def _find_member(self, t: BtfType, name: str, depth: int) -> tuple[int, int, int] | None:
+        if depth > _MAX_DEPTH:
+            return None
+        for mname, mtype, bits, bitsize in self.members(t):
+            if mname == name:
+                return mtype, bits, bitsize
+            if not mname:
+                inner = self.resolve(mtype)
+                if inner is not None and inner.kind in (STRUCT, UNION):
+                    found = self._find_member(inner, name, depth + 1)
+                    if found is not None:
+                        return found[0], bits + found[1], found[2]
+        return None
+
+    def struct_size(self, name: str) -> int | None:
+        t = self.find(name)
+        return t.size_or_type if t is not None else None
+
+
+def load_kernel(root: Path | str = Path("/"), module: str = "kvm") -> tuple[Btf | None, str]:
+    """vmlinux BTF plus ``module``'s split BTF when KVM is a module; (None, why) when absent."""
+    d = Path(root) / "sys/kernel/btf"
+    vmlinux = d / "vmlinux"
+    if not vmlinux.exists():
+        return None, f"no {vmlinux} (kernel built without CONFIG_DEBUG_INFO_BTF)"
+    try:
+        btf = Btf.load(vmlinux)
+        detail = f"{vmlinux}"
+        split = d / module
+        if split.exists():
+            btf = Btf.load(split, base=btf)
+            detail += f" + {split} (split BTF)"
+    except BtfError as exc:
+        return None, str(exc)
+    return btf, detail

@@ -1,0 +1,141 @@
+"""Where KVM keeps the shadow-MMU state the exact probes read, from the running kernel's BTF.
+
+The exact probe mode reads, with ``bpf_probe_read_kernel``:
+- ``struct kvm_mmu_page`` (arch/x86/include/asm/kvm_host.h): ``gfn``, ``role.word`` (the full
+  ``union kvm_mmu_page_role``), ``unsync``, ``unsync_children``, ``parent_ptes.val`` (a
+  ``struct kvm_rmap_head``) and ``spt`` (the SP's page of SPTEs);
+- ``struct pte_list_desc`` (arch/x86/kvm/mmu/mmu.c): ``more``, ``spte_count`` (6.4+; older
+  kernels end the list at a NULL entry) and ``sptes[]``;
+- ``task_struct.preempt_notifiers.first``: while a vCPU is loaded on its thread this is
+  ``&vcpu->preempt_notifier.link`` (virt/kvm/kvm_main.c ``vcpu_load()`` registers it), so
+  ``container_of`` gives the ``struct kvm_vcpu``;
+- ``kvm_vcpu.vcpu_id`` and ``kvm_vcpu.arch.mmu`` (a ``struct kvm_mmu *``);
+- ``kvm_mmu.root`` and ``kvm_mmu.prev_roots[]`` (``struct kvm_mmu_root_info {pgd, hpa}``).
+
+Every offset comes from BTF; a field that is absent (another kernel, another config) is
+named, and the exact mode is off with that reason.  Nothing here branches on a version.
+
+Imports: kvmtrace.host.btf (layer 2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvmtrace.host.btf import Btf, Member, load_kernel
+
+# (key, struct, member path, required).  The key names the offset in the generated C.
+FIELDS: tuple[tuple[str, str, str, bool], ...] = (
+    ("sp_gfn", "kvm_mmu_page", "gfn", True),
+    ("sp_role", "kvm_mmu_page", "role.word", True),
+    ("sp_unsync", "kvm_mmu_page", "unsync", True),
+    ("sp_unsync_children", "kvm_mmu_page", "unsync_children", True),
+    ("sp_parent_ptes", "kvm_mmu_page", "parent_ptes.val", True),
+    ("sp_spt", "kvm_mmu_page", "spt", True),
+    ("sp_root_count", "kvm_mmu_page", "root_count", False),
+    ("desc_more", "pte_list_desc", "more", True),
+    ("desc_spte_count", "pte_list_desc", "spte_count", False),
+    ("desc_sptes", "pte_list_desc", "sptes", True),
+    ("task_notifiers", "task_struct", "preempt_notifiers.first", True),
+    ("vcpu_notifier", "kvm_vcpu", "preempt_notifier.link", True),
+    ("vcpu_id", "kvm_vcpu", "vcpu_id", True),
+    ("vcpu_mmu", "kvm_vcpu", "arch.mmu", True),
+    ("mmu_root_pgd", "kvm_mmu", "root.pgd", True),
+    ("mmu_root_hpa", "kvm_mmu", "root.hpa", True),
+    ("mmu_prev_roots", "kvm_mmu", "prev_roots", True),
+    ("root_info_pgd", "kvm_mmu_root_info", "pgd", True),
+    ("root_info_hpa", "kvm_mmu_root_info", "hpa", True),
+)
+# Sizes the C reads with a fixed width (u64 / u32 / u8 loads).
+_SIZES = {"sp_gfn": 8, "sp_role": 4, "sp_unsync": 1, "sp_unsync_children": 4,
+          "sp_parent_ptes": 8, "sp_spt": 8, "sp_root_count": 4, "desc_more": 8,
+          "desc_spte_count": 4, "task_notifiers": 8, "vcpu_id": 4, "vcpu_mmu": 8,
+          "mmu_root_pgd": 8, "mmu_root_hpa": 8, "root_info_pgd": 8, "root_info_hpa": 8}
+
+
+@dataclass
+class ExactLayout:
+    """The offsets the exact probes use, or why there are none."""
+
+    source: str
+    members: dict[str, Member | None] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        return not self.problems
+
+    def offset(self, key: str) -> int:
+        m = self.members.get(key)
+        if m is None:
+            raise KeyError(key)
+        return m.offset
+
+    def has(self, key: str) -> bool:
+        return self.members.get(key) is not None
+
+    @property
+    def prev_roots(self) -> int:
+        m = self.members["mmu_prev_roots"]
+        return m.nelems if m else 0
+
+    @property
+    def prev_root_stride(self) -> int:
+        m = self.members["mmu_prev_roots"]
+        return m.elem_size if m else 0
+
+    @property
+    def desc_slots(self) -> int:
+        m = self.members["desc_sptes"]
+        return m.nelems if m else 0
+
+    def lines(self) -> list[str]:
+        """One line per field, for doctor and --ebpf."""
+        out = []
+        for key, struct_name, path, required in FIELDS:
+            m = self.members.get(key)
+            where = f"{struct_name}.{path}"
+            if m is None:
+                out.append(f"{where}: absent{'' if required else ' (optional)'}")
+            else:
+                arr = f" [{m.nelems} x {m.elem_size}]" if m.nelems else ""
+                out.append(f"{where}: offset {m.offset}, {m.size} bytes{arr} ({m.type_name})")
+        return out
+
+
+def from_btf(btf: Btf, source: str) -> ExactLayout:
+    layout = ExactLayout(source)
+    for key, struct_name, path, required in FIELDS:
+        m = btf.member(struct_name, path)
+        layout.members[key] = m
+        if m is None:
+            if required:
+                what = (f"struct {struct_name}" if btf.find(struct_name) is None
+                        else f"{struct_name}.{path}")
+                layout.problems.append(f"{what} not in BTF")
+            continue
+        problem = _shape_problem(key, m)
+        if problem:
+            layout.members[key] = None
+            if required:
+                layout.problems.append(f"{struct_name}.{path}: {problem}")
+    return layout
+
+
+def _shape_problem(key: str, m: Member) -> str:
+    if m.bit_size:
+        return f"is a {m.bit_size}-bit bitfield"
+    want = _SIZES.get(key)
+    if want is not None and m.size != want:
+        return f"is {m.size} bytes, the probe reads {want}"
+    if key in ("mmu_prev_roots", "desc_sptes") and (not m.nelems or m.elem_size not in (8, 16)):
+        return f"is not an array of the expected elements ({m.type_name})"
+    return ""
+
+
+def discover(root: Path | str = Path("/")) -> ExactLayout:
+    """The layout of the running kernel (vmlinux BTF, plus kvm's split BTF if a module)."""
+    btf, detail = load_kernel(root)
+    if btf is None:
+        return ExactLayout(detail, problems=[detail])
+    return from_btf(btf, detail)

@@ -1,0 +1,149 @@
+"""The BTF reader (kvmtrace/host/btf.py) and the exact-probe layout drawn from it
+(kvmtrace/host/exactlayout.py): on hand-built blobs, and on this host's real BTF."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kvmtrace.host.btf import Btf, BtfError, load_kernel
+from kvmtrace.host.exactlayout import FIELDS, discover, from_btf
+from tests.btf_blob import BlobBuilder
+
+REAL = Path("/sys/kernel/btf/vmlinux")
+
+
+def kvm_like(b: BlobBuilder, *, unsync_bitfield: bool = False, drop: str | None = None) -> None:
+    """Types shaped like the kernel's, at offsets unlike this host's."""
+    u8, u32, u64 = b.int_("u8", 1), b.int_("unsigned int", 4), b.int_("long long unsigned int", 8)
+    b.func_proto(u32, [u64, u64])            # a kind the reader must skip by size
+    gfn_t = b.typedef("gfn_t", u64)
+    role = b.struct("kvm_mmu_page_role", 4, [("word", u32, 0)], union=True)
+    rmap = b.struct("kvm_rmap_head", 8, [("val", b.const(u64), 0)])
+    sp_members = [("gfn", gfn_t, 64), ("role", role, 32), ("spt", b.ptr(u64), 128),
+                  ("", b.struct("", 8, [("unsync_children", u32, 0), ("x", u32, 32)], union=True), 192),
+                  ("parent_ptes", rmap, 256)]
+    if unsync_bitfield:
+        sp_members.append(("unsync", u8, 8))
+    else:
+        sp_members.append(("unsync", u8, 16))
+    sp_members = [m for m in sp_members if m[0] != drop]
+    b.struct("kvm_mmu_page", 64, sp_members, bitfields={"unsync": 1} if unsync_bitfield else None)
+    desc = b._add("pte_list_desc", 7, 0, 0)   # a forward declaration (BTF_KIND_FWD)
+    idx = b.int_("int", 4)
+    b.struct("pte_list_desc", 48, [("more", b.ptr(desc), 0), ("spte_count", u32, 64),
+                                   ("sptes", b.array(b.ptr(u64), idx, 4), 128)])
+    node = b.struct("hlist_node", 16, [("next", b.ptr(u64), 0), ("pprev", b.ptr(u64), 64)])
+    head = b.struct("hlist_head", 8, [("first", b.ptr(node), 0)])
+    b.struct("task_struct", 4096, [("pid", idx, 0), ("preempt_notifiers", head, 8 * 1000)])
+    info = b.struct("kvm_mmu_root_info", 16, [("pgd", u64, 0), ("hpa", u64, 64)])
+    mmu = b.struct("kvm_mmu", 200, [("root", info, 8 * 24), ("prev_roots", b.array(info, idx, 3), 8 * 120)])
+    arch = b.struct("kvm_vcpu_arch", 64, [("regs", u64, 0), ("mmu", b.ptr(mmu), 8 * 40)])
+    pn = b.struct("preempt_notifier", 24, [("link", node, 0), ("ops", b.ptr(u64), 128)])
+    b.struct("kvm_vcpu", 512, [("kvm", b.ptr(u64), 0), ("preempt_notifier", pn, 8 * 16),
+                               ("vcpu_id", idx, 8 * 44), ("arch", arch, 8 * 100)])
+
+
+def test_hand_built_blob_offsets():
+    b = BlobBuilder()
+    kvm_like(b)
+    btf = Btf(b.blob(), "hand")
+    assert btf.member("kvm_mmu_page", "gfn").offset == 8
+    assert btf.member("kvm_mmu_page", "gfn").size == 8
+    assert btf.member("kvm_mmu_page", "role.word").offset == 4
+    # through an anonymous union, as C does
+    assert btf.member("kvm_mmu_page", "unsync_children").offset == 24
+    assert btf.member("kvm_vcpu", "arch.mmu").offset == 100 + 40
+    assert btf.member("kvm_vcpu", "arch.mmu").type_name == "struct kvm_mmu *"
+    pr = btf.member("kvm_mmu", "prev_roots")
+    assert (pr.offset, pr.nelems, pr.elem_size, pr.size) == (120, 3, 16, 48)
+    assert btf.member("kvm_mmu", "root.hpa").offset == 32
+    assert btf.member("kvm_mmu_page", "nosuch") is None
+    assert btf.member("nosuch_struct", "x") is None
+
+
+def test_layout_from_hand_built_blob_is_usable():
+    b = BlobBuilder()
+    kvm_like(b)
+    layout = from_btf(Btf(b.blob(), "hand"), "hand")
+    assert layout.usable, layout.problems
+    assert layout.offset("task_notifiers") == 1000
+    assert layout.offset("vcpu_notifier") == 16
+    assert layout.prev_roots == 3 and layout.prev_root_stride == 16
+    assert layout.desc_slots == 4
+    assert not layout.has("sp_root_count")            # optional, absent here
+    assert any("root_count: absent (optional)" in l for l in layout.lines())
+
+
+def test_layout_names_a_missing_field():
+    b = BlobBuilder()
+    kvm_like(b, drop="parent_ptes")
+    layout = from_btf(Btf(b.blob(), "hand"), "hand")
+    assert not layout.usable
+    assert layout.problems == ["kvm_mmu_page.parent_ptes.val not in BTF"]
+
+
+def test_layout_refuses_a_bitfield():
+    b = BlobBuilder()
+    kvm_like(b, unsync_bitfield=True)
+    layout = from_btf(Btf(b.blob(), "hand"), "hand")
+    assert layout.problems == ["kvm_mmu_page.unsync: is a 1-bit bitfield"]
+
+
+def test_split_btf_continues_ids_and_strings():
+    base = BlobBuilder()
+    u64 = base.int_("u64", 8)
+    base_btf = Btf(base.blob(), "base")
+    split = BlobBuilder(base_strings=len(base.strings), first_id=2)
+    split.struct("kvm_mmu_root_info", 16, [("pgd", u64, 0), ("hpa", u64, 64)])
+    btf = Btf(split.blob(), "split", base=base_btf)
+    m = btf.member("kvm_mmu_root_info", "hpa")
+    assert m.offset == 8 and m.type_name == "u64"
+
+
+@pytest.mark.parametrize("data,msg", [
+    (b"\x9f\xeb", "too short"),
+    (b"\x00\x00" + bytes(22), "bad magic"),
+])
+def test_bad_blobs(data, msg):
+    with pytest.raises(BtfError, match=msg):
+        Btf(data, "x")
+
+
+def test_truncated_type_section():
+    b = BlobBuilder()
+    b.int_("u64", 8)
+    blob = bytearray(b.blob())
+    blob[8:12] = (100).to_bytes(4, "little")  # type_len beyond the data
+    with pytest.raises(BtfError, match="past the end"):
+        Btf(bytes(blob), "x")
+
+
+def test_unknown_kind_is_an_error_not_a_guess():
+    b = BlobBuilder()
+    b._add("weird", 31, 0, 0)
+    with pytest.raises(BtfError, match="unknown BTF kind 31"):
+        Btf(b.blob(), "x")
+
+
+def test_no_btf_says_why(tmp_path):
+    layout = discover(tmp_path)
+    assert not layout.usable
+    assert "CONFIG_DEBUG_INFO_BTF" in layout.problems[0]
+
+
+@pytest.mark.skipif(not REAL.exists(), reason="no /sys/kernel/btf/vmlinux on this machine")
+def test_real_btf_layout():
+    btf, detail = load_kernel()
+    layout = from_btf(btf, detail)
+    assert layout.usable, layout.problems
+    assert len(layout.lines()) == len(FIELDS)
+    # Internal consistency the kernel's definitions imply.
+    mmu_root = btf.member("kvm_mmu", "root")
+    assert layout.offset("mmu_root_hpa") == mmu_root.offset + layout.offset("root_info_hpa")
+    assert layout.prev_roots >= 1 and layout.prev_root_stride == btf.struct_size("kvm_mmu_root_info")
+    sp_size = btf.struct_size("kvm_mmu_page")
+    for key in ("sp_gfn", "sp_role", "sp_spt", "sp_parent_ptes", "sp_unsync_children"):
+        m = layout.members[key]
+        assert m.offset + m.size <= sp_size
+    assert btf.member("kvm_vcpu", "preempt_notifier").offset == layout.offset("vcpu_notifier")
