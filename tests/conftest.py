@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from cli_support import LAB
+from host_facts import facts, require_live
 
 
 @pytest.fixture
@@ -17,3 +18,17 @@ def lab_without_sync(tmp_path: Path) -> Path:
     path = tmp_path / "lab_no_sync.ftrace.txt"
     path.write_text("".join(kept))
     return path
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under KVMTRACE_REQUIRE_LIVE=1 (.ci/run sets it where tests/host_facts.py finds root,
+    /dev/kvm, tracefs and BPF) a skipped ``live`` test is a failure: the live tier cannot
+    silently vanish from a host that must run it."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.skipped and require_live() and item.get_closest_marker("live") is not None:
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome = "failed"
+        rep.longrepr = (f"live test skipped under KVMTRACE_REQUIRE_LIVE=1 ({reason}); "
+                        f"host facts: {facts()}")

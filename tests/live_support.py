@@ -1,56 +1,51 @@
-"""Why live BPF tests cannot run on this host (None when they can)."""
+"""Why a live test cannot run on this host (None when it can), from tests/host_facts.py.
+
+The reasons come from facts the tests check themselves, never from kvmtrace's own host
+probing: a bug there must fail a live test, not skip it.  Under KVMTRACE_REQUIRE_LIVE=1 any
+skip of a ``live`` test is a failure (conftest.py).
+"""
 from __future__ import annotations
 
+import sys
 
-from kvmtrace.host import gather
-from kvmtrace.sources.live.bccload import headers, import_bcc, privileges
-from kvmtrace.sources.live.errors import LiveUnavailable
+from host_facts import BCC_DIST, facts
 
 
 def bpf_unavailable_reason() -> str | None:
-    ok, why = privileges()
-    if not ok:
-        return f"needs root for BPF ({why})"
-    facts = gather()
-    if facts.tracefs is None:
-        return "tracefs is not mounted (run .ci/install-live.sh)"
-    try:
-        import_bcc()
-    except LiveUnavailable as exc:
-        return str(exc)
-    hdr, detail = headers(facts.kernel_release)
-    if hdr is None:
-        return f"no kernel headers for BCC: {detail} (run .ci/install-live.sh)"
-    return None
+    return facts().bpf_reason()
 
 
 def kvm_tracing_unavailable_reason() -> str | None:
-    """Why KVM cannot be traced here: BPF, plus a KVM backend and the tracepoints every
-    recording needs (tracefs lists KVM's events only while the kvm module is loaded)."""
-    reason = bpf_unavailable_reason()
-    if reason:
-        return reason
-    from kvmtrace.sources.live.tracepoints import REQUIRED
-    facts = gather()
-    if not facts.backend.name:
-        return "no KVM backend loaded (modprobe kvm_intel, kvm_amd or kvm_pvm)"
-    absent = [n for n in REQUIRED if not facts.tracefs.exists(*n.split(":"))]
-    if absent:
-        return f"KVM tracepoint(s) {', '.join(absent)} not in tracefs"
-    return None
+    """BPF plus KVM's tracepoints in tracefs (listed only while a KVM module is loaded)."""
+    return facts().kvm_tracing_reason()
 
 
 def kvm_unavailable_reason() -> str | None:
-    """Why the exercise guest cannot run here under the recorder."""
-    reason = kvm_tracing_unavailable_reason()
-    if reason:
-        return reason
-    from kvmtrace.exercise import unavailable_reason
-    return unavailable_reason()
+    """The exercise guest under the recorder: KVM tracing plus an openable /dev/kvm."""
+    return facts().kvm_reason()
 
 
-def bcc_or_none():
+def exercise_unavailable_reason() -> str | None:
+    """The built-in guest alone: /dev/kvm."""
+    return facts().exercise_reason()
+
+
+def tracefs_kvm_unavailable_reason() -> str | None:
+    """The guest traced through a tracefs instance: root, tracefs, KVM's events, /dev/kvm."""
+    return facts().tracefs_kvm_reason()
+
+
+def shadow_paging() -> bool:
+    """Guests here run on the shadow MMU (PVM, or EPT/NPT off): flush windows are meaningful."""
+    return bool(facts().shadow_paging)
+
+
+def bcc():
+    """The bcc module (Debian's python3-bpfcc, also from a Python that is not the system one).
+    Called only by tests whose skip condition already found BCC installed."""
     try:
-        return import_bcc()[0]
-    except LiveUnavailable:
-        return None
+        import bcc as mod
+    except ImportError:
+        sys.path.append(str(BCC_DIST))
+        import bcc as mod
+    return mod

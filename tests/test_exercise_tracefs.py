@@ -6,10 +6,12 @@ from collections import Counter
 
 import pytest
 
-from kvmtrace.exercise import ExerciseConfig, run_exercise, unavailable_reason
-from kvmtrace.exercise.capture import TracefsCapture, capture_unavailable_reason, lost_entries
+from kvmtrace.exercise import ExerciseConfig, run_exercise
+from kvmtrace.exercise.capture import TracefsCapture, lost_entries
 
-REASON = unavailable_reason() or capture_unavailable_reason()
+from live_support import shadow_paging, tracefs_kvm_unavailable_reason
+
+REASON = tracefs_kvm_unavailable_reason()
 pytestmark = [pytest.mark.live, pytest.mark.skipif(REASON is not None, reason=f"exercise/tracefs: {REASON}")]
 
 LINE_RE = re.compile(r"^\s*(?P<comm>.+?)-(?P<tid>\d+)\s+\(\s*(?P<tgid>\d+)\)\s+\[\d+\]\s+\S+\s+"
@@ -35,8 +37,9 @@ def run_captured(flush: bool, rounds: int = 10, pages: int = 3):
 
 def test_flush_run_unsyncs_flushes_and_syncs():
     result, evs = run_captured(flush=True)
-    if not result.exposed:
-        pytest.skip("TDP host: no shadow pages to unsync")
+    assert result.exposed is shadow_paging()
+    if not shadow_paging():
+        return                     # EPT/NPT: no shadow pages to unsync
     writer, reader = str(result.vcpu_tids[0]), str(result.vcpu_tids[1])
     assert {e["tgid"] for e in evs} == {str(result.pid)}         # only this VM's process
     by = Counter((e["tid"], e["event"]) for e in evs)
@@ -50,8 +53,9 @@ def test_flush_run_unsyncs_flushes_and_syncs():
 
 def test_control_run_requests_no_flush_and_syncs_nothing():
     result, evs = run_captured(flush=False)
-    if not result.exposed:
-        pytest.skip("TDP host: no shadow pages to unsync")
+    assert result.exposed is shadow_paging()
+    if not shadow_paging():
+        return                     # EPT/NPT: no shadow pages to unsync
     reader = str(result.vcpu_tids[1])
     assert not [e for e in evs if e["event"] == "kvm_pv_tlb_flush" and e["rest"].endswith("true")]
     assert [e for e in evs if e["event"] == "kvm_mmu_unsync_page"]

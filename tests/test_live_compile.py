@@ -13,7 +13,7 @@ from kvmtrace.sources.live.plan import build
 from kvmtrace.sources.live.program import ProgramConfig, generate, resolve
 from kvmtrace.sources.live.tracepoints import BY_NAME
 
-from live_support import bcc_or_none, bpf_unavailable_reason, kvm_tracing_unavailable_reason
+from live_support import bcc as bcc_module, bpf_unavailable_reason, kvm_tracing_unavailable_reason
 
 REASON = bpf_unavailable_reason()
 KVM_REASON = kvm_tracing_unavailable_reason()
@@ -22,7 +22,7 @@ HOSTS = Path(__file__).parent / "data" / "hosts"
 
 
 def compile_and_load(text: str, tracepoints=(), functions=()):
-    bcc = bcc_or_none()
+    bcc = bcc_module()
     with captured_stderr() as err:
         b = bcc.BPF(text=text.encode())
     try:
@@ -72,7 +72,7 @@ SHUFFLED = ("name: kvm_pv_tlb_flush\nID: 1\nformat:\n"
 def test_offsets_are_checked_by_the_compiler():
     rt = resolve(BY_NAME["kvm:kvm_pv_tlb_flush"], parse_format(SHUFFLED, "kvm", "kvm_pv_tlb_flush"))
     good = generate(ProgramConfig(), [rt], [])
-    bcc = bcc_or_none()
+    bcc = bcc_module()
     with captured_stderr():
         bcc.BPF(text=good.encode()).cleanup()
     # Drop the padding before vcpu_id: the struct no longer matches the format file and

@@ -25,7 +25,7 @@ from kvmtrace.schema import (EVIDENCE_KINDS, FLUSH_REQUEST_KINDS, ROLE_ACCESS_MA
                              ROLE_DIRECT, ROLE_EFER_NX, ROLE_HAS_4_BYTE_GPTE, ROLE_INVALID,
                              ROLE_LEVEL_MASK, ROLE_QUADRANT_MASK, Kind, SP_KINDS)
 
-from live_support import kvm_unavailable_reason
+from live_support import kvm_unavailable_reason, shadow_paging
 
 REASON = kvm_unavailable_reason()
 pytestmark = [pytest.mark.live, pytest.mark.skipif(REASON is not None, reason=f"live KVM+BPF: {REASON}")]
@@ -59,8 +59,9 @@ def record_exercise(out: Path | None, around=None, evidence_budget: int = 4):
 def recorded(tmp_path_factory):
     out = tmp_path_factory.mktemp("guest") / "guest.parquet"
     result, report, meta, _ = record_exercise(out)
-    if not result.exposed:
-        pytest.skip("TDP host: the guest's pages are not shadowed, nothing goes unsync")
+    assert result.exposed is shadow_paging()
+    if not shadow_paging():
+        pytest.fail("the live guest tests model a shadow-paging host; this one uses EPT/NPT")
     return out, result, report, meta
 
 
@@ -122,10 +123,7 @@ def test_analyze_judges_the_recording_ok(recorded):
 
 def test_recorded_rows_match_the_text_importer_for_the_same_events(tmp_path):
     """Record with BPF and with plain tracefs at once; import the text; compare rows."""
-    from kvmtrace.exercise.capture import TracefsCapture, capture_unavailable_reason, lost_entries
-    why = capture_unavailable_reason()
-    if why:
-        pytest.skip(why)
+    from kvmtrace.exercise.capture import TracefsCapture, lost_entries
     holder = {}
 
     def around(guest):

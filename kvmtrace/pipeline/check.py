@@ -74,7 +74,8 @@ class CheckReport:
                 "exposed": exposed}
 
     def windows(self) -> dict:
-        return {**self.result.windows, "meaningful_ok": self.snapshot.meaningful_ok}
+        return {**self.result.windows,
+                "meaningful_ok": meaningful_ok(self.result, self.snapshot)}
 
     def to_dict(self) -> dict:
         out = {"verdict": self.verdict, "exit_code": self.exit_code,
@@ -160,18 +161,21 @@ class _Exercise:
         return d
 
 
+def meaningful_ok(result: AnalysisResult, snap: Snapshot) -> int:
+    """Meaningful windows that closed ok.  The final result may demote windows (losses or
+    disorder it could not place): never count more than the result still calls ok."""
+    return min(snap.meaningful_ok, result.windows.get("ok", 0))
+
+
 def evidence(result: AnalysisResult, snap: Snapshot, info: SourceInfo, min_windows: int,
              exercise: Optional[ExerciseOutcome]) -> Evidence:
     """What the verdict depends on, from the analyser's result and the online tallies."""
     w = result.windows
-    # The final result may demote windows (losses it could not place): never count more
-    # meaningful-ok windows than the result still calls ok.
-    meaningful_ok = min(snap.meaningful_ok, w.get("ok", 0))
     meta = info.meta
     tdp = meta.tdp
     if tdp is None and exercise is not None and exercise.exposed is not None:
         tdp = not exercise.exposed          # the guest's VM found out which MMU it got
-    return Evidence(windows=dict(w), meaningful_ok=meaningful_ok,
+    return Evidence(windows=dict(w), meaningful_ok=meaningful_ok(result, snap),
                     lost_events=max(result.lost_events, snap.lost_events),
                     lost_windows=snap.lost_windows, tdp=tdp, backend=meta.kvm_backend,
                     shadow_vms=len(snap.shadow_vms), vms_seen=len(snap.vms),
