@@ -80,6 +80,9 @@ def check(duration: float, tgids: tuple[int, ...], exercise: bool, min_windows: 
     finally:
         if cfg.status is not None:
             cfg.status.clear()
+    for note in report.info.notes:
+        if note.startswith("recovered"):     # a killed recorder's FILE.part was read
+            click.echo(f"kvmtrace: warning: {replay}: {note}", err=True)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

@@ -18,6 +18,7 @@ Examples:
   sudo kvmtrace record --ebpf            # print the generated BPF program
 Ctrl-C or SIGTERM stop the recording and finish the file; a killed recorder leaves
 FILE.part, which every kvmtrace command reads.
+Exit codes: 0 recorded, 2 usage, 4 this host cannot record (privileges, BPF, KVM).
 """)
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Output file: .parquet (default choice), .jsonl or .jsonl.gz.")

@@ -14,6 +14,7 @@ from kvmtrace.commands.options import tgid_map_option
 Examples:
   kvmtrace show fixtures/lab_two_vcpu_flush.ftrace.txt
   kvmtrace show --json recording.parquet
+Exit codes: 0 shown, 2 usage or bad input.
 """)
 @click.argument("trace", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
