@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from kvmtrace.analysis import Replayer, replay_frame
 from kvmtrace.sources.frame import concat
-from kvmtrace.schema import Kind
+from kvmtrace.schema import EVIDENCE_KINDS, FUNCTION_KINDS, KVM_EXIT_INTR, Kind
 
-from model_scenarios import built
+from model_scenarios import built, role
 
 VCPU_TIDS = {0: 10, 1: 11, 2: 12}
 
@@ -26,6 +26,18 @@ op = st.one_of(
     st.tuples(st.just("build"), st.integers(0, 2), st.sampled_from([4, 5, 6])),
     st.tuples(st.just("lost"), st.just(0), st.just(0)),
     st.tuples(st.just("walk"), st.integers(0, 2), st.sampled_from([4, 5, 6])),
+    # Guest (KVM_REQ_TLB_FLUSH_GUEST) and Hyper-V flush requests.
+    st.tuples(st.just("request"), st.integers(0, 2),
+              st.sampled_from([Kind.FLUSH_REQUEST_GUEST, Kind.FLUSH_REQUEST_HYPERV])),
+    # Function probes on the flush and MMU-root paths.
+    st.tuples(st.just("fn"), st.integers(0, 2), st.sampled_from(sorted(FUNCTION_KINDS))),
+    # Every guest-run evidence kind; KVM_RUN returning an exit reason, KVM_EXIT_INTR or an errno.
+    st.tuples(st.just("run"), st.integers(0, 2), st.sampled_from(sorted(EVIDENCE_KINDS))),
+    st.tuples(st.just("uexit"), st.integers(0, 2), st.sampled_from([2, KVM_EXIT_INTR, -4])),
+    # Exact evidence: a parent_ptes link appearing (1) or dropped (0); a root slot read.
+    st.tuples(st.just("link"), st.integers(0, 2), st.sampled_from([4, 5, 6])),
+    st.tuples(st.just("unlink"), st.integers(0, 2), st.sampled_from([4, 5, 6])),
+    st.tuples(st.just("root"), st.integers(0, 2), st.sampled_from([1, 9, -1])),
 )
 
 
@@ -58,6 +70,17 @@ def stream_of(ops) -> pd.DataFrame:
             s.lost()
         elif name == "walk":
             s.walk(tid, [2, 3, arg], leaf=0x50)
+        elif name == "request":
+            s.add(arg, tid, vcpu=v)
+        elif name == "fn":
+            s.fn(arg, tid, **({"value": 0} if arg == Kind.MMU_LOAD_RETURN else {}))
+        elif name == "uexit":
+            s.run(tid, Kind.USERSPACE_EXIT, value=arg)
+        elif name in ("link", "unlink"):
+            s.add(Kind.SP_LINK, tid, gfn=arg, role=role(1), level=1, parent_gfn=3,
+                  parent_role=role(2), value=int(name == "link"))
+        elif name == "root":
+            s.add(Kind.ROOT_STATE, tid, gfn=arg, role=role(4) if arg >= 0 else -1, value=0)
     return s.frame()
 
 
@@ -112,6 +135,17 @@ def test_vectorised_selection_equals_the_per_event_reference(ops, cuts):
     ref = Replayer(per_event=True)
     ref.feed(frame)
     assert feed_in_chunks(frame, cuts).to_dict() == ref.finish().to_dict()
+
+
+def test_the_grammar_covers_every_kind_the_model_handles():
+    # One op of each form; together they must emit every Kind (each has an on_<kind> handler).
+    ops = [("build", 1, 4), ("unsync", 0, 4), ("sync", 0, 4), ("zap", 0, 5), ("flush", 1, 0),
+           ("load", 1, 0), ("lost", 0, 0), ("walk", 1, 4), ("uexit", 1, 2), ("link", 1, 4),
+           ("root", 1, 1)]
+    ops += [("request", 1, k) for k in (Kind.FLUSH_REQUEST_GUEST, Kind.FLUSH_REQUEST_HYPERV)]
+    ops += [("fn", 1, k) for k in FUNCTION_KINDS] + [("run", 1, k) for k in EVIDENCE_KINDS]
+    kinds = set(stream_of(ops).kind.tolist())
+    assert kinds == {int(k) for k in Kind}, {Kind(k).name for k in set(map(int, Kind)) - kinds}
 
 
 def test_the_generator_reaches_violations():
