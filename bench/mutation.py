@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--scope", choices=sorted(SCOPES), default="verdict")
+    ap.add_argument("--only", action="append", default=[], metavar="PATH",
+                    help="only this module of the scope (repeatable), e.g. kvmtrace/analysis/window.py")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--workdir", type=Path,
                     default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
@@ -139,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = sorted(str(p.relative_to(work / "mutants")) for p in (work / "mutants").rglob("*.py")
                    if in_scope(str(p.relative_to(work / "mutants")), args.scope)
                    and (p.with_name(p.name + ".meta")).exists())
+    if args.only:
+        paths = [p for p in paths if p in args.only]
     text: dict[str, bool] = {}
     for p in paths:
         text.update(classify(work, p))
