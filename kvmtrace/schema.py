@@ -52,11 +52,17 @@ class Kind(enum.IntEnum):
     # Exact shadow-MMU state, read from KVM's own structures by raw-tracepoint probes
     # (BTF offsets).  Kinds 25-29 are reserved for exact evidence.
     SP_LINK = 25              # a parent_ptes link: child (gfn, role) under (parent_gfn,
-                              # parent_role); value 1 = present, 0 = dropped
+                              # parent_role); value 1 = present, 0 = dropped.  Recorded right
+                              # after the child's SP_GET (existing SP), SP_UNSYNC, SP_SYNC
+                              # (present) and SP_ZAP (dropped), same (tid, ts).  parent_gfn
+                              # and parent_role -1: a parent SPTE whose SP was never seen.
     ROOT_STATE = 26           # one root slot of a vCPU (vcpu->arch.mmu): gfn/role of the
                               # root SP, unsync, unsync_children; value = slot (0 = root.hpa,
-                              # 1..N = prev_roots[N-1]); gfn -1 = no valid root in that slot.
-                              # The rows of one snapshot share (tid, ts).
+                              # 1..N = prev_roots[N-1]); gfn -1 with unsync 0 = no valid root
+                              # in that slot; gfn -1 with unsync -1 = a valid root whose SP
+                              # is not identified (unknown, never "clean").  The rows of one
+                              # snapshot share (tid, ts) and precede the guest-run evidence
+                              # event that triggered them.
 
     # Guest-run evidence: the vCPU executed guest code at or just before this event.
     GUEST_ENTRY = 30          # kvm:kvm_entry; value = rip

@@ -13,7 +13,8 @@ from kvmtrace.sources.live.ringbuf import BUSY_BIT, DISCARD_BIT, RingbufError, R
 from kvmtrace.sources.frame import conform
 from kvmtrace.schema import Kind
 
-SIZE = 16 * SLOT_DTYPE.itemsize        # 16 slots
+SIZE = 2048        # a power of 2, as the kernel's; 25.6 slots of 80 bytes
+SLOT = SLOT_DTYPE.itemsize
 
 
 class FakeRing:
@@ -31,7 +32,7 @@ class FakeRing:
         self.view[: self.size] = self.mem
         self.view[self.size:] = self.mem
 
-    def reserve(self, ts: int, flags: int = BUSY_BIT, length: int = 56) -> int:
+    def reserve(self, ts: int, flags: int = BUSY_BIT, length: int = SLOT_DTYPE.itemsize - 8) -> int:
         pos = int(self.prod[0])
         slot = np.zeros(1, dtype=SLOT_DTYPE)
         slot["hdr_len"] = length | flags
@@ -64,7 +65,7 @@ def test_drains_committed_records_and_advances_consumer():
         ring.push(ts)
     out = ring.reader.drain()
     assert list(out["ts"]) == [10, 11, 12]
-    assert int(ring.cons[0]) == 3 * 64
+    assert int(ring.cons[0]) == 3 * SLOT
     assert len(ring.reader.drain()) == 0
 
 
@@ -74,7 +75,7 @@ def test_stops_at_busy_record_and_resumes_after_commit():
     busy = ring.reserve(2)
     ring.push(3)                       # committed, but after a busy one
     assert list(ring.reader.drain()["ts"]) == [1]
-    assert int(ring.cons[0]) == 64
+    assert int(ring.cons[0]) == SLOT
     ring.commit(busy)
     assert list(ring.reader.drain()["ts"]) == [2, 3]
 
@@ -86,18 +87,18 @@ def test_skips_discarded_records():
     ring.push(3)
     assert list(ring.reader.drain()["ts"]) == [1, 3]
     assert ring.reader.discarded == 1
-    assert int(ring.cons[0]) == 3 * 64
+    assert int(ring.cons[0]) == 3 * SLOT
 
 
 def test_wraps_around_the_end_of_the_data_area():
     ring = FakeRing()
-    for ts in range(14):
+    for ts in range(20):
         ring.push(ts)
-    assert len(ring.reader.drain()) == 14
-    for ts in range(100, 110):       # slots 14, 15, then 0..7: crosses the end
+    assert len(ring.reader.drain()) == 20
+    for ts in range(100, 110):       # bytes 1600..2400: a slot straddles the end
         ring.push(ts)
     assert list(ring.reader.drain()["ts"]) == list(range(100, 110))
-    assert int(ring.cons[0]) == 24 * 64
+    assert int(ring.cons[0]) == 30 * SLOT
 
 
 def test_max_records_limits_one_drain():

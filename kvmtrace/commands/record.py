@@ -16,6 +16,11 @@ Examples:
   sudo kvmtrace record -o trace.parquet -d 30
   sudo kvmtrace record -o vm.parquet -p 4242 -p 4243
   sudo kvmtrace record --ebpf            # print the generated BPF program
+  sudo kvmtrace record --probes exact -o t.parquet -d 10   # insist on the exact mode
+Probe modes: exact reads KVM's shadow-MMU state (SP links, the vCPU's roots) through
+raw tracepoints at BTF offsets; auto takes it where BTF and raw tracepoints allow
+(kvmtrace doctor says), else the tracepoints (and kprobes where they exist).
+Exit codes: 0 recorded, 4 live tracing unavailable here (what to install is printed).
 Ctrl-C or SIGTERM stop the recording and finish the file; a killed recorder leaves
 FILE.part, which every kvmtrace command reads.
 Exit codes: 0 recorded, 2 usage, 4 this host cannot record (privileges, BPF, KVM).
@@ -26,7 +31,7 @@ Exit codes: 0 recorded, 2 usage, 4 this host cannot record (privileges, BPF, KVM
               metavar="TGID", help="Record only this VM process (repeatable); filtered in the kernel.")
 @click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True),
               help="Stop after this many seconds (default: until Ctrl-C).")
-@click.option("--probes", type=click.Choice(["auto", "tracepoints", "functions"]), default="auto",
+@click.option("--probes", type=click.Choice(["auto", "exact", "tracepoints", "functions"]), default="auto",
               show_default=True, help="Which probe kinds to attach.")
 @click.option("--ebpf", is_flag=True, help="Print the generated BPF program and exit.")
 def record(output: str | None, tgids: tuple[int, ...], duration: float | None, probes: str,
@@ -41,6 +46,7 @@ def record(output: str | None, tgids: tuple[int, ...], duration: float | None, p
         try:
             rec = Recorder(None if ebpf else output, tgids=tgids, probes=probes)
             if ebpf:
+                click.echo(f"/* {rec.plan().exact_line()} */")
                 click.echo(rec.program_text(), nl=False)
                 return
             warn_absent_tgids(tgids, "recording")

@@ -137,5 +137,5 @@ def discover(root: Path | str = Path("/")) -> ExactLayout:
     """The layout of the running kernel (vmlinux BTF, plus kvm's split BTF if a module)."""
     btf, detail = load_kernel(root)
     if btf is None:
-        return ExactLayout(detail, problems=[detail])
+        return ExactLayout("kernel BTF", problems=[detail])
     return from_btf(btf, detail)

@@ -5,9 +5,9 @@
  * #defined before it from validated integers only.
  *
  * Record transport: a BPF ring buffer (kernel/bpf/ringbuf.c, 5.8+) of fixed-size
- * 56-byte records.  Each ring buffer slot is an 8-byte header (u32 len with
+ * 72-byte records.  Each ring buffer slot is an 8-byte header (u32 len with
  * BPF_RINGBUF_BUSY_BIT 31 / BPF_RINGBUF_DISCARD_BIT 30, u32 pg_off) followed by
- * the record, rounded up to 8 bytes: so every slot is exactly 64 bytes, and user
+ * the record, rounded up to 8 bytes: so every slot is exactly 80 bytes, and user
  * space reads the ring as an array (kvmtrace/live/ringbuf.py).
  *
  * Volume control (DESIGN §3): a flush window opens on a thread when the guest's
@@ -38,7 +38,10 @@ struct kt_record {
 	s8 created;
 	s8 need_flush;
 	u8 flags;
-	u8 pad[4];
+	s32 unsync_children;   /* exact mode: kvm_mmu_page.unsync_children */
+	s64 parent_gfn;        /* SP_LINK: the parent SP's gfn */
+	u32 parent_role;       /* SP_LINK: valid when flags & KT_F_PROLE */
+	u32 pad;
 };
 _Static_assert(sizeof(struct kt_record) == KT_RECORD_SIZE, "kt_record size");
 
@@ -79,6 +82,8 @@ static __always_inline void kt_init(struct kt_record *e, u8 kind, u64 pid_tgid)
 	e->unsync = -1;
 	e->created = -1;
 	e->need_flush = -1;
+	e->unsync_children = -1;
+	e->parent_gfn = -1;
 }
 
 static __always_inline void kt_count(u8 kind)
@@ -127,6 +132,9 @@ static __always_inline int kt_open(struct kt_record *e)
 	u32 tid = e->tid;
 	u32 budget = KT_EVIDENCE_BUDGET;
 	kt_window.update(&tid, &budget);
+#ifdef KT_EXACT
+	kt_exact_open(tid);      /* kvmtrace/probes/exact.c: snapshot the roots at the next evidence */
+#endif
 	return kt_emit(e);
 }
 

@@ -5,6 +5,8 @@
 - kprobes (CONFIG_KPROBES): kernel/trace/trace_kprobe.c creates tracefs ``kprobe_events``
   and the ``kprobe`` perf PMU (/sys/bus/event_source/devices/kprobe, 4.17+); with neither
   there is nothing to attach a kprobe through;
+- raw tracepoints (BPF_PROG_TYPE_RAW_TRACEPOINT, 4.17+): load a tiny program on a kvmmmu
+  tracepoint and let the kernel attach it (BCC attaches RAW_TRACEPOINT_PROBE on load);
 - fentry (BPF_PROG_TYPE_TRACING, needs BTF and the ftrace trampoline): load a tiny fentry
   program on a function that has a symbol and report the kernel's answer.
 """
@@ -53,6 +55,30 @@ def tracepoint_programs(bcc: ModuleType, facts: HostFacts) -> Capability:
                                  f"{summarize_error(problem, err)}",
                           "needs root (or CAP_BPF+CAP_PERFMON) and CONFIG_BPF_EVENTS")
     return Capability(True, f"loaded and attached a BPF program to {target}")
+
+
+def raw_tracepoints(bcc: ModuleType, facts: HostFacts, event: str = "kvm_mmu_get_page") -> Capability:
+    """Load and attach a minimal raw-tracepoint program on event, then detach it."""
+    if not valid_name(event):
+        return Capability(False, f"bad tracepoint name {event!r}")
+    if facts.tracefs is not None and not facts.tracefs.exists("kvmmmu", event):
+        return Capability(False, f"tracepoint kvmmmu:{event} is absent", "load KVM")
+    text = f"RAW_TRACEPOINT_PROBE({event}) {{ return 0; }}"
+    with captured_stderr() as err:
+        b = None
+        try:
+            b = bcc.BPF(text=text.encode())
+            problem = None
+        except Exception as exc:
+            problem = exc
+        finally:
+            if b is not None:
+                b.cleanup()
+    if problem is not None:
+        return Capability(False, f"loading a raw tracepoint program on {event} failed: "
+                                 f"{summarize_error(problem, err)}",
+                          "needs BPF_PROG_TYPE_RAW_TRACEPOINT (Linux 4.17+) and root")
+    return Capability(True, f"loaded and attached a raw tracepoint program to {event}")
 
 
 def kprobes(facts: HostFacts) -> Capability:

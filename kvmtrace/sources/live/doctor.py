@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kvmtrace.host import FormatError, HostFacts, gather
+from kvmtrace.host import exactlayout
 from kvmtrace.host.probepoints import OTHER_BACKEND, discover
 from kvmtrace.sources.live import capabilities
 from kvmtrace.sources.live.bccload import headers, import_bcc, privileges
@@ -65,6 +66,7 @@ def diagnose(root: str = "/") -> Diagnosis:
     checks.append(_bpf_tracepoint(bcc, facts, ok and hdr is not None))
     kp = capabilities.kprobes(facts)
     checks.append(Check("kprobes", OK if kp.usable else MISSING, kp.detail, kp.fix))
+    checks.append(_exact(bcc, facts, ok and hdr is not None))
     checks.append(_fentry(bcc, facts, ok and hdr is not None))
     checks.append(_functions(facts, kp.usable))
     host = {"kernel_release": facts.kernel_release, "kvm_backend": facts.kvm_backend,
@@ -152,6 +154,26 @@ def _bpf_tracepoint(bcc, facts: HostFacts, can_try: bool) -> Check:
     return Check("bpf-tracepoint-program", OK if cap.usable else MISSING, cap.detail, cap.fix, True)
 
 
+def _exact(bcc, facts: HostFacts, can_try: bool) -> Check:
+    """The exact probe mode: BTF has every field it reads, and raw tracepoints load."""
+    from kvmtrace.sources.live.plan import exact_problem
+    layout = exactlayout.discover(facts.root)
+    items = [{"field": line} for line in layout.lines()]
+    problem = exact_problem(facts, layout)
+    if problem:
+        return Check("exact-mode", MISSING, f"off: {problem}",
+                     "record --probes auto uses the tracepoints instead (inferred evidence)",
+                     items=items)
+    if bcc is None or not can_try:
+        return Check("exact-mode", MISSING, f"BTF fields found ({layout.source}); raw tracepoints "
+                     "not tried: needs root, BCC and kernel headers", items=items)
+    cap = capabilities.raw_tracepoints(bcc, facts)
+    if not cap.usable:
+        return Check("exact-mode", MISSING, f"off: {cap.detail}", cap.fix, items=items)
+    return Check("exact-mode", OK, f"on: {cap.detail}; all {len(items)} fields found in "
+                 f"{layout.source}", items=items)
+
+
 def _fentry(bcc, facts: HostFacts, can_try: bool) -> Check:
     status = discover(facts.kallsyms, facts.kvm_backend)
     target = next((s.symbol for s in status if s.status == "present"), None)
@@ -201,6 +223,9 @@ def render(d: Diagnosis) -> str:
                 desc = i.get("fields", "") if i["present"] else "absent"
                 why = "" if i["usable"] or not i["present"] else f"  ({i['why']})"
                 out.append(f"         {state}{i['name']:34} {desc}{why}")
+        if c.name == "exact-mode":
+            for i in c.items:
+                out.append(f"         {i['field']}")
         if c.name == "kvm-functions":
             for i in c.items:
                 out.append(f"         {'ok  ' if i['attachable'] else '--  '}{i['name']:38} {i['status']}: {i['detail']}")

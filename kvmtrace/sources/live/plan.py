@@ -1,20 +1,23 @@
 """Choose what to attach: the best probe set this host allows, and why not the rest.
 
 ``auto`` takes every KVM tracepoint kvmtrace knows that exists here, plus function probes
-when kprobes work; ``tracepoints`` and ``functions`` restrict to one kind.
+when kprobes work, plus the exact mode (raw tracepoints reading KVM's shadow-MMU structures
+at BTF offsets) where BTF has every field it reads and the kvmmmu SP tracepoints exist;
+``exact`` insists on the exact mode; ``tracepoints`` and ``functions`` restrict to one kind.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from kvmtrace.host import FormatError, HostFacts
+from kvmtrace.host.exactlayout import ExactLayout
 from kvmtrace.host.probepoints import FunctionStatus, discover
 from kvmtrace.schema import Kind
 from kvmtrace.sources.live.capabilities import Capability
-from kvmtrace.sources.live.program import FunctionProbe, ResolvedTracepoint, resolve
+from kvmtrace.sources.live.program import EXACT_SP_EVENTS, FunctionProbe, ResolvedTracepoint, resolve
 from kvmtrace.sources.live.tracepoints import TRACEPOINTS
 
-MODES = ("auto", "tracepoints", "functions")
+MODES = ("auto", "exact", "tracepoints", "functions")
 
 
 @dataclass
@@ -24,15 +27,26 @@ class ProbePlan:
     functions: list[FunctionProbe] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (probe, why not)
     function_status: list[FunctionStatus] = field(default_factory=list)
+    exact: ExactLayout | None = None     # the exact mode is on with these offsets
+    exact_off: str = ""                  # why it is off (modes auto and exact)
+
+    @property
+    def raw_names(self) -> list[str]:
+        return [f"raw_tracepoint:{e}" for e in EXACT_SP_EVENTS] if self.exact is not None else []
 
     @property
     def names(self) -> list[str]:
-        return ([f"tracepoint:{t.name}" for t in self.tracepoints]
+        return (self.raw_names + [f"tracepoint:{t.name}" for t in self.tracepoints]
                 + [f.name for f in self.functions])
 
     @property
     def empty(self) -> bool:
-        return not self.tracepoints and not self.functions
+        return not self.tracepoints and not self.functions and self.exact is None
+
+    def exact_line(self) -> str:
+        if self.exact is not None:
+            return f"exact mode: on (raw tracepoints, offsets from {self.exact.source})"
+        return f"exact mode: off ({self.exact_off or 'mode ' + self.mode})"
 
 
 def function_probes(status: list[FunctionStatus]) -> list[FunctionProbe]:
@@ -48,12 +62,32 @@ def function_probes(status: list[FunctionStatus]) -> list[FunctionProbe]:
     return out
 
 
+def exact_problem(facts: HostFacts, layout: ExactLayout | None) -> str:
+    """Why the exact mode cannot run here ("" when it can, as far as files tell)."""
+    if layout is None:
+        return "not requested"
+    if not layout.usable:
+        return f"BTF ({layout.source}): " + "; ".join(layout.problems)
+    if facts.tracefs is None:
+        return "tracefs is not mounted"
+    absent = [e for e in EXACT_SP_EVENTS if not facts.tracefs.exists("kvmmmu", e)]
+    if absent:
+        return "kvmmmu tracepoint(s) absent: " + ", ".join(absent)
+    return ""
+
+
 def build(facts: HostFacts, mode: str, kprobes: Capability,
-          filter_functions: set[str] | None = None) -> ProbePlan:
+          filter_functions: set[str] | None = None,
+          layout: ExactLayout | None = None) -> ProbePlan:
+    """layout: the BTF offsets of the exact mode (modes auto and exact), None = off."""
     if mode not in MODES:
         raise ValueError(f"unknown probe mode {mode!r}")
     plan = ProbePlan(mode)
-    if mode in ("auto", "tracepoints"):
+    if mode in ("auto", "exact"):
+        plan.exact_off = exact_problem(facts, layout)
+        if not plan.exact_off:
+            plan.exact = layout
+    if mode in ("auto", "exact", "tracepoints"):
         for tp in TRACEPOINTS:
             try:
                 fmt = facts.tracefs.format(tp.system, tp.event) if facts.tracefs else None
@@ -63,10 +97,12 @@ def build(facts: HostFacts, mode: str, kprobes: Capability,
             r = resolve(tp, fmt)
             if isinstance(r, str):
                 plan.skipped.append((f"tracepoint:{tp.name}", r if facts.tracefs else "tracefs not mounted"))
+            elif plan.exact is not None and tp.system == "kvmmmu" and tp.event in EXACT_SP_EVENTS:
+                continue                 # read as raw tracepoints (kvmtrace/probes/exact.c)
             else:
                 plan.tracepoints.append(r)
     plan.function_status = discover(facts.kallsyms, facts.kvm_backend, filter_functions)
-    if mode in ("auto", "functions"):
+    if mode in ("auto", "exact", "functions"):
         for st in plan.function_status:
             if st.status == "other-backend":
                 continue

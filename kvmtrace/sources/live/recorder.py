@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from kvmtrace import __version__
 from kvmtrace.host import FormatError, HostFacts, gather
+from kvmtrace.host import exactlayout
 from kvmtrace.schema import KIND_NAMES, TraceMeta
 from kvmtrace.sources.native import ARROW_SCHEMA, TraceFileError, TraceWriter, native_format
 from kvmtrace.sources.live import capabilities
@@ -155,7 +156,12 @@ class Recorder:
             else:
                 kp = capabilities.kprobes(self.facts)
                 filt = self.facts.tracefs.filter_functions()
-                self._plan = build(self.facts, self.mode, kp, filt)
+                layout = (exactlayout.discover(self.facts.root)
+                          if self.mode in ("auto", "exact") else None)
+                self._plan = build(self.facts, self.mode, kp, filt, layout)
+                if self.mode == "exact" and self._plan.exact is None:
+                    raise LiveUnavailable(f"the exact mode is off here: {self._plan.exact_off}",
+                                          "use --probes auto or tracepoints (see kvmtrace doctor)")
             if self._plan.empty:
                 why = "; ".join(f"{n}: {w}" for n, w in self._plan.skipped[:4])
                 fix = ("load KVM (modprobe kvm_intel, kvm_amd or kvm_pvm): its kvm and kvmmmu "
@@ -181,7 +187,7 @@ class Recorder:
 
     def program_text(self) -> str:
         plan = self.plan()
-        return generate(self.config, plan.tracepoints, plan.functions)
+        return generate(self.config, plan.tracepoints, plan.functions, plan.exact)
 
     # ------------------------------------------------------------------ attaching
 
@@ -195,14 +201,12 @@ class Recorder:
         hdr, hdr_detail = headers(self.facts.kernel_release, self.facts.root)
         if hdr is None:
             raise LiveUnavailable(f"no kernel headers for BCC ({hdr_detail})", INSTALL_HINT)
-        text = generate(self.config, plan.tracepoints, plan.functions)
-        with captured_stderr() as err:
-            try:
-                self._bpf = bcc.BPF(text=text.encode())
-            except Exception as exc:
-                raise LiveUnavailable(f"BCC could not compile the probe program: {summarize_error(exc, err)}",
-                                      f"check the kernel headers ({hdr_detail}); {INSTALL_HINT}") from None
-        report = AttachReport(skipped=list(plan.skipped), notes=[f"BCC: {how}", f"headers: {hdr_detail}"])
+        self._bpf, plan = self._compile(bcc, plan, hdr_detail)
+        report = AttachReport(skipped=list(plan.skipped), notes=[f"BCC: {how}", f"headers: {hdr_detail}",
+                                                                 plan.exact_line()])
+        if plan.exact is not None:
+            # BCC attached the RAW_TRACEPOINT_PROBE handlers while loading them.
+            report.attached.extend(plan.raw_names)
         try:
             self._attach_all(plan, report)
             if not report.attached:
@@ -220,6 +224,24 @@ class Recorder:
             self._abandon()
             raise
         return report
+
+    def _compile(self, bcc, plan: ProbePlan, hdr_detail: str):
+        """Load the program (BCC attaches the exact mode's raw tracepoints as it loads).
+        In mode auto, an exact mode the kernel refuses falls back to the tracepoints."""
+        text = generate(self.config, plan.tracepoints, plan.functions, plan.exact)
+        with captured_stderr() as err:
+            try:
+                return bcc.BPF(text=text.encode()), plan
+            except Exception as exc:
+                problem = summarize_error(exc, err)
+        if plan.exact is not None and self.mode == "auto":
+            kp = capabilities.kprobes(self.facts)
+            fallback = build(self.facts, self.mode, kp, self.facts.tracefs.filter_functions(), None)
+            fallback.exact_off = f"raw tracepoints refused: {problem}"
+            self._plan = fallback
+            return self._compile(bcc, fallback, hdr_detail)
+        raise LiveUnavailable(f"BCC could not compile the probe program: {problem}",
+                              f"check the kernel headers ({hdr_detail}); {INSTALL_HINT}") from None
 
     def _abandon(self) -> None:
         self._closed = True
@@ -258,6 +280,8 @@ class Recorder:
 
     def _initial_meta(self, report: AttachReport) -> TraceMeta:
         notes = report.skipped_lines()
+        if self._plan is not None:
+            notes.append(self._plan.exact_line())
         if self.tgids:
             notes.append("filtered to TGID(s) " + ", ".join(map(str, self.tgids)))
         notes.append(f"guest-run evidence recorded only inside flush windows (up to "
@@ -447,6 +471,20 @@ class Recorder:
                 out[name] = total
         return out
 
+    def _exact_notes(self) -> list[str]:
+        """What the exact mode learnt or had to cut (kt_exact_stat in exact.c)."""
+        if self._plan is None or self._plan.exact is None:
+            return []
+        table = self._bpf[b"kt_exact_stat"]
+        base = int(table[table.Key(0)].value)
+        cut = int(table[table.Key(1)].value)
+        out = [("exact: direct-map base learnt from an SPTE, root slots resolved to their SPs"
+                if base else "exact: direct-map base never learnt (no SP link seen): "
+                             "root slots not identified (gfn -1, unsync -1)")]
+        if cut:
+            out.append(f"exact: {cut} parent lists longer than the probe follows were cut")
+        return out
+
     def close(self) -> TraceMeta | None:
         """Finish the file (final metadata), detach everything.  Idempotent."""
         with self._lock:
@@ -479,6 +517,7 @@ class Recorder:
         self.meta.start_time_ns = self._first_ts
         self.meta.lost_events = sum(self._lost_seen.values())
         self.meta.lost_per_cpu = {str(c): v for c, v in sorted(self._lost_seen.items()) if v}
+        self.meta.notes += self._exact_notes()
         counted = self.counted()
         if counted:
             self.meta.notes.append("counted in the kernel, not recorded: " +

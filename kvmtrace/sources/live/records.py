@@ -16,10 +16,11 @@ SLOT_DTYPE = np.dtype([
     ("role", "<u4"), ("root_count", "<i4"), ("tgid", "<u4"), ("tid", "<u4"),
     ("vcpu", "<i4"), ("cpu", "<u2"), ("kind", "u1"), ("level", "i1"),
     ("unsync", "i1"), ("created", "i1"), ("need_flush", "i1"), ("flags", "u1"),
-    ("pad", "V4"),
+    ("unsync_children", "<i4"), ("parent_gfn", "<i8"), ("parent_role", "<u4"), ("pad", "V4"),
 ])
-assert SLOT_DTYPE.itemsize == 64
+assert SLOT_DTYPE.itemsize == 80
 F_ROLE = 1
+F_PARENT_ROLE = 2      # KT_F_PROLE in kvmtrace/probes/exact.c
 
 
 def to_frame(slots: np.ndarray, comm_of: Callable[[int], str] | Mapping[int, str],
@@ -32,7 +33,10 @@ def to_frame(slots: np.ndarray, comm_of: Callable[[int], str] | Mapping[int, str
         return slots[name][sel].astype(dtype, copy=False)
 
     role = col("role", np.int64)
-    role[(col("flags", np.uint8) & F_ROLE) == 0] = -1    # role only where the record has it
+    flags = col("flags", np.uint8)
+    role[(flags & F_ROLE) == 0] = -1    # role only where the record has it
+    parent_role = col("parent_role", np.int64)
+    parent_role[(flags & F_PARENT_ROLE) == 0] = -1
     tids = col("tid", np.int32)
     codes, uniq = pd.factorize(tids)
     lookup = comm_of.get if isinstance(comm_of, Mapping) else comm_of
@@ -54,6 +58,9 @@ def to_frame(slots: np.ndarray, comm_of: Callable[[int], str] | Mapping[int, str
         "need_flush": col("need_flush", np.int8),
         "value": col("value", np.int64),
         "comm": names.take(codes),
+        "parent_gfn": col("parent_gfn", np.int64),
+        "parent_role": parent_role,
+        "unsync_children": col("unsync_children", np.int32),
     }
     n = len(tids)
     for c in COLUMNS:                      # columns the slot does not carry
