@@ -21,7 +21,7 @@ from kvmtrace.analysis import AnalysisResult
 from kvmtrace.analysis.window import GENERATIONS
 from kvmtrace.pipeline.check_rules import INCONCLUSIVE, CheckVerdict, Evidence, ExerciseOutcome, decide
 from kvmtrace.sources.live.errors import LiveUnavailable
-from kvmtrace.sources.live.tracepoints import REQUIRED
+from kvmtrace.sources.live.tracepoints import REQUIRED, attached
 from kvmtrace.pipeline.online import OnlineAnalysis, Snapshot
 from kvmtrace.pipeline.session import Session
 from kvmtrace.sources.chunks import ChunkSource, SourceInfo
@@ -188,7 +188,7 @@ def _missing_required(info: SourceInfo) -> str:
     """The required tracepoints a live source did not attach, as one phrase."""
     if not info.live:
         return ""
-    missing = [name for name in REQUIRED if f"tracepoint:{name}" not in info.attached]
+    missing = [name for name in REQUIRED if not attached(name, info.attached)]
     reasons = dict(info.skipped)
     return "; ".join(f"tracepoint {n} ({reasons.get(f'tracepoint:{n}', 'not attached')})"
                      for n in missing)

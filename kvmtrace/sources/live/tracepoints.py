@@ -102,3 +102,10 @@ BY_NAME: dict[str, TracepointProbe] = {tp.name: tp for tp in TRACEPOINTS}
 # did is invisible and an ok window would look like a violation.  doctor requires them;
 # a live check refuses to judge without them.
 REQUIRED = ("kvm:kvm_pv_tlb_flush", "kvmmmu:kvm_mmu_sync_page")
+
+
+def attached(name: str, probes: list[str] | tuple[str, ...]) -> bool:
+    """Is tracepoint ``system:event`` among the attached probe names, as a tracepoint or
+    (exact mode, kvmtrace/probes/exact.c) as a raw tracepoint?"""
+    event = name.split(":", 1)[-1]
+    return f"tracepoint:{name}" in probes or f"raw_tracepoint:{event}" in probes
