@@ -76,12 +76,26 @@ class Kind(enum.IntEnum):
     PAGE_FAULT = 38           # kvm:kvm_page_fault; value = fault address
     WALK_START = 39           # kvmmmu:kvm_mmu_pagetable_walk (a guest fault); value = address
 
+    # Guest flush paths beyond steal time and Hyper-V (kinds 40-49; the table of paths,
+    # their host functions and sync obligations is kvmtrace/analysis/flushpaths.py).
+    # ``need_flush``: 1 the write asked for a flush, 0 it did not, -1 unknown.
+    FLUSH_PVM_HYPERCALL = 40  # a PVM TLB-flush hypercall; value = hypercall number
+    FLUSH_CR3 = 41            # a guest MOV to CR3 (exit, kvm_cr, or emulated); value = new CR3 or -1
+    FLUSH_CR4 = 42            # a guest MOV to CR4 (PGE/PCIDE toggles flush); value = new CR4 or -1
+    FLUSH_INVLPG = 43         # a guest INVLPG (exit or emulated, PVM invlpg hypercall); value = address or -1
+    FLUSH_INVPCID = 44        # a guest INVPCID exit; value = INVPCID type (0-3) or -1
+    FLUSH_PVM_LOAD_PGTBL = 45  # PVM_HC_LOAD_PGTBL; value = flags (bit 0: flush the new CR3's PCID)
+
 
 KIND_NAMES: dict[int, str] = {k.value: k.name.lower() for k in Kind}
 KIND_BY_NAME: dict[str, Kind] = {k.name.lower(): k for k in Kind}
 
 FLUSH_REQUEST_KINDS = frozenset({Kind.FLUSH_REQUEST_PV, Kind.FLUSH_REQUEST_GUEST,
                                  Kind.FLUSH_REQUEST_HYPERV})
+# Guest flush actions that are also guest-run evidence: the guest executed the
+# instruction (or hypercall) that KVM now services.
+FLUSH_PATH_KINDS = frozenset({Kind.FLUSH_PVM_HYPERCALL, Kind.FLUSH_CR3, Kind.FLUSH_CR4,
+                              Kind.FLUSH_INVLPG, Kind.FLUSH_INVPCID, Kind.FLUSH_PVM_LOAD_PGTBL})
 FUNCTION_KINDS = frozenset({Kind.FLUSH_GUEST_ENTRY, Kind.FLUSH_GUEST_RETURN, Kind.FLUSH_SERVICE,
                             Kind.HW_FLUSH, Kind.MMU_UNLOAD, Kind.MMU_LOAD_ENTRY,
                             Kind.MMU_LOAD_RETURN, Kind.SYNC_ROOTS, Kind.SYNC_PREV_ROOTS})

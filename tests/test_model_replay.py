@@ -39,7 +39,8 @@ def test_guest_and_hyperv_requests_open_windows():
         s = unsynced()
         s.add(kind, V1).run(V1)
         w, res = only_window(s)
-        assert w.opener == kind.name.lower() and w.verdict == "violation"
+        assert w.opener_event == kind.name.lower() and w.verdict == "violation"
+        assert w.opener == {Kind.FLUSH_REQUEST_GUEST: "exit-requests", Kind.FLUSH_REQUEST_HYPERV: "hyperv"}[kind]
 
 
 def test_two_requests_before_the_run_are_one_window():
@@ -225,7 +226,7 @@ def test_flush_service_confirmed_by_sync_roots():
     s = unsynced()
     s.fn(Kind.FLUSH_SERVICE, V1).fn(Kind.SYNC_ROOTS, V1).sync(V1, 4).run(V1, Kind.GUEST_ENTRY)
     w, _ = only_window(s, FN_META)
-    assert w.verdict == "ok" and w.opener == "flush_service"
+    assert w.verdict == "ok" and w.opener_event == "flush_service" and w.opener == "flush-function"
 
 
 def test_return_without_entry_means_the_trace_started_inside():

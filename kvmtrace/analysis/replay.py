@@ -30,7 +30,9 @@ from kvmtrace.analysis.selection import (NEEDED, OPTIONAL, PTE_ADDR, PTE_PRESENT
                      CommColumn)
 from kvmtrace.analysis.shadow import ShadowMMU
 from kvmtrace.analysis.vcpu import (SINCE_LOAD, SINCE_SYNC_PREV, SINCE_SYNC_ROOTS, SINCE_UNLOAD, VcpuState)
-from kvmtrace.analysis.window import FlushWindow, Outstanding, decide
+from kvmtrace.analysis.flushpaths import ADDRESS, obligation_of, opener_name
+from kvmtrace.analysis.window import SUSPECT, VIOLATION
+from kvmtrace.analysis.window import FlushWindow, Outstanding, decide, decide_address_refault
 
 # The function probe whose silence makes "no sync happened" observable (DESIGN §2): every
 # fixed flush path runs kvm_mmu_sync_roots() before the guest does - 5.16+ directly in
@@ -38,6 +40,9 @@ from kvmtrace.analysis.window import FlushWindow, Outstanding, decide
 # kvm_mmu_unload() (arch/x86/kvm/mmu/mmu.c, kvm_mmu_load: "kvm_mmu_sync_roots(vcpu);").
 # Probes on kvm_mmu_load/kvm_mmu_unload alone would miss the 5.16+ sync.
 SYNC_PROBE = "kvm_mmu_sync_roots"
+# arch/x86/include/uapi/asm/processor-flags.h
+CR4_PGE = 1 << 7
+CR4_PCIDE = 1 << 17
 MAX_OUTSTANDING_SCAN = 4096
 
 
@@ -107,6 +112,7 @@ class Replayer:
         self._closed: list[FlushWindow] = []
         self._pairs: dict[tuple[int, int], tuple[VMState, VcpuState]] = {}
         self._finished: Optional[AnalysisResult] = None
+        self._cr4: dict[tuple[int, int], int] = {}     # (tgid, tid) -> last CR4 written
         self._dispatch: dict[int, Callable[[Event], None]] = {
             int(k): getattr(self, "on_" + k.name.lower()) for k in Kind}
 
@@ -205,10 +211,13 @@ class Replayer:
             w.add_event(ev)
             return w
         self.seq += 1
+        obligation = obligation_of(ev.kind)
         w = FlushWindow(tgid=th.tgid, tid=th.tid, vcpu=th.vcpu, opened_ts=ev.ts,
-                        opener=KIND_NAMES[ev.kind], open_seq=self.seq,
+                        opener=opener_name(ev.kind), open_seq=self.seq,
                         unsync_at_open=len(vm.shadow.unsync), tentative=tentative,
-                        started_inside=started_inside)
+                        started_inside=started_inside, opener_event=KIND_NAMES[ev.kind],
+                        obligation=obligation, need_flush=ev.need_flush,
+                        address=ev.value if obligation == ADDRESS else -1)
         for before in list(th.recent)[-3:-1]:
             w.add_event(before)
         w.add_event(ev)
@@ -253,6 +262,8 @@ class Replayer:
                                            rec.ts, rec.tid, reach))
         decide(w, outstanding, tdp=tdp, shadow_vm=shadow_vm, fn_mode=fn_mode,
                sp_observed=vm.sp_seen or self.sp_probed, unchecked=unchecked)
+        if (w.verdict in (VIOLATION, SUSPECT) and ev.kind in (Kind.WALK_START, Kind.PAGE_FAULT)):
+            decide_address_refault(w, ev.value)
         self._closed.append(w)
         self.agg.add(w)
 
@@ -294,6 +305,51 @@ class Replayer:
         for _ex, only the bank mask), so only the caller's window is modelled."""
         vm, th = self._of(ev)
         self._open(vm, th, ev)
+
+    # ------------------------------------------------------------------ guest flush paths
+    # One opener per row of flushpaths.PATHS beyond steal time and Hyper-V; the row gives the
+    # window its name and its sync obligation.
+
+    def _flush_path(self, ev: Event) -> None:
+        vm, th = self._of(ev)
+        if ev.need_flush == 0:
+            return          # the action asked for no flush (CR3 no-flush bit, no PGE toggle)
+        self._open(vm, th, ev)
+
+    def on_flush_pvm_hypercall(self, ev: Event) -> None:
+        """A PVM TLB-flush hypercall (pvm.c handle_hc_flush_tlb_*: KVM_REQ_TLB_FLUSH_GUEST)."""
+        self._flush_path(ev)
+
+    def on_flush_cr3(self, ev: Event) -> None:
+        """MOV to CR3 (kvm_set_cr3): without the no-flush bit the new root must be synced."""
+        self._flush_path(ev)
+
+    def on_flush_cr4(self, ev: Event) -> None:
+        """MOV to CR4 (kvm_post_set_cr4): a PGE toggle or PCIDE 1->0 is a full guest flush.
+        The event carries only the new value (kvm_cr): the thread's previous write, when
+        the trace has it, tells whether this one toggles."""
+        key = (ev.tgid, ev.tid)
+        old = self._cr4.get(key)
+        if ev.value >= 0:
+            self._cr4[key] = ev.value
+            if old is not None:
+                toggled = ((old ^ ev.value) & CR4_PGE
+                           or (old & CR4_PCIDE and not ev.value & CR4_PCIDE))
+                ev = ev._replace(need_flush=1 if toggled else 0)
+        self._flush_path(ev)
+
+    def on_flush_invlpg(self, ev: Event) -> None:
+        """INVLPG (kvm_mmu_invlpg): only the SPTEs mapping ``value`` (the address)."""
+        self._flush_path(ev)
+
+    def on_flush_invpcid(self, ev: Event) -> None:
+        """INVPCID (kvm_handle_invpcid): single-context syncs the current root, all-context
+        raises KVM_REQ_TLB_FLUSH_GUEST; type 0 (one address) is an address flush."""
+        self._flush_path(ev)
+
+    def on_flush_pvm_load_pgtbl(self, ev: Event) -> None:
+        """PVM_HC_LOAD_PGTBL; flags bit 0 asks for a flush of the new CR3's PCID."""
+        self._flush_path(ev)
 
     # ------------------------------------------------------------------ flush path functions
     def on_flush_guest_entry(self, ev: Event) -> None:

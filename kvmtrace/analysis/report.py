@@ -100,7 +100,7 @@ def finding_dict(w: FlushWindow) -> dict:
     return {"ts": w.opened_ts, "closed_ts": w.closed_ts, "tgid": w.tgid,
             "vcpu": w.vcpu if w.vcpu >= 0 else None, "tid": w.tid, "verdict": w.verdict,
             "reason": w.reason, "pattern": w.pattern, "harmless": w.harmless,
-            "meaningful": w.meaningful,
+            "meaningful": w.meaningful, "opener": w.opener, "obligation": w.obligation,
             "outstanding": [o.to_dict() for o in w.outstanding if o.reachable is not False][:32],
             "events": [_event_dict(e) for e in w.events]}
 
@@ -122,6 +122,7 @@ class Aggregate:
         self.meaningful_patterns: Counter = Counter()
         self.observed_patterns: Counter = Counter()
         self.doubts: list[str] = []
+        self.by_path: dict[str, dict[str, int]] = {}   # opener (flush path) -> counts
 
     def add(self, w: FlushWindow) -> None:
         if self.vcpu_filter is not None and w.vcpu != self.vcpu_filter:
@@ -131,6 +132,12 @@ class Aggregate:
         if row is None:
             row = self.rows[key] = VcpuRow(w.tgid, w.vcpu)
         row.add(w)
+        counts = self.by_path.get(w.opener)
+        if counts is None:
+            counts = self.by_path[w.opener] = empty_counts()
+        counts["total"] += 1
+        counts["meaningful"] += int(w.meaningful)
+        counts[w.verdict] += 1
         if w.verdict in (OK, VIOLATION, SUSPECT):
             if w.meaningful:
                 self.meaningful_patterns[w.pattern] += 1
@@ -146,6 +153,9 @@ class Aggregate:
         self.doubts.append(reason)
         for row in self.rows.values():
             c = row.counts
+            c[INCONCLUSIVE] += c[OK] + c[VIOLATION] + c[SUSPECT]
+            c[OK] = c[VIOLATION] = c[SUSPECT] = 0
+        for c in self.by_path.values():
             c[INCONCLUSIVE] += c[OK] + c[VIOLATION] + c[SUSPECT]
             c[OK] = c[VIOLATION] = c[SUSPECT] = 0
         for f in self.findings:
@@ -211,7 +221,8 @@ class Aggregate:
             findings=list(self.findings), findings_total=self.findings_total,
             lost_events=lost, events=rep.events, handled=rep.handled,
             patterns=dict(self.meaningful_patterns), notes=notes,
-            meta=rep.meta.to_dict(), sources=[rep.source] if rep.source else [])
+            meta=rep.meta.to_dict(), sources=[rep.source] if rep.source else [],
+            by_path={k: dict(v) for k, v in sorted(self.by_path.items())})
 
 
 @dataclass
@@ -229,6 +240,7 @@ class AnalysisResult:
     notes: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
     sources: list = field(default_factory=list)
+    by_path: dict = field(default_factory=dict)   # flush path (opener) -> window counts
 
     def to_dict(self) -> dict:
         return {"verdict": self.verdict, "pattern": self.pattern,
@@ -236,7 +248,7 @@ class AnalysisResult:
                 "vms": self.vms, "findings": self.findings,
                 "findings_total": self.findings_total, "lost_events": self.lost_events,
                 "events": self.events, "patterns": self.patterns, "notes": self.notes,
-                "traces": self.sources}
+                "traces": self.sources, "windows_by_path": self.by_path}
 
 
 def merge(results: list[AnalysisResult]) -> AnalysisResult:
@@ -246,7 +258,12 @@ def merge(results: list[AnalysisResult]) -> AnalysisResult:
     total = empty_counts()
     vms, findings, notes, sources = [], [], [], []
     patterns: Counter = Counter()
+    by_path: dict[str, dict[str, int]] = {}
     for r in results:
+        for path, c in r.by_path.items():
+            into = by_path.setdefault(path, empty_counts())
+            for k in COUNT_KEYS:
+                into[k] += c[k]
         for k in COUNT_KEYS:
             total[k] += r.windows[k]
         for vm in r.vms:
@@ -262,4 +279,5 @@ def merge(results: list[AnalysisResult]) -> AnalysisResult:
     return AnalysisResult(verdict, pattern, total, vms, findings,
                           sum(r.findings_total for r in results),
                           sum(r.lost_events for r in results), sum(r.events for r in results),
-                          sum(r.handled for r in results), dict(patterns), notes, {}, sources)
+                          sum(r.handled for r in results), dict(patterns), notes, {}, sources,
+                          dict(sorted(by_path.items())))

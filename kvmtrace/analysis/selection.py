@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
-from kvmtrace.schema import (COLUMN_BY_NAME, columns_added_after, EVIDENCE_KINDS, FLUSH_REQUEST_KINDS, FUNCTION_KINDS, KIND_NAMES,
+from kvmtrace.schema import (COLUMN_BY_NAME, columns_added_after, EVIDENCE_KINDS, FLUSH_PATH_KINDS, FLUSH_REQUEST_KINDS, FUNCTION_KINDS, KIND_NAMES,
                       KVM_EXIT_INTR, SP_KINDS, Kind, SchemaError)
 
 # The columns the model reads (cpu, root_count and unsync are not needed to decide).
@@ -40,7 +40,7 @@ _STATE = np.zeros(256, dtype=bool)
 for _k in (Kind.LOST, *SP_KINDS, Kind.SP_LINK, Kind.ROOT_STATE):
     _STATE[int(_k)] = True
 _GATE = np.zeros(256, dtype=bool)
-for _k in (*FLUSH_REQUEST_KINDS, *FUNCTION_KINDS):
+for _k in (*FLUSH_REQUEST_KINDS, *FLUSH_PATH_KINDS, *FUNCTION_KINDS):
     _GATE[int(_k)] = True
 _EVIDENCE = np.zeros(256, dtype=bool)
 for _k in EVIDENCE_KINDS:

@@ -73,11 +73,15 @@ class FlushWindow:
     tid: int
     vcpu: int
     opened_ts: int
-    opener: str                      # event kind name that opened it
+    opener: str                      # the flush path that opened it (flushpaths.PATHS name)
     open_seq: int                    # replay sequence at open (orders it against unsyncs)
     unsync_at_open: int              # VM-wide unsync SPs when it opened
     tentative: bool = False          # opened by kvm_service_local_tlb_flush_requests only
     started_inside: bool = False     # the trace began inside this window
+    opener_event: str = ""           # the event kind name that opened it
+    obligation: str = "full"         # flushpaths.FULL / ROOT / ADDRESS
+    address: int = -1                # ADDRESS: the flushed guest address (-1 unknown)
+    need_flush: int = -1             # CR writes: 1 asked for a flush, 0 did not, -1 unknown
     lost: bool = False               # LOST marker while open
     # What happened inside (function probes, then tracepoint evidence).
     saw_flush_fn: bool = False       # kvm_vcpu_flush_tlb_guest entry/return
@@ -126,7 +130,8 @@ class FlushWindow:
             "ts": self.opened_ts, "closed_ts": self.closed_ts, "tgid": self.tgid,
             "tid": self.tid, "vcpu": self.vcpu, "verdict": self.verdict,
             "reason": self.reason, "pattern": self.pattern, "meaningful": self.meaningful,
-            "harmless": self.harmless, "opener": self.opener, "closer": self.closer,
+            "harmless": self.harmless, "opener": self.opener, "opener_event": self.opener_event,
+            "obligation": self.obligation, "closer": self.closer,
             "unsync_at_open": self.unsync_at_open, "latency_ns": self.latency_ns,
             "outstanding": [o.to_dict() for o in self.outstanding],
         }
@@ -138,6 +143,8 @@ def _plural(n: int, word: str) -> str:
 
 def observed_pattern(w: FlushWindow, fn_mode: bool) -> str:
     """The flush pattern this window showed (or UNKNOWN when it showed none)."""
+    if w.obligation == "address" and not fn_mode:
+        return SYNC_IN_PLACE if w.synced else UNKNOWN
     if fn_mode:
         if w.saw_unload:
             return UNLOAD_RELOAD
@@ -180,8 +187,44 @@ def decide(w: FlushWindow, outstanding: list, *, tdp: Optional[bool], shadow_vm:
                                              "VM, so whether anything was unsync is unknown")
     else:
         _decide_tracepoints(w, outstanding, unchecked)
+        _soften(w)
     if tdp is not True:
         w.pattern = observed_pattern(w, fn_mode)
+
+
+def _soften(w: FlushWindow) -> None:
+    """Tracepoints cannot show every obligation being met or broken.
+
+    An ``address`` window (INVLPG) needs only the SPTEs mapping one address synced, which
+    ``mmu->sync_spte()`` does without a tracepoint: an SP left unsync is no violation, and
+    without the address nothing says which SPs mattered.  A CR write whose flush request is
+    unknown (emulated MOV to CR3/CR4: the operand is not in the event) may not have asked
+    for any flush (PCID no-flush bit, CR4 write without a PGE/PCIDE toggle).
+    """
+    if w.verdict != VIOLATION:
+        return
+    if w.obligation == "address":
+        w.verdict = SUSPECT
+        w.reason = ("INVLPG needs only the SPTEs mapping its address synced (mmu->sync_spte(), "
+                    "no tracepoint); unsync SPs stayed and the guest did not re-fault on the "
+                    "flushed address before running on")
+    elif w.need_flush < 0 and w.opener_event in ("flush_cr3", "flush_cr4"):
+        w.verdict = SUSPECT
+        w.reason += ("; but whether this CR write asked for a flush is unknown (no new value "
+                     "in the event)")
+
+
+def decide_address_refault(w: FlushWindow, fault_address: int) -> bool:
+    """An INVLPG window closed by the guest faulting on the flushed page again: the stale
+    SPTE is gone, which is the whole obligation (exact: the fault is KVM's own walk)."""
+    if w.obligation != "address" or w.address < 0 or fault_address < 0:
+        return False
+    if (w.address >> 12) != (fault_address >> 12):
+        return False
+    w.verdict = OK
+    w.reason = (f"the guest's next access to the flushed address {w.address:#x} faulted into "
+                "KVM: no stale SPTE mapped it")
+    return True
 
 
 def _decide_functions(w: FlushWindow, outstanding: list) -> None:

@@ -36,7 +36,8 @@ def finding_lines(f: dict) -> list[str]:
     """One finding (a closed non-ok window): verdict, reason, what was left unsync, context."""
     lines = [f"{seconds(f['ts'])}  {f['verdict'].upper()}"
              + (" (harmless)" if f["harmless"] else "")
-             + f"  VM {f['tgid']} {who(f)}: {f['reason']}"]
+             + f"  VM {f['tgid']} {who(f)}: {f['reason']}"
+             + (f" [flush path: {f['opener']}]" if f.get("opener") else "")]
     for o in f["outstanding"]:
         lines.append(f"    left unsync: gfn {o['gfn']:#x} role {o['role']:#x} level "
                      f"{o['level']}, unsync since {seconds(o['unsync_ts'])} (tid "
@@ -59,6 +60,10 @@ def render(result: AnalysisResult, max_findings: int = HUMAN_FINDINGS) -> str:
     if w["total"] and not w["meaningful"]:
         lines.append("note: no window had anything unsync when its flush was serviced, so none "
                      "tested the kernel")
+    if d.get("windows_by_path"):
+        lines.append("flush paths: " + ", ".join(
+            f"{path} {c['total']} ({c['meaningful']} meaningful, {c['ok']} ok)"
+            for path, c in d["windows_by_path"].items()))
     for vm in d["vms"]:
         lines += [""] + _vm_lines(vm)
     findings = d["findings"][:max_findings]

@@ -189,3 +189,77 @@ static __always_inline int kt_guest_exit(struct kt_record *e, int flush_guest)
 	e->kind = KT_KIND_FLUSH_REQUEST_GUEST;
 	return kt_open(e);
 }
+
+/* Guest flush paths seen as emulated instructions (kvm:kvm_emulate_insn; on PVM the
+ * guest kernel runs at CPL 3, so its privileged instructions trap and are emulated).
+ * Intel SDM vol. 2: 0f 22 /r (mod 11) MOV to CRn, n = ModRM.reg (+8 with REX.R);
+ * 0f 01 /7 (memory operand) INVLPG; 66 0f 38 82 INVPCID.  Mirrors
+ * kvmtrace/sources/text/payloads.py insn_flush().  Returns a Kind code or 0. */
+static __always_inline int kt_rex(u8 b)
+{
+	return b >= 0x40 && b <= 0x4f;
+}
+
+static __always_inline int kt_op_flush(const u8 *b, int opsize, int rex_r)
+{
+	u8 op = b[1], modrm = b[2];
+	int mod = modrm >> 6, reg = ((modrm >> 3) & 7) | (rex_r << 3);
+	if (b[0] != 0x0f)
+		return 0;
+	if (op == 0x22 && mod == 3 && reg == 3)
+		return KT_KIND_FLUSH_CR3;
+	if (op == 0x22 && mod == 3 && reg == 4)
+		return KT_KIND_FLUSH_CR4;
+	if (op == 0x01 && mod != 3 && ((modrm >> 3) & 7) == 7)
+		return KT_KIND_FLUSH_INVLPG;
+	if (op == 0x38 && modrm == 0x82 && opsize)
+		return KT_KIND_FLUSH_INVPCID;
+	return 0;
+}
+
+static __always_inline int kt_insn_flush(const u8 *insn)
+{
+	u8 b[8] = {};
+	__builtin_memcpy(b, insn, 8);
+	if (b[0] == 0x66) {
+		if (kt_rex(b[1]))
+			return kt_op_flush(b + 2, 1, (b[1] >> 2) & 1);
+		return kt_op_flush(b + 1, 1, 0);
+	}
+	if (kt_rex(b[0]))
+		return kt_op_flush(b + 1, 0, (b[0] >> 2) & 1);
+	return kt_op_flush(b, 0, 0);
+}
+
+/* kvm:kvm_emulate_insn: guest-run evidence; an emulated flush instruction then opens a
+ * window of its own kind (same timestamp, after the evidence record). */
+static __always_inline int kt_emulate(struct kt_record *e, int flush_kind)
+{
+	if (!flush_kind)
+		return kt_evidence(e, 1);
+	u32 tid = e->tid;
+	if (kt_window_open(tid)) {
+		kt_window.delete(&tid);
+		kt_emit(e);
+	}
+	e->kind = flush_kind;
+	e->value = -1;
+	return kt_open(e);
+}
+
+/* kvm:kvm_cr (trace_kvm_cr_write: VMX handle_cr(), SVM cr_interception()): a write of
+ * CR3 without X86_CR3_PCID_NOFLUSH, or of CR4, is a guest flush path; other CRs and
+ * reads are only counted. */
+static __always_inline int kt_cr_write(struct kt_record *e, u32 cr)
+{
+	if (cr == 3) {
+		e->need_flush = ((u64)e->value >> 63) ? 0 : 1;
+		return kt_open(e);
+	}
+	if (cr == 4) {
+		e->kind = KT_KIND_FLUSH_CR4;
+		return kt_open(e);
+	}
+	kt_count(e->kind);
+	return 0;
+}

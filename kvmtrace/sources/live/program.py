@@ -17,9 +17,9 @@ from kvmtrace.host.exactlayout import ExactLayout
 from kvmtrace.host.tracefs import TraceField, TracepointFormat, valid_name
 from kvmtrace.schema import Kind
 from kvmtrace import probes
-from kvmtrace.sources.live.tracepoints import EVIDENCE, GUEST_EXIT, TracepointProbe, fields_of
+from kvmtrace.sources.live.tracepoints import EMULATE, EVIDENCE, GUEST_EXIT, OPEN_CR, TracepointProbe, fields_of
 
-WITH_ARG = (EVIDENCE, GUEST_EXIT)
+WITH_ARG = (EVIDENCE, GUEST_EXIT, EMULATE, OPEN_CR)
 
 RECORD_SIZE = 72          # struct kt_record
 NKINDS = 64               # kt_counted slots (Kind codes are < 64)
@@ -130,10 +130,15 @@ def _choose(choices: tuple[str, ...], fmt: TracepointFormat) -> tuple[str, list[
     return None
 
 
+def _byte_array(f: TraceField) -> bool:
+    """A fixed array of bytes (kvm_emulate_insn's ``__u8 insn[15]``)."""
+    return f.array and f.ctype.split()[-1] in ("__u8", "u8", "char") and 0 < f.size <= 64
+
+
 def _unusable(f: TraceField) -> str:
     if not valid_name(f.name):
         return f"field name {f.name!r} is not a C identifier"
-    if not f.is_scalar:
+    if not f.is_scalar and not _byte_array(f):
         return f"field {f.name} is not a scalar ({f.size} bytes{', array' if f.array else ''})"
     if f.offset < TRACE_ENTRY_SIZE:
         return f"field {f.name} lies in the trace_entry header"
@@ -167,13 +172,14 @@ def args_struct(rt: ResolvedTracepoint) -> str:
     sname = f"kt_args__{rt.probe.system}__{rt.probe.event}"
     lines = [f"struct {sname} {{"]
     pos = 0
-    packed = any(f.offset % f.size for f in rt.fields)
+    packed = any(f.offset % f.size for f in rt.fields if not _byte_array(f))
     for i, f in enumerate(rt.fields):
         if f.offset < pos:
             raise ProgramError(f"{rt.name}: field {f.name} overlaps the previous one")
         if f.offset > pos:
             lines.append(f"\tu8 __pad{i}[{f.offset - pos}];")
-        lines.append(f"\t{_ctype(f)} {f.name};\t/* {_type_comment(f)}, offset {f.offset} */")
+        decl = f"u8 {f.name}[{f.size}]" if _byte_array(f) else f"{_ctype(f)} {f.name}"
+        lines.append(f"\t{decl};\t/* {_type_comment(f)}, offset {f.offset} */")
         pos = f.offset + f.size
     if not rt.fields:
         lines.append(f"\tu8 __pad0[{TRACE_ENTRY_SIZE}];")
@@ -281,6 +287,10 @@ def generate(config: ProgramConfig, tracepoints: list[ResolvedTracepoint],
         f"#define KT_EVIDENCE_BUDGET {config.evidence_budget}",
         f"#define KT_TGID_FILTER {_filter(config.tgids)}",
         f"#define KT_KIND_FLUSH_REQUEST_GUEST {int(Kind.FLUSH_REQUEST_GUEST)}",
+        f"#define KT_KIND_FLUSH_CR3 {int(Kind.FLUSH_CR3)}",
+        f"#define KT_KIND_FLUSH_CR4 {int(Kind.FLUSH_CR4)}",
+        f"#define KT_KIND_FLUSH_INVLPG {int(Kind.FLUSH_INVLPG)}",
+        f"#define KT_KIND_FLUSH_INVPCID {int(Kind.FLUSH_INVPCID)}",
     ]
     if exact is not None:
         head += exact_defines(exact)

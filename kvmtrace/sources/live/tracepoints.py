@@ -20,6 +20,8 @@ OPEN = "kt_open"            # emit, and open a flush window on this thread
 PV_FLUSH = "kt_pv_flush"    # need_flush=1: open a window; need_flush=0: first per thread only
 EVIDENCE = "kt_evidence"    # emit only inside an open window, else count
 GUEST_EXIT = "kt_guest_exit"  # evidence; also a flush request when it shows one pending
+OPEN_CR = "kt_cr_write"      # kvm_cr: a CR3/CR4 write opens (kind set from cr)
+EMULATE = "kt_emulate"      # evidence; an emulated MOV CR3/CR4, INVLPG or INVPCID also opens
 
 # arch/x86/include/asm/kvm_host.h: KVM_REQ_TLB_FLUSH_GUEST = KVM_ARCH_REQ_FLAGS(27, ...)
 # and KVM_REQUEST_ARCH_BASE = 8 (include/linux/kvm_host.h), so a pending guest flush is
@@ -81,7 +83,15 @@ TRACEPOINTS: tuple[TracepointProbe, ...] = (
                     arg=(f"({{requests}} >> {KVM_REQ_TLB_FLUSH_GUEST_BIT}) & 1", "0")),
     TracepointProbe("kvmmmu", "kvm_mmu_set_spte", Kind.SPTE_INSTALL, EVIDENCE,
                     {"gfn": ("{gfn}",), "level": ("{level}",), "value": ("{spte}",)}),
-    TracepointProbe("kvm", "kvm_emulate_insn", Kind.EMULATE, EVIDENCE, {"value": ("{rip}",)}),
+    # On PVM the guest kernel runs at CPL 3, so its MOV to CR3/CR4 and INVLPG trap and are
+    # emulated: the instruction bytes name the flush path (kvmtrace/analysis/flushpaths.py).
+    TracepointProbe("kvm", "kvm_emulate_insn", Kind.EMULATE, EMULATE, {"value": ("{rip}",)},
+                    arg=("{failed} ? 0 : kt_insn_flush({insn})", "kt_insn_flush({insn})",
+                         "0")),
+    # VMX handle_cr() / SVM cr_interception(): trace_kvm_cr_write(cr, val).  CR3 without
+    # the PCID no-flush bit 63, and CR4 (a PGE/PCIDE toggle), are guest flushes.
+    TracepointProbe("kvm", "kvm_cr", Kind.FLUSH_CR3, OPEN_CR,
+                    {"value": ("{val}",)}, arg=("{rw} ? {cr} : 0",)),
     TracepointProbe("kvm", "kvm_pio", Kind.PIO, EVIDENCE, {"value": ("{port}",)}),
     TracepointProbe("kvm", "kvm_mmio", Kind.MMIO, EVIDENCE, {"value": ("{gpa}",)}),
     TracepointProbe("kvm", "kvm_hypercall", Kind.HYPERCALL, EVIDENCE, {"value": ("{nr}",)}),

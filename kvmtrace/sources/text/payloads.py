@@ -176,21 +176,45 @@ _EXIT = re.compile(r"(?:vcpu (\d+) )?reason ")
 _REQUESTS = re.compile(r" requests 0x([0-9a-f]+)")
 
 
-def _exit_rows(vcpu: int, requests: int | None) -> Decoded:
+def _exit_rows(vcpu: int, requests: int | None, flush: Payload | None = None) -> Decoded:
     if requests is None:
-        return (int(Kind.GUEST_EXIT), vcpu, -1, -1, -1, -1, -1, -1, -1, -1)
-    exit_row = (int(Kind.GUEST_EXIT), vcpu, -1, -1, -1, -1, -1, -1, -1, s64(requests))
-    if requests >> KVM_REQ_TLB_FLUSH_GUEST_BIT & 1:
-        return [exit_row, row(Kind.FLUSH_REQUEST_GUEST, vcpu=vcpu, value=s64(requests))]
-    return exit_row
+        exit_row = (int(Kind.GUEST_EXIT), vcpu, -1, -1, -1, -1, -1, -1, -1, -1)
+    else:
+        exit_row = (int(Kind.GUEST_EXIT), vcpu, -1, -1, -1, -1, -1, -1, -1, s64(requests))
+    rows = [exit_row]
+    if requests is not None and requests >> KVM_REQ_TLB_FLUSH_GUEST_BIT & 1:
+        rows.append(row(Kind.FLUSH_REQUEST_GUEST, vcpu=vcpu, value=s64(requests)))
+    if flush is not None:
+        rows.append(flush)
+    return rows if len(rows) > 1 else exit_row
+
+
+# The exits that are guest flushes by themselves (kvmtrace/analysis/flushpaths.py):
+# VMX "INVLPG" (exit qualification = the address, printed as info1) and "INVPCID"
+# (arch/x86/include/uapi/asm/vmx.h VMX_EXIT_REASONS); SVM "invlpg" (exit_info_1 = the
+# address) and "invpcid" (arch/x86/include/uapi/asm/svm.h SVM_EXIT_REASONS).
+# Print fmts: "reason %s rip 0x%lx info %llx %llx" (<= 5.x), "... info1 0x%016llx ...".
+_EXIT_FLUSH = re.compile(r"(INVLPG|invlpg|INVPCID|invpcid)\b(?: rip 0x[0-9a-f]+)?"
+                         r"(?: info1? (?:0x)?([0-9a-f]+))?")
+
+
+def _exit_flush(body: str, at: int, vcpu: int) -> Payload | None:
+    m = _EXIT_FLUSH.match(body, at)
+    if m is None:
+        return None
+    info = s64(int(m.group(2), 16)) if m.group(2) else -1
+    if m.group(1).lower() == "invlpg":
+        return row(Kind.FLUSH_INVLPG, vcpu=vcpu, value=info)
+    return row(Kind.FLUSH_INVPCID, vcpu=vcpu, value=-1)      # the type is in a register
 
 
 def _exit_printed(body: str) -> Decoded:
     m = _EXIT.match(body)
     if m is None:
         return None
+    vcpu = int(m.group(1)) if m.group(1) else -1
     r = _REQUESTS.search(body, m.end())
-    return _exit_rows(int(m.group(1)) if m.group(1) else -1, int(r.group(1), 16) if r else None)
+    return _exit_rows(vcpu, int(r.group(1), 16) if r else None, _exit_flush(body, m.end(), vcpu))
 
 
 def _exit_fields(f: dict[str, str], _hex) -> Decoded:
@@ -198,6 +222,92 @@ def _exit_fields(f: dict[str, str], _hex) -> Decoded:
         return None
     return _exit_rows(num(f["vcpu_id"]) if "vcpu_id" in f else -1,
                       num(f["requests"]) if "requests" in f else None)
+
+
+# ----------------------------------------------------------------------- CR writes, emulation
+
+# kvm:kvm_cr "cr_%s %x = 0x%lx" (trace_kvm_cr_write: VMX handle_cr(), SVM cr_interception()).
+_CR = re.compile(r"cr_(write|read) ([0-9a-f]+) = 0x([0-9a-f]+)")
+CR3_PCID_NOFLUSH = 1 << 63         # arch/x86/include/asm/processor-flags.h X86_CR3_PCID_NOFLUSH
+
+
+def cr_write_row(cr: int, val: int) -> Payload | None:
+    """A guest MOV to CR3 / CR4 as a flush-path row (other CRs: None)."""
+    if cr == 3:
+        return row(Kind.FLUSH_CR3, need_flush=0 if val & CR3_PCID_NOFLUSH else 1, value=s64(val))
+    if cr == 4:
+        # Whether it toggles PGE/PCIDE depends on the old value: the model tracks it.
+        return row(Kind.FLUSH_CR4, value=s64(val))
+    return None
+
+
+def _cr_printed(body: str) -> Decoded:
+    m = _CR.match(body)
+    if m is None:
+        return None
+    if m.group(1) == "read":
+        return []
+    out = cr_write_row(int(m.group(2), 16), int(m.group(3), 16))
+    return [] if out is None else out
+
+
+def _cr_fields(f: dict[str, str], _hex) -> Decoded:
+    if num(f["rw"]) == 0:
+        return []
+    out = cr_write_row(num(f["cr"]), num(f["val"]))
+    return [] if out is None else out
+
+
+_LEGACY_PREFIXES = frozenset({0x66, 0x67, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65})
+
+
+def insn_flush(insn: bytes) -> tuple[Kind, int] | None:
+    """The flush-path kind of an emulated instruction (Intel SDM vol. 2), or None.
+
+    ``0f 22 /r`` with mod=11 is MOV to CRn (n = ModRM.reg, + 8 with REX.R): CR3 and CR4;
+    ``0f 01 /7`` with a memory operand is INVLPG; ``66 0f 38 82`` is INVPCID.  Returns
+    (kind, need_flush): -1 for CR writes, whose value the event does not carry.
+    """
+    i, rex_r, opsize = 0, 0, False
+    while i < min(len(insn), 5) and (insn[i] in _LEGACY_PREFIXES or 0x40 <= insn[i] <= 0x4F):
+        if insn[i] == 0x66:
+            opsize = True
+        if 0x40 <= insn[i] <= 0x4F:
+            rex_r = (insn[i] >> 2) & 1
+        i += 1
+    if len(insn) < i + 3 or insn[i] != 0x0F:
+        return None
+    op, modrm = insn[i + 1], insn[i + 2]
+    mod, reg = modrm >> 6, ((modrm >> 3) & 7) | rex_r << 3
+    if op == 0x22 and mod == 3 and reg in (3, 4):
+        return (Kind.FLUSH_CR3 if reg == 3 else Kind.FLUSH_CR4), -1
+    if op == 0x01 and mod != 3 and (modrm >> 3) & 7 == 7:
+        return Kind.FLUSH_INVLPG, -1
+    if op == 0x38 and modrm == 0x82 and opsize:
+        return Kind.FLUSH_INVPCID, -1
+    return None
+
+
+# "%x:%llx:%s (%s)%s" = csbase:rip:insn bytes (mode)[ failed]
+_EMULATE = re.compile(r"[0-9a-f]+:([0-9a-f]+):((?:[0-9a-f]{2} ?){1,15})\s*\((\w+)\)( failed)?")
+_emulate_simple = None  # set below
+
+
+def _emulate_printed(body: str) -> Decoded:
+    m = _EMULATE.match(body)
+    if m is None or m.group(4):
+        return _emulate_simple[0](body)
+    try:
+        insn = bytes.fromhex(m.group(2).replace(" ", ""))
+    except ValueError:
+        return _emulate_simple[0](body)
+    flush = insn_flush(insn)
+    rip = s64(int(m.group(1), 16))
+    if flush is None:
+        return row(Kind.EMULATE, value=rip)
+    kind, need = flush
+    # The instruction ran in the guest up to here (evidence), then KVM emulated the flush.
+    return [row(Kind.EMULATE, value=rip), row(kind, need_flush=need, value=-1)]
 
 
 # ----------------------------------------------------------------------- guest-run evidence
@@ -287,6 +397,8 @@ def _user_exit_fields(f: dict[str, str], _hex) -> Decoded:
     return row(Kind.USERSPACE_EXIT, value=err if err < 0 else num(f["reason"]))
 
 
+_emulate_simple = _simple(Kind.EMULATE, r"[0-9a-f]+:(?P<v>[0-9a-f]+)", "rip", bare_hex=True)
+
 TRACEPOINTS: dict[str, tuple[Decoder, Decoder]] = {
     "kvm_pv_tlb_flush": _with_fields(_pv_flush_printed, _pv_flush_fields),
     "kvm_hv_flush_tlb": _hv_flush("processor_mask"),
@@ -303,7 +415,8 @@ TRACEPOINTS: dict[str, tuple[Decoder, Decoder]] = {
     "kvm_mmu_pagetable_walk": _simple(Kind.WALK_START, r"addr (?P<v>[0-9a-f]+)", "addr",
                                       bare_hex=True),
     # "%x:%llx:%s (%s)%s" = csbase:rip:insn; the kvm plugin prints "csbase:rip: disasm".
-    "kvm_emulate_insn": _simple(Kind.EMULATE, r"[0-9a-f]+:(?P<v>[0-9a-f]+)", "rip", bare_hex=True),
+    "kvm_emulate_insn": (_emulate_printed, _emulate_simple[1]),
+    "kvm_cr": _with_fields(_cr_printed, _cr_fields),
     "kvm_pio": _simple(Kind.PIO, r"pio_(?:read|write) at 0x(?P<v>[0-9a-f]+)", "port"),
     "kvm_mmio": _simple(Kind.MMIO, r"mmio \S+ len \d+ gpa 0x(?P<v>[0-9a-f]+)", "gpa"),
     "kvm_hypercall": _simple(Kind.HYPERCALL, r"nr 0x(?P<v>[0-9a-f]+)", "nr"),
