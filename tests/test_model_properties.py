@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from kvmtrace.analysis import Replayer, replay_frame
 from kvmtrace.sources.frame import concat
-from kvmtrace.schema import EVIDENCE_KINDS, FUNCTION_KINDS, KVM_EXIT_INTR, Kind
+from kvmtrace.schema import EVIDENCE_KINDS, FLUSH_PATH_KINDS, FUNCTION_KINDS, KVM_EXIT_INTR, Kind
 
 from model_scenarios import built, role
 
@@ -28,7 +28,8 @@ op = st.one_of(
     st.tuples(st.just("walk"), st.integers(0, 2), st.sampled_from([4, 5, 6])),
     # Guest (KVM_REQ_TLB_FLUSH_GUEST) and Hyper-V flush requests.
     st.tuples(st.just("request"), st.integers(0, 2),
-              st.sampled_from([Kind.FLUSH_REQUEST_GUEST, Kind.FLUSH_REQUEST_HYPERV])),
+              st.sampled_from([Kind.FLUSH_REQUEST_GUEST, Kind.FLUSH_REQUEST_HYPERV,
+                               *sorted(FLUSH_PATH_KINDS)])),
     # Function probes on the flush and MMU-root paths.
     st.tuples(st.just("fn"), st.integers(0, 2), st.sampled_from(sorted(FUNCTION_KINDS))),
     # Every guest-run evidence kind; KVM_RUN returning an exit reason, KVM_EXIT_INTR or an errno.
@@ -142,7 +143,8 @@ def test_the_grammar_covers_every_kind_the_model_handles():
     ops = [("build", 1, 4), ("unsync", 0, 4), ("sync", 0, 4), ("zap", 0, 5), ("flush", 1, 0),
            ("load", 1, 0), ("lost", 0, 0), ("walk", 1, 4), ("uexit", 1, 2), ("link", 1, 4),
            ("root", 1, 1)]
-    ops += [("request", 1, k) for k in (Kind.FLUSH_REQUEST_GUEST, Kind.FLUSH_REQUEST_HYPERV)]
+    ops += [("request", 1, k) for k in (Kind.FLUSH_REQUEST_GUEST, Kind.FLUSH_REQUEST_HYPERV,
+                                        *FLUSH_PATH_KINDS)]
     ops += [("fn", 1, k) for k in FUNCTION_KINDS] + [("run", 1, k) for k in EVIDENCE_KINDS]
     kinds = set(stream_of(ops).kind.tolist())
     assert kinds == {int(k) for k in Kind}, {Kind(k).name for k in set(map(int, Kind)) - kinds}
