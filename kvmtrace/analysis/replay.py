@@ -18,7 +18,7 @@ Kernel objects modelled (arch/x86/kvm/mmu/mmu.c, arch/x86/kvm/x86.c):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Protocol
 
 import numpy as np
 import pandas as pd
@@ -80,16 +80,30 @@ class VMState:
     sync_probe_seen: bool = False       # a kvm_mmu_sync_roots probe of this VM fired
 
 
+class ReplayListener(Protocol):
+    """Told what the replay saw, for views that need more than the aggregate (the timeline
+    and the HTML report).  Called in the feeding thread; must only record, never raise."""
+
+    kinds: frozenset             # event kinds (schema.Kind) to be told about, after handling
+
+    def event(self, ev: Event) -> None: ...
+
+    def window(self, w: FlushWindow) -> None: ...      # every window as it is aggregated
+
+
 class Replayer:
     """Feed chunks of events (DataFrames in the schema), get flush windows and verdicts.
 
     ``per_event=True`` runs every event through its handler instead of the vectorised
     selection: the plain reference the selection is checked and benchmarked against.
+    ``listener`` (optional) is told of every window as it is counted (closed, or open at
+    the end) and of the handled events of its ``kinds``.
     """
 
     def __init__(self, meta: Optional[TraceMeta] = None, *, vm: Optional[int] = None,
                  vcpu: Optional[int] = None, max_findings: int = 100,
-                 source: str = "", per_event: bool = False) -> None:
+                 source: str = "", per_event: bool = False,
+                 listener: Optional[ReplayListener] = None) -> None:
         self.meta = meta or TraceMeta()
         self.vm_filter = vm
         self.vcpu_filter = vcpu
@@ -115,6 +129,24 @@ class Replayer:
         self._cr4: dict[tuple[int, int], int] = {}     # (tgid, tid) -> last CR4 written
         self._dispatch: dict[int, Callable[[Event], None]] = {
             int(k): getattr(self, "on_" + k.name.lower()) for k in Kind}
+        self.listener = listener
+        if listener is not None:
+            for k in listener.kinds:
+                self._dispatch[int(k)] = self._tapped(self._dispatch[int(k)], listener)
+
+    @staticmethod
+    def _tapped(handler: Callable[[Event], None],
+                listener: ReplayListener) -> Callable[[Event], None]:
+        def tapped(ev: Event) -> None:
+            handler(ev)
+            listener.event(ev)
+        return tapped
+
+    def _count(self, w: FlushWindow) -> None:
+        """A window is final: aggregate it (and tell the listener)."""
+        self.agg.add(w)
+        if self.listener is not None:
+            self.listener.window(w)
 
     # ------------------------------------------------------------------ feeding
     def feed(self, chunk: pd.DataFrame) -> list[FlushWindow]:
@@ -168,7 +200,7 @@ class Replayer:
                     th.window = None
                     if w is not None and not w.tentative:
                         w.vcpu = th.vcpu
-                        self.agg.add(w)
+                        self._count(w)
                 vm.open.clear()
             self._finished = self.agg.result(self)
         return self._finished
@@ -265,7 +297,7 @@ class Replayer:
         if (w.verdict in (VIOLATION, SUSPECT) and ev.kind in (Kind.WALK_START, Kind.PAGE_FAULT)):
             decide_address_refault(w, ev.value)
         self._closed.append(w)
-        self.agg.add(w)
+        self._count(w)
 
     def _evidence(self, ev: Event) -> None:
         vm, th = self._of(ev, remember=False)
@@ -621,4 +653,4 @@ def replay_frame(df: pd.DataFrame, meta: Optional[TraceMeta] = None, **kw) -> An
     return r.finish()
 
 
-__all__ = ["Replayer", "replay_frame", "Event", "VMState", "COLUMN_NAMES"]
+__all__ = ["Replayer", "ReplayListener", "replay_frame", "Event", "VMState", "COLUMN_NAMES"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from kvmtrace.analysis import AnalysisResult
+from kvmtrace.analysis.replay import ReplayListener
 from kvmtrace.analysis.window import GENERATIONS
 from kvmtrace.pipeline.check_rules import INCONCLUSIVE, CheckVerdict, Evidence, ExerciseOutcome, decide
 from kvmtrace.sources.live.errors import LiveUnavailable
@@ -42,6 +43,7 @@ class CheckConfig:
     other_vms: bool = True          # VMs other than our own guest are traced (-p, or all)
     status: Optional[Status] = None
     status_interval: float = 0.25
+    replay_listener: Optional[ReplayListener] = None    # --report's collector
 
 
 @dataclass
@@ -212,7 +214,7 @@ def status_text(snap: Snapshot, elapsed: float, cfg: CheckConfig,
 def run_check(source: ChunkSource, cfg: CheckConfig,
               stop: Optional[threading.Event] = None) -> CheckReport:
     """Trace (and exercise) until done, then judge.  LiveUnavailable propagates (exit 4)."""
-    online = OnlineAnalysis()
+    online = OnlineAnalysis(replay_listener=cfg.replay_listener)
     session = Session(source, online)
     if stop is not None:
         session.stop = stop

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from kvmtrace.sources.text import load
 from kvmtrace.schema import SchemaError
 from kvmtrace.sources.native import ARROW_SCHEMA, TraceFileError, is_parquet, iter_parquet
-from kvmtrace.analysis.replay import Replayer
+from kvmtrace.analysis.replay import ReplayListener, Replayer
 from kvmtrace.analysis.report import AnalysisResult, merge
 from kvmtrace.analysis.selection import NEEDED, CommColumn
 
@@ -84,12 +84,15 @@ def _parquet_arrays(path: str, chunk_rows: int) -> tuple:
 def analyze_path(path: str | os.PathLike, *, vm: Optional[int] = None,
                  vcpu: Optional[int] = None, chunk_rows: int = CHUNK_ROWS,
                  progress: Optional[Progress] = None, tgid_map: Optional[dict] = None,
-                 max_findings: int = 100) -> AnalysisResult:
-    """Replay one trace file of any supported format; return its result."""
+                 max_findings: int = 100,
+                 listener: Optional[ReplayListener] = None) -> AnalysisResult:
+    """Replay one trace file of any supported format; return its result.  ``listener``
+    (the timeline and report) is told of every window and of the events it asks for."""
     path = str(path)
     if is_parquet(path):
         meta, chunks = _parquet_arrays(path, chunk_rows)
-        rep = Replayer(meta, vm=vm, vcpu=vcpu, source=path, max_findings=max_findings)
+        rep = Replayer(meta, vm=vm, vcpu=vcpu, source=path, max_findings=max_findings,
+                       listener=listener)
         rows = _run(rep, path, ((c, m) for c, m in chunks), progress)
     else:
         trace = load(path, tgid_map=tgid_map)
@@ -97,7 +100,8 @@ def analyze_path(path: str | os.PathLike, *, vm: Optional[int] = None,
         for w in trace.warnings:
             if w not in meta.notes:
                 meta.notes.append(w)
-        rep = Replayer(meta, vm=vm, vcpu=vcpu, source=path, max_findings=max_findings)
+        rep = Replayer(meta, vm=vm, vcpu=vcpu, source=path, max_findings=max_findings,
+                       listener=listener)
         ev = trace.events
         cols = {name: ev[name].to_numpy() for name in NEEDED if name in ev.columns}
         comm = ev["comm"].to_numpy(dtype=object) if "comm" in ev.columns else None

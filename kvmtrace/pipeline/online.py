@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from kvmtrace.analysis import AnalysisResult, FlushWindow, Replayer
+from kvmtrace.analysis.replay import ReplayListener
 from kvmtrace.analysis.report import VcpuRow, empty_counts
 from kvmtrace.schema import ROLE_DIRECT, Kind, TraceMeta
 
@@ -93,8 +94,10 @@ class OnlineAnalysis:
     at the end.
     """
 
-    def __init__(self, *, vm: Optional[int] = None, max_findings: int = 100) -> None:
+    def __init__(self, *, vm: Optional[int] = None, max_findings: int = 100,
+                 replay_listener: Optional[ReplayListener] = None) -> None:
         self.vm = vm
+        self.replay_listener = replay_listener     # e.g. a report's collector (--report)
         self.max_findings = max_findings
         self.meta: Optional[TraceMeta] = None
         self._replayer: Optional[Replayer] = None
@@ -122,7 +125,7 @@ class OnlineAnalysis:
                 raise RuntimeError("OnlineAnalysis.start() called twice")
             self.meta = TraceMeta.from_dict(meta.to_dict())
             self._replayer = Replayer(self.meta, vm=self.vm, max_findings=self.max_findings,
-                                      source=source)
+                                      source=source, listener=self.replay_listener)
             self.started_at = time.monotonic()
 
     def add_listener(self, listener: Listener) -> None:

@@ -12,6 +12,7 @@ import time
 from typing import Optional, Protocol
 
 from kvmtrace.analysis import AnalysisResult, FlushWindow
+from kvmtrace.analysis.replay import ReplayListener
 from kvmtrace.pipeline.online import OnlineAnalysis, Snapshot
 from kvmtrace.pipeline.session import Session
 from kvmtrace.sources.chunks import ChunkSource, SourceInfo
@@ -29,8 +30,9 @@ class Watch:
     """One watch: open the source, then ``run()`` until the source ends or ``stop`` is set."""
 
     def __init__(self, source: ChunkSource, view: View, interval: float,
-                 stop: Optional[threading.Event] = None) -> None:
-        self.online = OnlineAnalysis()
+                 stop: Optional[threading.Event] = None,
+                 replay_listener: Optional[ReplayListener] = None) -> None:
+        self.online = OnlineAnalysis(replay_listener=replay_listener)
         self.session = Session(source, self.online)
         if stop is not None:
             self.session.stop = stop
