@@ -14,6 +14,8 @@ from kvmtrace.commands.doctor import doctor
 from kvmtrace.commands.record import record
 from kvmtrace.commands.check import check
 from kvmtrace.commands.watch import watch
+from kvmtrace.commands.report import report
+from kvmtrace.commands.timeline import timeline
 from kvmtrace.errors import fail_line
 from kvmtrace.schema import SchemaError
 from kvmtrace.sources.native import TraceFileError, use_system_memory_pool
@@ -21,6 +23,8 @@ from kvmtrace.sources.native import TraceFileError, use_system_memory_pool
 EPILOG = """\b
 Examples:
   kvmtrace analyze fixtures/lab_two_vcpu_flush.ftrace.txt   judge a recorded trace
+  kvmtrace report trace.parquet -o report.html    the same, as one HTML page
+  kvmtrace timeline trace.parquet -o t.json       every flush window, for Perfetto
   kvmtrace show trace.parquet                     what a trace holds
   kvmtrace convert /sys/kernel/tracing/trace -o t.parquet   text -> native file
   kvmtrace doctor                                 can this host be traced?
@@ -48,6 +52,8 @@ cli.add_command(doctor)
 cli.add_command(record)
 cli.add_command(check)
 cli.add_command(watch)
+cli.add_command(report)
+cli.add_command(timeline)
 
 
 def main(argv: list[str] | None = None) -> None:

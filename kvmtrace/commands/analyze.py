@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 
@@ -31,6 +32,19 @@ class _Progress:
             click.echo("", err=True)
 
 
+def report_command(traces, vm: int | None, vcpu: int | None,
+                   tgid_map: dict[int, int] | None) -> str:
+    """The `kvmtrace report` command line for the same selection."""
+    args = ["kvmtrace", "report"]
+    if vm is not None:
+        args += ["--vm", str(vm)]
+    if vcpu is not None:
+        args += ["--vcpu", str(vcpu)]
+    for tid, tgid in (tgid_map or {}).items():
+        args += ["--tgid-map", f"{tid}={tgid}"]
+    return " ".join(shlex.quote(a) for a in [*args, *traces, "-o", "kvmtrace-report.html"])
+
+
 @click.command(epilog="""\b
 Examples:
   kvmtrace analyze fixtures/lab_two_vcpu_flush.ftrace.txt
@@ -38,6 +52,7 @@ Examples:
   kvmtrace analyze --vm 4242 --vcpu 1 part1.parquet part2.parquet
 Exit codes: 0 ok or no flushes seen, 1 violation, 2 bad input,
             3 suspect or inconclusive.
+On a violation it prints the `kvmtrace report` command that draws it.
 """)
 @click.argument("traces", nargs=-1, required=True, type=click.Path(dir_okay=False),
                 metavar="TRACE...")
@@ -61,4 +76,10 @@ def analyze(traces: tuple[str, ...], as_json: bool, vm: int | None, vcpu: int | 
     finally:
         progress.done()
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else render(result))
+    if result.verdict == "violation":
+        hint = report_command(traces, vm, vcpu, tgid_map)
+        if as_json:
+            click.echo(f"kvmtrace: to see it: {hint}", err=True)
+        else:
+            click.echo(f"see it: {hint}")
     raise click.exceptions.Exit(exitcodes.for_verdict(result.verdict))

@@ -12,6 +12,7 @@ import click
 from kvmtrace import exitcodes
 from kvmtrace.errors import fail_line
 from kvmtrace.commands.options import StatusLine, warn_absent_tgids
+from kvmtrace.commands.writing import check_output_dir, report_option, write_session_report
 
 EPILOG = """\b
 Verdicts and exit codes:
@@ -27,6 +28,7 @@ Examples:
   sudo kvmtrace check -d 60 -p 4242              # watch one VM for a minute
   sudo kvmtrace check --exercise --json --prom /var/lib/node_exporter/kvmtrace.prom
   kvmtrace check --replay trace.parquet          # judge a recorded trace the same way
+  sudo kvmtrace check --exercise --report check.html   # and an HTML page of what it saw
 """
 
 
@@ -45,8 +47,10 @@ Examples:
               help="Also write node_exporter textfile-collector metrics to FILE (atomically).")
 @click.option("--replay", "replay", type=click.Path(dir_okay=False), metavar="TRACE",
               help="Judge a recorded trace instead of tracing live (same online analysis).")
+@report_option
 def check(duration: float, tgids: tuple[int, ...], exercise: bool, min_windows: int,
-          as_json: bool, prom_file: str | None, replay: str | None) -> None:
+          as_json: bool, prom_file: str | None, replay: str | None,
+          report_file: str | None) -> None:
     """Check that this host's KVM syncs shadow page tables on every guest TLB flush.
 
     Traces KVM live (BPF on its tracepoints) and replays the events through the same
@@ -60,10 +64,15 @@ def check(duration: float, tgids: tuple[int, ...], exercise: bool, min_windows: 
         raise click.UsageError("--replay judges a recorded trace: it takes no --exercise or -p")
     if prom_file:
         _check_prom_dir(prom_file)
+    collector = None
+    if report_file:
+        from kvmtrace.pipeline.visual import Collector
+        check_output_dir(report_file, "--report")
+        collector = Collector(replay or "live")
     tty = sys.stderr.isatty() and not as_json
     cfg = CheckConfig(duration=duration, min_windows=min_windows, exercise=exercise,
                       other_vms=bool(tgids) or not exercise,
-                      status=StatusLine() if tty else None)
+                      status=StatusLine() if tty else None, replay_listener=collector)
     if exercise:
         _exercise_possible()
     warn_absent_tgids(tgids, "tracing")
@@ -89,6 +98,10 @@ def check(duration: float, tgids: tuple[int, ...], exercise: bool, min_windows: 
         click.echo(render(report))
     if prom_file:
         _write_prom(prom_file, report)
+    if report_file:
+        write_session_report(report_file, report.result, collector, {
+            "command": "kvmtrace check", "verdict": report.verdict,
+            "reasons": report.check.reasons + [f"next: {s}" for s in report.check.next_steps]})
     raise click.exceptions.Exit(report.exit_code)
 
 

@@ -7,6 +7,7 @@ import threading
 import click
 
 from kvmtrace import exitcodes
+from kvmtrace.commands.writing import check_output_dir, report_option, write_session_report
 from kvmtrace.errors import fail_line
 
 EPILOG = """\b
@@ -20,6 +21,7 @@ Examples:
   sudo kvmtrace watch
   sudo kvmtrace watch -p 4242 -o vm.parquet
   sudo kvmtrace watch --json | tee -a /var/log/kvmtrace.jsonl
+  sudo kvmtrace watch -p 4242 --report watch.html   # an HTML page when it stops
 Runs until Ctrl-C or SIGTERM.  Exit codes: 0, 1 when a violation was seen,
 4 when this host cannot trace.
 """
@@ -35,8 +37,9 @@ Runs until Ctrl-C or SIGTERM.  Exit codes: 0, 1 when a violation was seen,
               help="Summary interval (default: 0.5 on a terminal, 10 otherwise).")
 @click.option("--replay", "replay", type=click.Path(dir_okay=False), metavar="TRACE",
               help="Watch a recorded trace replayed through the same online path.")
+@report_option
 def watch(tgids: tuple[int, ...], as_json: bool, output: str | None, interval: float | None,
-          replay: str | None) -> None:
+          replay: str | None, report_file: str | None) -> None:
     """Watch guest TLB flush windows live and report each violation as it happens."""
     from kvmtrace.sources.live import LiveUnavailable
     from kvmtrace.outputs.livetable import AnsiTable, JsonLines, PlainLines
@@ -52,7 +55,12 @@ def watch(tgids: tuple[int, ...], as_json: bool, output: str | None, interval: f
         interval = 0.5 if tty else 10.0
     source = FileSource(replay) if replay else LiveSource(tgids=tgids, output=output)
     stop = threading.Event()
-    w = Watch(source, view, interval, stop)
+    collector = None
+    if report_file:
+        from kvmtrace.pipeline.visual import Collector
+        check_output_dir(report_file, "--report")
+        collector = Collector(replay or "live")
+    w = Watch(source, view, interval, stop, replay_listener=collector)
     with stop_on_signals(stop):
         try:
             info = w.open()
@@ -66,4 +74,7 @@ def watch(tgids: tuple[int, ...], as_json: bool, output: str | None, interval: f
         result = w.run()
     if output and not as_json:
         click.echo(f"kvmtrace: wrote {result.events} events to {output}", err=True)
+    if report_file:
+        write_session_report(report_file, result, collector,
+                             {"command": "kvmtrace watch", "verdict": result.verdict})
     raise click.exceptions.Exit(exitcodes.VIOLATION if result.windows["violation"] else exitcodes.OK)

@@ -1,0 +1,110 @@
+"""kvmtrace report without a browser: the page's structure, its JSON, its size, and the
+--report options of check and watch (the browser tests are in test_report_browser.py)."""
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+from cli_support import FIXTURES, GEN, LAB, run_main
+
+
+class Page(HTMLParser):
+    """Counts what the tests look at, and every attribute that could load something."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.marks: list[dict] = []
+        self.findings = 0
+        self.loads: list[str] = []
+        self.banner: dict = {}
+        self._json = False
+        self.json_text = ""
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        cls = (a.get("class") or "").split()
+        if tag == "rect" and "mark" in cls:
+            self.marks.append(a)
+        if tag == "article" and "finding" in cls:
+            self.findings += 1
+        if tag == "header" and a.get("id") == "banner":
+            self.banner = a
+        for key in ("src", "href"):
+            if a.get(key) and a[key] != "data:,":
+                self.loads.append(f"{tag} {key}={a[key]}")
+        if tag == "script" and a.get("type") == "application/json":
+            self._json = True
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._json = False
+
+    def handle_data(self, data):
+        if self._json:
+            self.json_text += data
+
+
+def parse(path: Path) -> Page:
+    p = Page()
+    p.feed(path.read_text())
+    return p
+
+
+def test_violation_page_structure_matches_analyze(lab_without_sync, tmp_path, capsys):
+    out = tmp_path / "r.html"
+    code, _, err = run_main(["report", str(lab_without_sync), "-o", str(out)], capsys)
+    assert code == 1 and "verdict violation" in err
+    _, text, _ = run_main(["analyze", "--json", str(lab_without_sync)], capsys)
+    result = json.loads(text)
+    page = parse(out)
+    assert page.banner["data-verdict"] == "violation"
+    assert json.loads(page.json_text)["analysis"] == result
+    assert sum(int(m["data-n"]) for m in page.marks) == result["windows"]["total"] == 1
+    assert [m["data-verdict"] for m in page.marks] == ["violation"]
+    assert page.marks[0]["data-vcpu"] == "1" and page.findings == 1
+    assert page.loads == []
+    html = out.read_text()
+    assert "Content-Security-Policy" in html and "default-src 'none'" in html
+    assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", html)    # no URL but the SVG namespace
+
+
+def test_big_fixture_stays_small(tmp_path, capsys):
+    out = tmp_path / "r.html"
+    trace = FIXTURES / "real" / "exercise_4vcpu_3000flushes.parquet"
+    code, _, _ = run_main(["report", str(trace), "-o", str(out)], capsys)
+    assert code == 0
+    assert out.stat().st_size < 500_000
+    page = parse(out)
+    assert sum(int(m["data-n"]) for m in page.marks) == 3000
+    assert len(page.marks) < 3000               # ok windows on one pixel column share a mark
+
+
+def test_analyze_prints_the_report_command_on_a_violation(lab_without_sync, capsys):
+    code, out, _ = run_main(["analyze", str(lab_without_sync)], capsys)
+    assert code == 1
+    assert out.splitlines()[-1] == f"see it: kvmtrace report {lab_without_sync} -o kvmtrace-report.html"
+    code, out, err = run_main(["analyze", "--json", "--vcpu", "1", str(lab_without_sync)], capsys)
+    assert json.loads(out)["verdict"] == "violation"
+    assert "kvmtrace report --vcpu 1 " in err
+    code, out, err = run_main(["analyze", str(LAB)], capsys)
+    assert code == 0 and "kvmtrace report" not in out + err
+
+
+def test_watch_replay_report(lab_without_sync, tmp_path, capsys):
+    out = tmp_path / "w.html"
+    code, _, err = run_main(["watch", "--replay", str(lab_without_sync), "--report", str(out)],
+                            capsys)
+    assert code == 1 and "wrote the report" in err
+    page = parse(out)
+    data = json.loads(page.json_text)
+    assert data["context"] == {"command": "kvmtrace watch", "verdict": "violation"}
+    assert [m["data-verdict"] for m in page.marks] == ["violation"]
+
+
+def test_report_option_checks_its_directory_before_tracing(tmp_path, capsys):
+    trace = str(GEN / "tp-violation.jsonl")
+    code, _, err = run_main(["check", "--replay", trace, "--report",
+                             str(tmp_path / "missing" / "c.html")], capsys)
+    assert code == 2 and "does not exist" in err
