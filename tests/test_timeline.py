@@ -9,7 +9,7 @@ import pytest
 
 from cli_support import FIXTURES, GEN, LAB, run_main
 from kvmtrace.pipeline.visual import Collector, collect_paths
-from kvmtrace.outputs.timeline import build
+from kvmtrace.outputs.timeline import UNKNOWN_VM_PID, build, pid_of
 from kvmtrace.sources.text import load
 
 PHASES = {"M", "X", "b", "e", "i"}
@@ -42,12 +42,15 @@ def check_structure(doc: dict, result: dict) -> dict:
     ts = [e["ts"] for e in rest]
     assert ts == sorted(ts) and all(t >= 0 for t in ts)    # monotone, from the start
     pids = {e["pid"] for e in rest if e.get("s") != "g"}
+    assert 0 not in pids                                   # Perfetto's idle task
     names = {e["pid"]: e["args"]["name"] for e in meta if e["name"] == "process_name"}
-    assert names == {pid: f"VM {pid}" for pid in pids}
+    assert set(names) == pids
+    assert names == {pid: f"VM {pid if pid != UNKNOWN_VM_PID else 0}" for pid in pids}
+    assert all(e.get("s") == "g" and "pid" not in e for e in rest if e.get("cat") == "lost")
     threads = [(e["pid"], e["args"]["name"]) for e in meta if e["name"] == "thread_name"]
     assert len(threads) == len(set(threads))               # one thread_name per vCPU
-    vcpu_rows = {(vm["tgid"], row["vcpu"]) for vm in result["vms"] for row in vm["vcpus"]
-                 if row["vcpu"] is not None}
+    vcpu_rows = {(pid_of(vm["tgid"]), row["vcpu"]) for vm in result["vms"]
+                 for row in vm["vcpus"] if row["vcpu"] is not None}
     assert vcpu_rows <= {(pid, int(n.split()[1])) for pid, n in threads if n.startswith("vCPU ")}
     slices = [e for e in rest if e["ph"] in ("X", "b")]
     assert len(slices) == result["windows"]["total"]
@@ -65,7 +68,7 @@ def check_structure(doc: dict, result: dict) -> dict:
         if e["ph"] == "i":
             assert e["s"] in ("t", "g")
         if e["ph"] == "X":
-            assert e["dur"] >= 0
+            assert e["dur"] > 0
     return phases
 
 
@@ -102,6 +105,7 @@ def test_the_violation_is_a_slice_on_vcpu1_at_its_time(lab_without_sync, tmp_pat
     s = slices[0]
     assert s["name"] == "violation flush window" and s["cname"] == "terrible"
     assert threads[(s["pid"], s["tid"])] == "vCPU 1"
+    assert s["pid"] == UNKNOWN_VM_PID and s["tid"] == 13939     # no TGID in the capture
     start = doc["metadata"]["kvmtrace"]["start_time_ns"]
     assert start == 2252595347000                   # the first line of the capture
     assert s["ts"] == pytest.approx(2252596626 - 2252595347)      # us: the flush request

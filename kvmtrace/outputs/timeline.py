@@ -9,7 +9,8 @@ flush-path functions, global instants where the collector lost events.  A window
 complete (``X``) slice unless windows could overlap on its track (several host threads
 ran the vCPU, or several traces were given): then an async ``b``/``e`` pair with an id.
 Timestamps are microseconds from the earliest trace's start, which the metadata gives in
-absolute nanoseconds.
+absolute nanoseconds.  The metadata events carry no timestamp (Perfetto rejects negative
+ones and needs none).
 
 May import: the contract, the model's result types, ``pipeline.visual`` (the data).
 Consumes only ``VisualData``; stdlib ``json``.
@@ -35,6 +36,16 @@ INSTANT_NAMES = {
     "mmu_unload": "kvm_mmu_unload", "mmu_load_entry": "kvm_mmu_load",
     "sync_roots": "kvm_mmu_sync_roots", "sync_prev_roots": "kvm_mmu_sync_prev_roots"}
 SYNTHETIC_TID = 1 << 30          # tracks for sources without thread ids: this + vCPU
+# A source without TGIDs puts every thread in "VM 0" (one VM assumed).  Perfetto treats pid
+# 0 as the kernel's idle task (its maintainers: "avoid using pid = 0 if you are synthesizing
+# a trace"), so that VM gets a pid above Linux's PID_MAX_LIMIT (2^22, include/linux/threads.h)
+# that no real process can have; its name stays "VM 0".
+UNKNOWN_VM_PID = (1 << 22) + 1
+MIN_DUR_US = 0.001               # Perfetto may not draw a zero-length complete slice
+
+
+def pid_of(tgid: int) -> int:
+    return tgid if tgid > 0 else UNKNOWN_VM_PID
 
 
 def window_name(verdict: str) -> str:
@@ -52,7 +63,7 @@ class _Tracks:
         self.by_vcpu: dict[tuple[int, int], int] = {}      # (tgid, vcpu) -> track tid
         self.names: dict[tuple[int, int], str] = {}        # (pid, tid) -> thread name
         self.sort: dict[tuple[int, int], int] = {}
-        self.host_tids: dict[tuple[int, int], set] = {}
+        self.vms: dict[int, int] = {}                      # pid -> the VM's tgid
 
     def track(self, t: TraceVisual, tgid: int, tid: int, vcpu: int) -> int:
         if vcpu < 0:
@@ -63,14 +74,14 @@ class _Tracks:
             if track is None:
                 track = tid if tid >= 0 else SYNTHETIC_TID + vcpu
                 self.by_vcpu[key] = track
-                self.names[(tgid, track)] = f"vCPU {vcpu}"
-                self.sort[(tgid, track)] = vcpu
+                self.names[(pid_of(tgid), track)] = f"vCPU {vcpu}"
+                self.sort[(pid_of(tgid), track)] = vcpu
         else:
             track = tid if tid >= 0 else SYNTHETIC_TID - 1
-            self.names.setdefault((tgid, track), f"thread {tid}" if tid >= 0 else "unknown thread")
-            self.sort.setdefault((tgid, track), 100_000 + max(tid, 0))
-        if tid >= 0:
-            self.host_tids.setdefault((tgid, track), set()).add(tid)
+            self.names.setdefault((pid_of(tgid), track),
+                                  f"thread {tid}" if tid >= 0 else "unknown thread")
+            self.sort.setdefault((pid_of(tgid), track), 100_000 + max(tid, 0))
+        self.vms[pid_of(tgid)] = tgid
         return track
 
 
@@ -110,7 +121,7 @@ def build(data: VisualData) -> dict[str, Any]:
         for m in t.windows:
             track = tracks.track(t, m.tgid, m.tid, m.vcpu)
             close = m.closed_ts if m.closed_ts is not None else max(t.end_ns, m.ts)
-            per_track.setdefault((m.tgid, track), []).append((m.ts, max(close, m.ts), (t, m)))
+            per_track.setdefault((pid_of(m.tgid), track), []).append((m.ts, max(close, m.ts), (t, m)))
     next_id = 1
     for (pid, track), marks in per_track.items():
         asynchronous = _overlaps(marks)
@@ -125,14 +136,15 @@ def build(data: VisualData) -> dict[str, Any]:
                 next_id += 1
             else:
                 events.append({**base, "ph": "X", "ts": _us(opened, start),
-                               "dur": round((closed - opened) / 1000.0, 3), "args": args})
+                               "dur": max(MIN_DUR_US, round((closed - opened) / 1000.0, 3)),
+                               "args": args})
     for t in data.traces:
         for i in t.instants:
             events.append(_instant(t, i, tracks, start))
         for ts, count in t.lost:
+            # Global: no pid or tid (the collector lost them for every CPU's buffer).
             events.append({"name": "lost events", "cat": "lost", "ph": "i", "s": "g",
-                           "ts": _us(ts, start), "pid": 0, "tid": 0,
-                           "args": {"count": count, "trace": t.label}})
+                           "ts": _us(ts, start), "args": {"count": count, "trace": t.label}})
     # Monotone timestamps; at one instant an async end comes before the next begin.
     order = {"e": 0, "X": 1, "b": 1, "i": 2}
     events.sort(key=lambda e: (e["ts"], order[e["ph"]]))
@@ -153,16 +165,17 @@ def _instant(t: TraceVisual, i: Instant, tracks: _Tracks, start: int) -> dict[st
         if i.value:
             args["value"] = i.value
     return {"name": INSTANT_NAMES.get(i.kind, i.kind), "cat": cat, "ph": "i", "s": "t",
-            "ts": _us(i.ts, start), "pid": i.tgid, "tid": track, "args": args}
+            "ts": _us(i.ts, start), "pid": pid_of(i.tgid), "tid": track, "args": args}
 
 
 def _metadata_events(tracks: _Tracks) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for pid in sorted({pid for pid, _ in tracks.names}):
+        tgid = tracks.vms.get(pid, pid)
         out.append({"name": "process_name", "ph": "M", "pid": pid, "tid": 0,
-                    "args": {"name": f"VM {pid}"}})
+                    "args": {"name": f"VM {tgid}"}})
         out.append({"name": "process_sort_index", "ph": "M", "pid": pid, "tid": 0,
-                    "args": {"sort_index": pid}})
+                    "args": {"sort_index": tgid}})
     for (pid, tid), name in sorted(tracks.names.items()):
         out.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid,
                     "args": {"name": name}})
