@@ -23,16 +23,31 @@ outside the guest and sets their steal-time KVM_VCPU_FLUSH_TLB bit, as a Linux g
 kvm_flush_tlb_multi() does for preempted vCPUs; each then re-enters and reads the
 remapped addresses.  A stale value after the flush is a functional failure of the host.
 --no-flush is the control: no flush is requested, so stale values are expected.
+--address-spaces N gives each reader N page-table trees and switches between them with
+a CR3 load at the start of each pass: KVM serves later switches from its cached
+prev_roots; even tables are shared by all trees (shadow pages with several parents);
+where KVM offers PCIDs every other switch sets the CR3 no-flush bit.
 \b
 Examples:
   kvmtrace exercise
   kvmtrace exercise --vcpus 4 --rounds 2000 --pages 8
   kvmtrace exercise --no-flush
   kvmtrace exercise --vcpus 4 --rounds 1000 --record run.parquet
+  kvmtrace exercise --vcpus 3 --address-spaces 3 --record multi.parquet
 \b
 Exit codes: 0 pass (or: the control saw stale values), 1 stale read after a flush,
             3 the control saw no staleness, 4 this host cannot run it.
 """
+
+
+def _spaces_line(result) -> list[str]:
+    ex = result.extra
+    if ex.get("address_spaces", 1) <= 1:
+        return []
+    pcid = (f"{ex.get('cr3_noflush_loads', 0)} with the PCID no-flush bit" if ex.get("pcid")
+            else "no PCID offered by this backend, so no no-flush loads")
+    return [f"  address spaces     {ex['address_spaces']} per vCPU; {ex.get('cr3_loads', 0)} CR3 "
+            f"loads ({pcid})"]
 
 
 class _ProgressBar:
@@ -86,6 +101,7 @@ def render(result: ExerciseResult, word: str) -> str:
            f"  rounds             {result.rounds} ({result.pages} pages/round, "
            f"{result.vcpus} vCPUs, seed {result.seed}{'' if result.flush else ', --no-flush'})",
            f"  flushes requested  {result.flushes_requested}",
+           *_spaces_line(result),
            f"  reads checked      {result.reads}",
            f"  stale reads        {len(result.stale_reads)}",
            f"  time               {result.duration_s:.3f} s ({rate:.0f} rounds/s)",
@@ -130,18 +146,22 @@ def _sigterm_interrupts() -> None:
               help="Addresses remapped per round, each in its own last-level page table.")
 @click.option("--seed", default=1, show_default=True, type=int,
               help="Seed for which tables and pages each round uses.")
+@click.option("--address-spaces", "address_spaces", default=1, show_default=True,
+              type=click.IntRange(1, 16),
+              help="Page-table trees per vCPU, switched by CR3 loads between passes.")
 @click.option("--no-flush", "no_flush", is_flag=True,
               help="The control: request no flush; stale reads are expected.")
 @click.option("--record", "record_to", type=click.Path(dir_okay=False), metavar="FILE",
               help="Record the run with the live recorder (BPF) into FILE (.parquet, .jsonl[.gz]).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def exercise(vcpus: int, rounds: int, pages: int, seed: int, no_flush: bool,
-             record_to: str | None, as_json: bool) -> None:
+def exercise(vcpus: int, rounds: int, pages: int, seed: int, address_spaces: int,
+             no_flush: bool, record_to: str | None, as_json: bool) -> None:
     """Run a tiny built-in guest that remaps pages and requests guest TLB flushes, and
     check from inside it that the host honoured every flush."""
     progress = _ProgressBar() if sys.stderr.isatty() and not as_json else None
     config = ExerciseConfig(vcpus=vcpus, rounds=rounds, pages=pages, seed=seed,
-                            flush=not no_flush, progress=progress)
+                            flush=not no_flush, progress=progress,
+                            address_spaces=address_spaces)
     try:
         config.validate()
     except ValueError as exc:

@@ -81,7 +81,7 @@ def run_exercise(config: ExerciseConfig) -> ExerciseResult:
     if reason:
         raise ExerciseUnavailable(reason)
     try:
-        guest = build_guest(config.vcpus, tables_for(config.pages), KVM_DEVICE)
+        guest = build_guest(config.vcpus, tables_for(config.pages), KVM_DEVICE, config.address_spaces)
     except GuestSetupError as exc:
         raise ExerciseUnavailable(str(exc)) from exc
     except OSError as exc:
@@ -105,4 +105,6 @@ def run_exercise(config: ExerciseConfig) -> ExerciseResult:
         backend=guest.backend.name, tdp=guest.backend.tdp, exposed=guest.backend.exposed,
         duration_s=duration,
         extra={"tables": guest.layout.tables, "pvm_signature": guest.pvm_signature,
+               "address_spaces": config.address_spaces, "cr3_loads": exerciser.cr3_loads,
+               "cr3_noflush_loads": exerciser.noflush_loads, "pcid": guest.pcid,
                "kernel": platform.release(), "finished_at": time.time()})

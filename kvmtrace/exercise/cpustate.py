@@ -13,7 +13,10 @@ KERNEL_CS, KERNEL_DS = 0x10, 0x18
 
 # Intel SDM vol. 3A §2.5 (CR0/CR4), §2.2.1 (EFER).
 CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1 << 0, 1 << 1, 1 << 4, 1 << 5, 1 << 16, 1 << 31
-CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 9, 1 << 10
+CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_PCIDE = 1 << 5, 1 << 9, 1 << 10, 1 << 17
+# CR3 with CR4.PCIDE: bits 11:0 the PCID; bit 63 "no flush" (SDM vol. 3A §4.10.4.1).
+CR3_PCID_MASK = 0xFFF
+CR3_NOFLUSH = 1 << 63
 EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
 
 CR0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG

@@ -8,11 +8,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvmtrace.exercise import backend as be
-from kvmtrace.exercise.cpustate import entry_regs, long_mode_sregs
+from kvmtrace.exercise.cpustate import CR4_PCIDE, entry_regs, long_mode_sregs
 from kvmtrace.exercise.guestcode import CODE
 from kvmtrace.exercise.layout import CODE_GPA, Layout
 from kvmtrace.exercise.paravirt import MSR_KVM_STEAL_TIME, missing_features, steal_time_msr_value
-from kvmtrace.exercise.vm import Kvm, Vcpu, Vm, pv_features
+from kvmtrace.exercise.vm import Kvm, Vcpu, Vm, cpuid_leaf, pv_features
+
+CPUID_1_ECX_PCID = 1 << 17       # Intel SDM vol. 2A, CPUID leaf 01H ECX bit 17
+
+
+def offers_pcid(cpuid) -> bool:
+    """Does KVM offer PCIDs to guests (KVM_GET_SUPPORTED_CPUID leaf 1 ECX.PCID)?
+    PVM on the development host does not; VMX and SVM hosts usually do."""
+    leaf = cpuid_leaf(cpuid, 1)
+    return leaf is not None and bool(leaf.ecx & CPUID_1_ECX_PCID)
 
 
 class GuestSetupError(RuntimeError):
@@ -26,6 +35,7 @@ class Guest:
     layout: Layout
     backend: be.Backend
     pvm_signature: bool
+    pcid: bool = False           # CR4.PCIDE on: CR3 loads carry a PCID and may set NOFLUSH
 
     @property
     def vcpus(self) -> list[Vcpu]:
@@ -41,9 +51,12 @@ def _confirm_pvm(vcpu: Vcpu) -> bool:
     return vcpu.get_msr(be.PVM_MSR_INFO_SIGNATURE) == be.PVM_SIGNATURE
 
 
-def _setup_vcpu(vcpu: Vcpu, layout: Layout, cpuid, quirks: be.Quirks) -> None:
+def _setup_vcpu(vcpu: Vcpu, layout: Layout, cpuid, quirks: be.Quirks, pcid: bool) -> None:
     vcpu.set_cpuid(cpuid)       # first: CR4 and MSR checks depend on the guest's CPUID
-    vcpu.set_sregs(long_mode_sregs(vcpu.get_sregs(), layout.spaces[vcpu.index].pml4))
+    sregs = long_mode_sregs(vcpu.get_sregs(), layout.spaces[vcpu.index].pml4)
+    if pcid:
+        sregs.cr4 |= CR4_PCIDE
+    vcpu.set_sregs(sregs)
     vcpu.set_regs(entry_regs(CODE_GPA, layout.ctl(vcpu.index)))
     msrs = [(MSR_KVM_STEAL_TIME, steal_time_msr_value(layout.steal_time(vcpu.index)))]
     if quirks.vif_page:
@@ -51,9 +64,11 @@ def _setup_vcpu(vcpu: Vcpu, layout: Layout, cpuid, quirks: be.Quirks) -> None:
     vcpu.set_msrs(msrs)
 
 
-def build_guest(vcpus: int, tables: int, device: str = "/dev/kvm") -> Guest:
-    """Create and set up the VM; the caller must ``close()`` it."""
-    layout = Layout.build(vcpus, tables)
+def build_guest(vcpus: int, tables: int, device: str = "/dev/kvm",
+                address_spaces: int = 1) -> Guest:
+    """Create and set up the VM; the caller must ``close()`` it.  With several address
+    spaces, PCIDs are turned on where KVM offers them."""
+    layout = Layout.build(vcpus, tables, address_spaces)
     kvm = Kvm(device)
     vm = None
     try:
@@ -74,12 +89,13 @@ def build_guest(vcpus: int, tables: int, device: str = "/dev/kvm") -> Guest:
         vm.mem[CODE_GPA:CODE_GPA + len(CODE)] = CODE
         for index in range(1, vcpus):
             vm.create_vcpu(index)
+        pcid = address_spaces > 1 and offers_pcid(cpuid)
         for vcpu in vm.vcpus:
             try:
-                _setup_vcpu(vcpu, layout, cpuid, quirks)
+                _setup_vcpu(vcpu, layout, cpuid, quirks, pcid)
             except OSError as exc:
                 raise GuestSetupError(f"setting up vCPU {vcpu.index}: {exc}") from exc
-        return Guest(kvm, vm, layout, backend, pvm)
+        return Guest(kvm, vm, layout, backend, pvm, pcid)
     except BaseException:
         if vm is not None:
             vm.close()

@@ -1,7 +1,10 @@
 """The guest's code: a tiny interpreter of the per-vCPU control block, hand-assembled.
 
-Each vCPU runs the same 106 bytes with ``rbx`` = its control block.  One pass does, in
-order: the control block's list of 64-bit stores (the writer's PTE rewrites), its list of
+Each vCPU runs the same 118 bytes with ``rbx`` = its control block.  One pass does, in
+order: a CR3 load when the control block names one (``--address-spaces``: a switch to
+another page-table tree; on a shadow-MMU host KVM emulates or intercepts it and
+``kvm_set_cr3()`` -> ``kvm_mmu_new_pgd()`` reuses a cached root from ``prev_roots``
+without any tracepoint, arch/x86/kvm/mmu/mmu.c ``fast_pgd_switch()``), the control block's list of 64-bit stores (the writer's PTE rewrites), its list of
 ``lock or byte [addr], KVM_VCPU_FLUSH_TLB`` (the writer's flush requests, as Linux's
 ``kvm_flush_tlb_multi()`` sets them with a cmpxchg on a preempted target's steal-time
 ``preempted`` byte), its list of 64-bit reads through the current translation (the
@@ -19,6 +22,7 @@ from __future__ import annotations
 CTL_NSTORES = 0x00           # u64 number of (address, value) stores
 CTL_NFLAGS = 0x08            # u64 number of flag addresses
 CTL_NREADS = 0x10            # u64 number of read addresses
+CTL_CR3 = 0x18               # u64 CR3 to load at the start of the pass (0 = keep)
 CTL_STORES = 0x100           # (u64 address, u64 value) pairs
 CTL_FLAGS = 0x900            # u64 addresses of steal-time `preempted` bytes
 CTL_READS = 0xB00            # u64 addresses to read
@@ -29,9 +33,14 @@ MAX_READS = min((CTL_RESULTS - CTL_READS) // 8, 0x1000 // 8)
 
 PARK_PORT = 0x10
 
-# (bytes, assembly).  Labels: top, 1 = store loop, 2/3 = flag loop, 4/5 = read loop, 6 = park.
+# (bytes, assembly).  Labels: top, 7 = after the CR3 load, 1 = store loop, 2/3 = flag
+# loop, 4/5 = read loop, 6 = park.
 INSTRUCTIONS: tuple[tuple[str, str], ...] = (
-    ("488b0b",         "top: mov rcx, [rbx+0x00]      ; n_stores"),
+    ("488b4318",       "top: mov rax, [rbx+0x18]      ; CR3 to load, 0 = none"),
+    ("4885c0",         "     test rax, rax"),
+    ("7403",           "     jz 7f"),
+    ("0f22d8",         "     mov cr3, rax             ; switch page-table tree"),
+    ("488b0b",         "7:   mov rcx, [rbx+0x00]      ; n_stores"),
     ("488db300010000", "     lea rsi, [rbx+0x100]     ; -> (address, value) pairs"),
     ("e313",           "1:   jrcxz 2f"),
     ("488b06",         "     mov rax, [rsi]           ; address (a PTE)"),
@@ -60,7 +69,7 @@ INSTRUCTIONS: tuple[tuple[str, str], ...] = (
     ("48ffc9",         "     dec rcx"),
     ("ebe8",           "     jmp 5b"),
     ("e610",           "6:   out 0x10, al             ; park: KVM_EXIT_IO to the VMM"),
-    ("eb96",           "     jmp top"),
+    ("eb8a",           "     jmp top"),
 )
 
 CODE = b"".join(bytes.fromhex(h) for h, _ in INSTRUCTIONS)

@@ -8,6 +8,12 @@ so a PTE rewrite in vCPU v's tables makes a shadow page of v's root unsync, and 
 KVM then services on v has something to sync (DESIGN.md §3: a *meaningful* window).  The
 system region's PTs are shared.
 
+With ``address_spaces`` N > 1 every vCPU has N page-table trees (PML4/PDPT/PD each) that
+it switches between with CR3 loads.  Window table t is *shared* by all N trees of a vCPU
+when t is even (one PT page under N page directories: its shadow page has N parents) and
+copied per tree when t is odd; a remap rewrites the PTE in every copy, so all trees map
+the same frames and the stale-read check holds whichever tree a reader runs on.
+
 In window region t the *pair* k is two adjacent frames A = base + 2k*4K and B = A + 4K.
 The virtual address VA = A maps to A (identity) or, after the writer rewrites PTE 2k, to B.
 
@@ -56,40 +62,69 @@ class AddressSpace:
     window_pts: tuple[int, ...]
 
 
+MAX_ADDRESS_SPACES = 16
+
+
+def shared_table(table: int, address_spaces: int) -> bool:
+    """Is window table ``table`` one page shared by all of a vCPU's trees?"""
+    return address_spaces > 1 and table % 2 == 0
+
+
+def _vcpu_pages(tables: int, n: int) -> int:
+    shared = sum(1 for t in range(tables) if shared_table(t, n))
+    return n * 3 + shared + n * (tables - shared)
+
+
 @dataclass(frozen=True)
 class Layout:
     vcpus: int
     tables: int                  # last-level tables in the test window, per address space
     sys_pts: int                 # shared last-level tables mapping the system region
     ctl_base: int
-    spaces: tuple[AddressSpace, ...]
+    trees: tuple[tuple[AddressSpace, ...], ...]   # [vcpu][tree]
     window_base: int             # = size of the system region, 2 MiB aligned
 
+    @property
+    def spaces(self) -> tuple[AddressSpace, ...]:
+        """Each vCPU's first tree (the one it starts on)."""
+        return tuple(t[0] for t in self.trees)
+
+    @property
+    def address_spaces(self) -> int:
+        return len(self.trees[0])
+
     @staticmethod
-    def build(vcpus: int, tables: int) -> "Layout":
+    def build(vcpus: int, tables: int, address_spaces: int = 1) -> "Layout":
         if not 1 <= vcpus <= MAX_VCPUS:
             raise ValueError(f"vcpus must be 1..{MAX_VCPUS}")
         if not 1 <= tables:
             raise ValueError("tables must be >= 1")
+        if not 1 <= address_spaces <= MAX_ADDRESS_SPACES:
+            raise ValueError(f"address spaces must be 1..{MAX_ADDRESS_SPACES}")
         ctl_base = VIF_GPA + vcpus * PAGE
         tables_base = ctl_base + vcpus * CTL_SIZE
-        per_space = (3 + tables) * PAGE
+        per_vcpu = _vcpu_pages(tables, address_spaces) * PAGE
         sys_pts = 1
         while True:                                   # the system PTs live in the region they map
-            sys_end = tables_base + sys_pts * PAGE + vcpus * per_space
+            sys_end = tables_base + sys_pts * PAGE + vcpus * per_vcpu
             need = -(-sys_end // LARGE)
             if need <= sys_pts:
                 break
             sys_pts = need
         if sys_pts + tables > ENTRIES:
             raise ValueError("layout does not fit in the 1 GiB one page directory maps")
-        spaces = []
+        trees = []
         base = tables_base + sys_pts * PAGE
         for v in range(vcpus):
-            start = base + v * per_space
-            spaces.append(AddressSpace(start, start + PAGE, start + 2 * PAGE,
-                                       tuple(start + (3 + t) * PAGE for t in range(tables))))
-        return Layout(vcpus, tables, sys_pts, ctl_base, tuple(spaces), sys_pts * LARGE)
+            pages = iter(range(base + v * per_vcpu, base + (v + 1) * per_vcpu, PAGE))
+            shared = {t: next(pages) for t in range(tables) if shared_table(t, address_spaces)}
+            mine = []
+            for _ in range(address_spaces):
+                pml4, pdpt, pd = next(pages), next(pages), next(pages)
+                pts = tuple(shared[t] if t in shared else next(pages) for t in range(tables))
+                mine.append(AddressSpace(pml4, pdpt, pd, pts))
+            trees.append(tuple(mine))
+        return Layout(vcpus, tables, sys_pts, ctl_base, tuple(trees), sys_pts * LARGE)
 
     # -- addresses -------------------------------------------------------------------
     @property
@@ -118,8 +153,13 @@ class Layout:
         return self.frame(table, pair, 0)
 
     def pte_address(self, vcpu: int, table: int, pair: int) -> int:
-        """GPA (== GVA) of the PTE that maps ``va(table, pair)`` in vCPU v's tables."""
+        """GPA (== GVA) of the PTE that maps ``va(table, pair)`` in vCPU v's first tree."""
         return self.spaces[vcpu].window_pts[table] + 8 * (2 * pair)
+
+    def pte_addresses(self, vcpu: int, table: int, pair: int) -> tuple[int, ...]:
+        """That PTE in every distinct copy of the table among vCPU v's trees."""
+        pts = dict.fromkeys(space.window_pts[table] for space in self.trees[vcpu])
+        return tuple(pt + 8 * (2 * pair) for pt in pts)
 
     # -- page tables -----------------------------------------------------------------
     def page_table_pages(self, user: bool) -> Iterator[tuple[int, list[int]]]:
@@ -128,12 +168,16 @@ class Layout:
         for j, pt in enumerate(sys_pts):                   # shared system PTs, identity
             base = j * LARGE
             yield pt, [leaf_entry(base + i * PAGE, user) if base + i else 0 for i in range(ENTRIES)]
-        for space in self.spaces:
+        written: set[int] = set()
+        for space in (s for tree in self.trees for s in tree):
             yield space.pml4, [table_entry(space.pdpt, user)] + [0] * (ENTRIES - 1)
             yield space.pdpt, [table_entry(space.pd, user)] + [0] * (ENTRIES - 1)
             pd = [table_entry(pt, user) for pt in sys_pts + list(space.window_pts)]
             yield space.pd, pd + [0] * (ENTRIES - len(pd))
             for t, pt in enumerate(space.window_pts):
+                if pt in written:                      # a table shared between trees
+                    continue
+                written.add(pt)
                 region = self.window_base + t * LARGE
                 yield pt, [leaf_entry(region + i * PAGE, user) for i in range(ENTRIES)]
 

@@ -17,6 +17,19 @@ drawn by the seeded RNG from distinct last-level tables t:
    frame's tag is a stale read.
 
 Pairs flip A -> B -> A across rounds.
+
+With ``address_spaces`` N > 1 each reader switches page-table tree with a CR3 load at the
+start of its passes: before the remap to tree (r // 2) mod N, right after the flush to
+another tree (the control switches only before the remap).  The second round of each pair
+switches back to the tree the last post-flush switch left, which KVM keeps in
+``prev_roots``: ``fast_pgd_switch()`` reuses it without any tracepoint.  On the PVM host
+this was written on, CR3 loads are emulated (``kvm:kvm_emulate_insn``) and a serviced
+guest flush leaves ``prev_roots`` empty, so the switch right after a flush loads its root
+with a visible ``kvm_mmu_get_page``; the switch back before the next remap hits.  Where the guest has PCIDs, every other
+switch sets the CR3 no-flush bit (bit 63): KVM then leaves a cached root unsynced (the
+architecture lets the guest keep that PCID's TLB entries), which is still correct here
+because the preceding guest flush synced every root, prev roots included
+(``kvm_vcpu_flush_tlb_guest()``: ``kvm_mmu_sync_roots()`` + ``kvm_mmu_sync_prev_roots()``).
 """
 from __future__ import annotations
 
@@ -28,8 +41,9 @@ import time
 from dataclasses import dataclass
 
 from kvmtrace.exercise.guest import Guest
-from kvmtrace.exercise.guestcode import (CTL_FLAGS, CTL_NFLAGS, CTL_NREADS, CTL_NSTORES, CTL_READS,
-                        CTL_RESULTS, CTL_STORES, PARK_PORT)
+from kvmtrace.exercise.cpustate import CR3_NOFLUSH
+from kvmtrace.exercise.guestcode import (CTL_CR3, CTL_FLAGS, CTL_NFLAGS, CTL_NREADS, CTL_NSTORES,
+                                         CTL_READS, CTL_RESULTS, CTL_STORES, PARK_PORT)
 from kvmtrace.exercise.kvmabi import set_thread_name
 from kvmtrace.exercise.layout import PAIRS_PER_TABLE, Layout, leaf_entry
 from kvmtrace.exercise.paravirt import STEAL_TIME_PREEMPTED_OFFSET
@@ -135,13 +149,44 @@ class Exerciser:
         self.stale: list[StaleRead] = []
         self.reads = 0
         self.flushes_requested = 0
+        self.trees = self.layout.address_spaces
+        self.current = [0] * config.vcpus           # the tree each vCPU's CR3 points at
+        self.cr3_loads = 0
+        self.noflush_loads = 0
 
     # -- control blocks ----------------------------------------------------------------
     def _w64(self, gpa: int, value: int) -> None:
         struct.pack_into("<Q", self.mem, gpa, value)
 
-    def _program(self, vcpu: int, stores=(), flags=(), reads=()) -> None:
+    def _tree_before(self, round_no: int) -> int:
+        """The tree the readers use before the remap: each for two rounds, so the second
+        round switches back to the tree the last post-flush switch left (a prev_roots
+        entry)."""
+        return (round_no // 2) % self.trees
+
+    def _tree_after(self, round_no: int) -> int:
+        """The tree the readers switch to right after the flush: another one, varying."""
+        if self.trees == 1:
+            return 0
+        return (self._tree_before(round_no) + 1 + round_no % (self.trees - 1)) % self.trees
+
+    def _cr3_for(self, vcpu: int, tree: int) -> int:
+        """The CR3 value that switches ``vcpu`` to ``tree``, or 0 when it is there."""
+        if self.trees == 1 or self.current[vcpu] == tree:
+            return 0
+        self.current[vcpu] = tree
+        self.cr3_loads += 1
+        cr3 = self.layout.trees[vcpu][tree].pml4
+        if self.guest.pcid:
+            cr3 |= tree                               # PCID = tree index
+            if self.cr3_loads % 2 == 0:
+                cr3 |= CR3_NOFLUSH
+                self.noflush_loads += 1
+        return cr3
+
+    def _program(self, vcpu: int, stores=(), flags=(), reads=(), cr3: int = 0) -> None:
         ctl = self.layout.ctl(vcpu)
+        self._w64(ctl + CTL_CR3, cr3)
         for i, (address, value) in enumerate(stores):
             self._w64(ctl + CTL_STORES + 16 * i, address)
             self._w64(ctl + CTL_STORES + 16 * i + 8, value)
@@ -188,16 +233,21 @@ class Exerciser:
                 self._w64(lay.frame(m.table, m.pair, which), tag(round_no, m.table, m.pair, which))
         vas = [lay.va(m.table, m.pair) for m in picks]
         for v in self.readers:
-            self._program(v, reads=vas)
+            self._program(v, reads=vas, cr3=self._cr3_for(v, self._tree_before(round_no)))
         self._run(self.readers)
         self._check(round_no, picks, after_flush=False)
-        stores = [(lay.pte_address(v, m.table, m.pair), leaf_entry(lay.frame(m.table, m.pair, m.new), self.user))
-                  for v in self.readers for m in picks]
+        stores = [(pte, leaf_entry(lay.frame(m.table, m.pair, m.new), self.user))
+                  for v in self.readers for m in picks for pte in lay.pte_addresses(v, m.table, m.pair)]
         flags = ([lay.steal_time(v) + STEAL_TIME_PREEMPTED_OFFSET for v in self.readers]
                  if self.config.flush else [])
         self._program(WRITER, stores=stores, flags=flags)
         self._run([WRITER])
         self.flushes_requested += len(flags)
+        for v in self.readers:
+            # The control switches only before the remap: a CR3 load without the PCID
+            # no-flush bit flushes the TLB itself, which would hide the staleness it shows.
+            tree = self._tree_after(round_no) if self.config.flush else self.current[v]
+            self._program(v, reads=vas, cr3=self._cr3_for(v, tree))
         self._run(self.readers)
         self._check(round_no, picks, after_flush=True)
 

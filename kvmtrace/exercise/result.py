@@ -16,6 +16,7 @@ class ExerciseConfig:
     seed: int = 1
     flush: bool = True           # False: the control (no flush requested, staleness expected)
     progress: Optional[Progress] = None
+    address_spaces: int = 1      # page-table trees per vCPU, switched by CR3 loads between passes
 
     def validate(self) -> None:
         from kvmtrace.exercise.guestcode import MAX_FLAGS, MAX_READS, MAX_STORES
@@ -27,8 +28,13 @@ class ExerciseConfig:
             raise ValueError("--rounds must be >= 1")
         if not 1 <= self.pages <= MAX_READS:
             raise ValueError(f"--pages must be 1..{MAX_READS}")
-        if self.pages * (self.vcpus - 1) > MAX_STORES:
-            raise ValueError(f"--pages x readers must be <= {MAX_STORES} PTE writes per round")
+        from kvmtrace.exercise.layout import MAX_ADDRESS_SPACES
+        if not 1 <= self.address_spaces <= MAX_ADDRESS_SPACES:
+            raise ValueError(f"--address-spaces must be 1..{MAX_ADDRESS_SPACES}")
+        # A remap rewrites the PTE in every tree's copy of an unshared table.
+        if self.pages * (self.vcpus - 1) * self.address_spaces > MAX_STORES:
+            raise ValueError(f"--pages x readers x address spaces must be <= {MAX_STORES} "
+                             "PTE writes per round")
 
 
 @dataclass(frozen=True)
