@@ -56,7 +56,7 @@ def baseline(path: Path) -> float:
 
 
 def run_import(path: Path) -> tuple[float, int]:
-    from kvmtrace.sources.text import load
+    from kvmtrace.sources.stream import load
     start = time.process_time()
     trace = load(path)
     return time.process_time() - start, len(trace.events)

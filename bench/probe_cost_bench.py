@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kvmtrace.exercise import ExerciseConfig, run_exercise      # noqa: E402
-from kvmtrace.sources.text import load                               # noqa: E402
+from kvmtrace.sources.stream import load                               # noqa: E402
 from kvmtrace.sources.live import Recorder                                # noqa: E402
 from kvmtrace.sources.live.selftest import GETPPID                        # noqa: E402
 from kvmtrace.sources.live.tracepoints import EVIDENCE, TracepointProbe   # noqa: E402

@@ -6,7 +6,7 @@ kvm_exit / kvm_mmu_set_spte / page faults / emulation, plus kvm_pv_tlb_flush on 
 shadow-page events, guest walker events and flush windows), writes it as Parquet, then
 measures in this same run:
 
-- analyze: kvmtrace.analysis.analyze_path on the Parquet file (events per CPU second of
+- analyze: kvmtrace.pipeline.offline.analyze_path on the Parquet file (events per CPU second of
   the one analysing process, and by wall time);
 - baseline: a plain per-event Python loop over the same events read the same way
   (iterate rows, dispatch on kind to a small handler) -> the speed ratio;
@@ -178,9 +178,9 @@ def baseline_loop(path: str) -> tuple[float, int]:
     and dispatch on its kind to a small handler (open a window on a PV flush request, close
     it at the thread's next evidence).  No model at all: a lower bound for per-event Python."""
     from kvmtrace.analysis.selection import NEEDED
-    from kvmtrace.pipeline.offline import _parquet_arrays
+    from kvmtrace.sources.stream import open_events
     t0 = time.process_time()
-    _, chunks = _parquet_arrays(path, CHUNK)
+    chunks = open_events(path, columns=NEEDED, chunk_rows=CHUNK).chunks
     open_windows: dict[int, int] = {}
     closed = 0
 
@@ -201,8 +201,8 @@ def baseline_loop(path: str) -> tuple[float, int]:
               Kind.WALK_START, Kind.EMULATE, Kind.PIO, Kind.MMIO, Kind.HYPERCALL,
               Kind.USERSPACE_EXIT):
         handlers[int(k)] = evidence
-    for cols, _comm in chunks:
-        for row in zip(*(cols[name].tolist() for name in NEEDED)):
+    for chunk in chunks:
+        for row in zip(*(chunk.cols[name].tolist() for name in NEEDED)):
             handlers[row[4]](row)
     return time.process_time() - t0, closed
 
@@ -210,12 +210,13 @@ def baseline_loop(path: str) -> tuple[float, int]:
 def per_event_model(path: str) -> tuple[float, str]:
     """The same model with every event through its handler (Replayer(per_event=True))."""
     from kvmtrace.analysis import Replayer
-    from kvmtrace.pipeline.offline import _parquet_arrays
+    from kvmtrace.analysis.selection import NEEDED
+    from kvmtrace.sources.stream import open_events
     t0 = time.process_time()
-    meta, chunks = _parquet_arrays(path, CHUNK)
-    rep = Replayer(meta, per_event=True)
-    for cols, comm in chunks:
-        rep.feed_arrays(cols, comm)
+    stream = open_events(path, columns=NEEDED, chunk_rows=CHUNK)
+    rep = Replayer(stream.meta, per_event=True)
+    for chunk in stream.chunks:
+        rep.feed(chunk)
     res = rep.finish()
     return time.process_time() - t0, res.verdict
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, asdict
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -245,3 +245,81 @@ def empty_columns(n: int = 0) -> dict[str, np.ndarray]:
         else:
             out[col.name] = np.full(n, col.missing, dtype=col.dtype)
     return out
+
+
+# ----------------------------------------------------------------------------- chunks
+class CommColumn:
+    """The ``comm`` strings of a chunk, decoded only where a reader of them asks.
+
+    With a ``loader`` the column is not even read until first asked: after the first
+    chunk every thread's name is usually known, and the strings are the costliest column
+    of a Parquet trace to decode.
+    """
+
+    def __init__(self, words=None, indices: Optional[np.ndarray] = None,
+                 loader: Optional[Callable[[], tuple]] = None) -> None:
+        self._words = words            # object array of names, or the dictionary (list)
+        self._indices = indices        # dictionary indices per row, or None
+        self._loader = loader          # () -> (words, indices), called once when needed
+
+    def _ready(self) -> None:
+        if self._loader is not None:
+            self._words, self._indices = self._loader()
+            self._loader = None
+
+    def take(self, order: np.ndarray) -> "CommColumn":
+        """The rows ``order`` (an index array or a slice) of this column."""
+        self._ready()
+        if self._indices is not None:
+            return CommColumn(self._words, self._indices[order])
+        return CommColumn(np.asarray(self._words, dtype=object)[order])
+
+    def __getitem__(self, i: int) -> str:
+        self._ready()
+        if self._indices is not None:
+            j = int(self._indices[i])
+            return self._words[j] if 0 <= j < len(self._words) else ""
+        value = self._words[i]
+        return value if isinstance(value, str) else ""
+
+    def to_array(self) -> np.ndarray:
+        """Every row's name (empty where unknown), as an object array."""
+        self._ready()
+        if self._indices is not None:
+            words = np.asarray(list(self._words) + [""], dtype=object)
+            idx = np.asarray(self._indices)
+            return words[np.where((idx >= 0) & (idx < len(self._words)), idx, len(self._words))]
+        return np.array([v if isinstance(v, str) else "" for v in self._words], dtype=object)
+
+
+@dataclass
+class Chunk:
+    """A slice of an event stream, as every source delivers it and the model takes it.
+
+    ``cols`` maps numeric column names to numpy arrays of one length (only the columns the
+    consumer asked for, and only those the source had: a reader of an older file leaves
+    out what that version lacks); ``comm`` holds the task names, decoded lazily.
+    """
+
+    cols: dict[str, np.ndarray]
+    comm: Optional[CommColumn] = None
+
+    def __len__(self) -> int:
+        if "ts" in self.cols:
+            return len(self.cols["ts"])
+        return len(next(iter(self.cols.values()))) if self.cols else 0
+
+    @classmethod
+    def from_frame(cls, frame: Any, columns: Optional[tuple[str, ...]] = None) -> "Chunk":
+        """A chunk of an event table (a pandas DataFrame): ``columns`` (default: every
+        numeric column) where the table has them, plus its ``comm``."""
+        names = NUMERIC_COLUMNS if columns is None else columns
+        have = set(frame.columns)
+        cols = {c: frame[c].to_numpy() for c in names if c in have}
+        comm = CommColumn(frame["comm"].to_numpy(dtype=object)) if "comm" in have else None
+        return cls(cols, comm)
+
+
+def as_chunk(chunk: Any, columns: Optional[tuple[str, ...]] = None) -> Chunk:
+    """``chunk`` itself, or the Chunk of an event table (tests and small callers)."""
+    return chunk if isinstance(chunk, Chunk) else Chunk.from_frame(chunk, columns)

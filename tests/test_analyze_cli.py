@@ -6,7 +6,7 @@ import pytest
 
 from kvmtrace.exitcodes import for_verdict
 from kvmtrace.pipeline.offline import analyze_path
-from kvmtrace.sources.text import load
+from kvmtrace.sources.stream import load
 from kvmtrace.schema import TraceMeta
 from kvmtrace.sources.native import write_trace
 

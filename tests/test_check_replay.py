@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kvmtrace.pipeline.check import CheckConfig, run_check
 from kvmtrace.exercise import ExerciseResult, StaleRead
-from kvmtrace.sources.text import load
+from kvmtrace.sources.stream import load
 from kvmtrace.schema import Kind
 from kvmtrace.sources.chunks import FileSource
 from kvmtrace.sources.native import write_trace

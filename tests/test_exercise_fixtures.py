@@ -11,7 +11,7 @@ import pytest
 from kvmtrace.exitcodes import for_verdict
 from kvmtrace.analysis import replay_frame
 from kvmtrace.pipeline.offline import analyze_path
-from kvmtrace.sources.text import load
+from kvmtrace.sources.stream import load
 from kvmtrace.schema import EVIDENCE_KINDS, Kind
 
 REAL = Path(__file__).resolve().parent.parent / "fixtures" / "real"

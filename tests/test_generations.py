@@ -9,7 +9,7 @@ import pytest
 from fixtures import generations
 from kvmtrace.exitcodes import for_verdict
 from kvmtrace.pipeline.offline import analyze_path
-from kvmtrace.sources.text import load
+from kvmtrace.sources.stream import load
 from kvmtrace.schema import FUNCTION_KINDS, Kind
 
 DIR = Path(__file__).resolve().parent.parent / "fixtures" / "generations"

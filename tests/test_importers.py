@@ -18,7 +18,7 @@ from hypothesis import given, settings, strategies as st
 
 from kvmtrace import functions
 from kvmtrace.sources.frame import conform
-from kvmtrace.sources.text import load
+from kvmtrace.sources.stream import load
 from kvmtrace.sources.text.payloads import KVM_REQ_TLB_FLUSH_GUEST_BIT, decode
 from kvmtrace.sources.text.sp_text import ROLE_SMM_LOW, parse_sp
 from kvmtrace.schema import (ROLE_AD_DISABLED, ROLE_CR0_WP, ROLE_DIRECT, ROLE_EFER_NX,

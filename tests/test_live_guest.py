@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kvmtrace.sources.text import load
+from kvmtrace.sources.stream import load
 from kvmtrace.sources.live import Recorder
 from kvmtrace.schema import (EVIDENCE_KINDS, FLUSH_REQUEST_KINDS, ROLE_ACCESS_MASK, ROLE_AD_DISABLED,
                              ROLE_DIRECT, ROLE_EFER_NX, ROLE_HAS_4_BYTE_GPTE, ROLE_INVALID,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmtrace.sources.text import load
+from kvmtrace.sources.stream import load
 from kvmtrace.schema import Kind
 from kvmtrace.sources.native import TraceFileError
 

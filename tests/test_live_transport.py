@@ -12,7 +12,7 @@ import pytest
 from kvmtrace.sources.live import Recorder
 from kvmtrace.sources.live.selftest import GETPPID
 from kvmtrace.schema import Kind
-from kvmtrace.sources.native import read_native
+from kvmtrace.sources.stream import load
 
 from live_support import bpf_unavailable_reason
 
@@ -49,7 +49,7 @@ def test_every_event_arrives_once_in_order(tmp_path):
     assert set(events["value"]) == {110}                    # __NR_getppid on x86-64
     assert np.all(np.diff(events["ts"].to_numpy()) >= 0)     # one timestamp order across chunks
     assert events["comm"].iloc[0] != ""
-    written = read_native(out, "parquet")
+    written = load(out)
     assert len(written.events) == n and written.meta.source_format == "bcc"
     assert written.meta.clock == "monotonic" and written.meta.start_time_ns == int(events["ts"].iloc[0])
 
@@ -63,7 +63,7 @@ def test_lost_records_are_counted_and_written_as_markers(tmp_path):
     fire(n)
     stats = rec.run(duration=0.2)
     meta = rec.close()
-    trace = read_native(out, "parquet")
+    trace = load(out)
     ev = trace.events
     kept = int((ev["kind"] == Kind.HYPERCALL).sum())
     markers = ev[ev["kind"] == Kind.LOST]

@@ -10,7 +10,7 @@ import pytest
 
 from kvmtrace.pipeline.offline import analyze_path
 from kvmtrace.sources.frame import from_rows
-from kvmtrace.sources.text import load
+from kvmtrace.sources.stream import load
 from kvmtrace.analysis.report import finding_dict, is_finding
 from kvmtrace.pipeline.online import OnlineAnalysis
 from kvmtrace.schema import Kind, TraceMeta

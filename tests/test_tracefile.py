@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from kvmtrace.sources.frame import conform, from_rows
-from kvmtrace.sources.text import load
+from kvmtrace.sources.stream import load
 from kvmtrace.schema import COLUMNS, SCHEMA_VERSION, Kind, SchemaError, TraceMeta
 from kvmtrace.sources.native import TraceFileError, TraceWriter, write_trace
 

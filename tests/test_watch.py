@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kvmtrace.sources.text import load
+from kvmtrace.sources.stream import load
 from kvmtrace.outputs.livetable import AnsiTable, JsonLines, PlainLines
 from kvmtrace.schema import Kind
 from kvmtrace.sources.chunks import FileSource

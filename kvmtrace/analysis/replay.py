@@ -23,11 +23,11 @@ from typing import Callable, NamedTuple, Optional, Protocol
 import numpy as np
 import pandas as pd
 
-from kvmtrace.schema import (COLUMN_NAMES, KIND_NAMES, KVM_EXIT_INTR, ROLE_DIRECT, Kind, SchemaError,
-                      TraceMeta)
+from kvmtrace.schema import (COLUMN_NAMES, KIND_NAMES, KVM_EXIT_INTR, ROLE_DIRECT, Chunk, Kind,
+                             TraceMeta, as_chunk)
 from kvmtrace.analysis.report import AnalysisResult, Aggregate
-from kvmtrace.analysis.selection import (NEEDED, OPTIONAL, PTE_ADDR, PTE_PRESENT, PTE_PSE, WALK_FROM_ROOT, ChunkSelector,
-                     CommColumn)
+from kvmtrace.analysis.selection import (NEEDED, PTE_ADDR, PTE_PRESENT, PTE_PSE, WALK_FROM_ROOT,
+                                        ChunkSelector, require_columns)
 from kvmtrace.analysis.shadow import ShadowMMU
 from kvmtrace.analysis.vcpu import (SINCE_LOAD, SINCE_SYNC_PREV, SINCE_SYNC_ROOTS, SINCE_UNLOAD, VcpuState)
 from kvmtrace.analysis.flushpaths import ADDRESS, obligation_of, opener_name
@@ -149,25 +149,20 @@ class Replayer:
             self.listener.window(w)
 
     # ------------------------------------------------------------------ feeding
-    def feed(self, chunk: pd.DataFrame) -> list[FlushWindow]:
-        """Replay one chunk (time-ordered within itself); return the windows it closed."""
-        missing = [c for c in NEEDED if c not in chunk.columns and c not in OPTIONAL]
-        if missing:
-            raise SchemaError(f"missing column {missing[0]!r}")
-        cols = {c: chunk[c].to_numpy() for c in NEEDED if c in chunk.columns}
-        comm = CommColumn(chunk["comm"].to_numpy(dtype=object)) if "comm" in chunk.columns else None
-        return self.feed_arrays(cols, comm)
-
-    def feed_arrays(self, cols: dict, comm: Optional[CommColumn] = None) -> list[FlushWindow]:
-        """Like feed(), from a dict of column arrays (the fast Parquet path)."""
+    def feed(self, chunk: Chunk | pd.DataFrame) -> list[FlushWindow]:
+        """Replay one chunk (an event table is taken too); return the windows it closed."""
         if self._finished is not None:
             raise RuntimeError("feed() after finish()")
+        chunk = as_chunk(chunk, NEEDED)
+        require_columns(chunk.cols)
         if self.vm_filter is not None:
+            cols = chunk.cols
             keep = (np.asarray(cols["tgid"]) == self.vm_filter) | (np.asarray(cols["kind"]) == Kind.LOST)
             if not keep.all():
-                cols = {k: np.asarray(v)[keep] for k, v in cols.items()}
-                comm = comm.take(np.flatnonzero(keep)) if comm is not None else None
-        sel = self._selector.select(cols, comm)
+                rows = np.flatnonzero(keep)
+                chunk = Chunk({k: np.asarray(v)[rows] for k, v in cols.items()},
+                              chunk.comm.take(rows) if chunk.comm is not None else None)
+        sel = self._selector.select(chunk)
         self.events += len(sel.cols["ts"])
         self.reordered += sel.reordered
         self.late += sel.late

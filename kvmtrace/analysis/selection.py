@@ -22,13 +22,15 @@ codes, both linear in the chunk size.  Everything else is replay.py's job.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 
-from kvmtrace.schema import (COLUMN_BY_NAME, columns_added_after, EVIDENCE_KINDS, FLUSH_PATH_KINDS, FLUSH_REQUEST_KINDS, FUNCTION_KINDS, KIND_NAMES,
-                      KVM_EXIT_INTR, SP_KINDS, Kind, SchemaError)
+from kvmtrace.schema import (COLUMN_BY_NAME, EVIDENCE_KINDS, FLUSH_PATH_KINDS, FLUSH_REQUEST_KINDS,
+                             FUNCTION_KINDS,
+                             KIND_NAMES, KVM_EXIT_INTR, SP_KINDS, Chunk, CommColumn, Kind,
+                             SchemaError, columns_added_after)
 
 # The columns the model reads (cpu, root_count and unsync are not needed to decide).
 NEEDED = ("ts", "tgid", "tid", "vcpu", "kind", "gfn", "role", "level", "created",
@@ -60,38 +62,11 @@ PTE_ADDR = 0x000FFFFFFFFFF000
 WALK_FROM_ROOT = -1          # walk edge whose parent table is the thread's root
 
 
-class CommColumn:
-    """The ``comm`` strings of a chunk, decoded only where the replay asks.
-
-    With a ``loader`` the column is not even read until first asked: after the first
-    chunk every thread's name is usually known, and the strings are the costliest column
-    of a Parquet trace to decode.
-    """
-
-    def __init__(self, words=None, indices: Optional[np.ndarray] = None,
-                 loader: Optional[Callable[[], tuple]] = None) -> None:
-        self._words = words            # object array of names, or the dictionary (list)
-        self._indices = indices        # dictionary indices per row, or None
-        self._loader = loader          # () -> (words, indices), called once when needed
-
-    def _ready(self) -> None:
-        if self._loader is not None:
-            self._words, self._indices = self._loader()
-            self._loader = None
-
-    def take(self, order: np.ndarray) -> "CommColumn":
-        self._ready()
-        if self._indices is not None:
-            return CommColumn(self._words, self._indices[order])
-        return CommColumn(np.asarray(self._words, dtype=object)[order])
-
-    def __getitem__(self, i: int) -> str:
-        self._ready()
-        if self._indices is not None:
-            j = int(self._indices[i])
-            return self._words[j] if 0 <= j < len(self._words) else ""
-        value = self._words[i]
-        return value if isinstance(value, str) else ""
+def require_columns(cols: dict) -> None:
+    """Raise SchemaError naming the first column the model needs that ``cols`` lacks."""
+    missing = [c for c in NEEDED if c not in cols and c not in OPTIONAL]
+    if missing:
+        raise SchemaError(f"missing column {missing[0]!r}")
 
 
 def thread_keys(tid: np.ndarray, vcpu: np.ndarray) -> np.ndarray:
@@ -155,10 +130,9 @@ class ChunkSelector:
         self.known: dict[int, tuple[int, str]] = {}     # combined key -> (vcpu, comm)
         self.edges: set = set()                         # walker edges already handed on
 
-    def select(self, cols: dict, comm: Optional[CommColumn] = None) -> Selection:
-        missing = [c for c in NEEDED if c not in cols and c not in OPTIONAL]
-        if missing:
-            raise SchemaError(f"missing column {missing[0]!r}")
+    def select(self, chunk: Chunk) -> Selection:
+        cols, comm = chunk.cols, chunk.comm
+        require_columns(cols)
         n = len(cols["kind"])
         cols = {k: np.asarray(cols[k]) if k in cols else
                 np.full(n, COLUMN_BY_NAME[k].missing, dtype=COLUMN_BY_NAME[k].dtype)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from kvmtrace.sources.text import load
+from kvmtrace.sources.stream import load
 from kvmtrace.sources.native import native_format, write_trace
 from kvmtrace.commands.options import tgid_map_option
 

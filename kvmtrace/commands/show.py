@@ -5,7 +5,7 @@ import json
 
 import click
 
-from kvmtrace.sources.text import load
+from kvmtrace.sources.stream import load
 from kvmtrace.outputs.summary import render, summarize
 from kvmtrace.commands.options import tgid_map_option
 

@@ -28,7 +28,8 @@ import pandas as pd
 from kvmtrace.analysis import AnalysisResult, FlushWindow, Replayer
 from kvmtrace.analysis.replay import ReplayListener
 from kvmtrace.analysis.report import VcpuRow, empty_counts
-from kvmtrace.schema import ROLE_DIRECT, Kind, TraceMeta
+from kvmtrace.analysis.selection import NEEDED
+from kvmtrace.schema import ROLE_DIRECT, Chunk, Kind, TraceMeta, as_chunk
 
 Listener = Callable[[list[FlushWindow]], None]
 
@@ -94,6 +95,8 @@ class OnlineAnalysis:
     at the end.
     """
 
+    COLUMNS = NEEDED          # what feed() reads of a chunk: the model's columns
+
     def __init__(self, *, vm: Optional[int] = None, max_findings: int = 100,
                  replay_listener: Optional[ReplayListener] = None) -> None:
         self.vm = vm
@@ -133,8 +136,9 @@ class OnlineAnalysis:
         self._listeners.append(listener)
 
     # ------------------------------------------------------------------ feeding
-    def feed(self, chunk: pd.DataFrame) -> list[FlushWindow]:
-        """Replay one chunk (the recorder's on_chunk); returns and announces closed windows."""
+    def feed(self, chunk: Chunk | pd.DataFrame) -> list[FlushWindow]:
+        """Replay one chunk (a source's on_chunk); returns and announces closed windows."""
+        chunk = as_chunk(chunk, NEEDED)
         with self._lock:
             if self._replayer is None:
                 raise RuntimeError("OnlineAnalysis.feed() before start()")
@@ -149,18 +153,17 @@ class OnlineAnalysis:
                 listener(closed)
         return closed
 
-    def _observe_vms(self, chunk: pd.DataFrame) -> None:
+    def _observe_vms(self, chunk: Chunk) -> None:
         if not len(chunk):
             return
-        tgid = chunk["tgid"].to_numpy()
-        kind = chunk["kind"].to_numpy().astype(np.int64)
+        tgid = chunk.cols["tgid"]
+        kind = chunk.cols["kind"].astype(np.int64)
+        role = chunk.cols["role"]
         if self.vm is not None:
             keep = tgid == self.vm
-            tgid, kind = tgid[keep], kind[keep]
-            chunk = chunk[keep]
+            tgid, kind, role = tgid[keep], kind[keep], role[keep]
         real = kind != int(Kind.LOST)
         self._vms.update(int(t) for t in np.unique(tgid[real]))
-        role = chunk["role"].to_numpy()
         shadow = (kind == int(Kind.SP_UNSYNC)) | (
             np.isin(kind, _SP_CODES) & (role >= 0) & ((role & ROLE_DIRECT) == 0))
         if shadow.any():

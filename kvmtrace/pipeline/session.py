@@ -34,6 +34,7 @@ class Session:
 
     def open(self) -> SourceInfo:
         """Attach (or open the file) and start the model; LiveUnavailable propagates."""
+        self.source.columns = OnlineAnalysis.COLUMNS
         info = self.source.open()
         try:
             self.online.start(info.meta, source=info.label if not info.live else "")

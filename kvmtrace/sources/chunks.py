@@ -2,9 +2,9 @@
 
 ``check`` and ``watch`` run the same code from "a chunk arrives" to "a verdict"; only the
 source differs.  ``LiveSource`` wraps ``kvmtrace.sources.live.Recorder`` (BPF on the KVM
-tracepoints, drained in bulk into schema chunks); ``FileSource`` replays a recorded trace in
-chunks of the same kind (``--replay``, and the tests that feed fixtures through the live
-path).  Both follow one protocol::
+tracepoints, drained in bulk into schema chunks); ``FileSource`` replays a recorded trace
+through ``kvmtrace.sources.stream.open_events`` (``--replay``, and the tests that feed
+fixtures through the live path).  Both deliver ``schema.Chunk`` and follow one protocol::
 
     info = source.open()                       # raises LiveUnavailable (exit 4)
     source.run(on_chunk, duration, stop)       # blocks; call from a worker thread
@@ -19,10 +19,10 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 import pandas as pd
 
-from kvmtrace.schema import TraceMeta
-from kvmtrace.sources.native import is_parquet, iter_parquet
+from kvmtrace.schema import NUMERIC_COLUMNS, Chunk, TraceMeta
+from kvmtrace.sources.stream import open_events
 
-OnChunk = Callable[[pd.DataFrame], None]
+OnChunk = Callable[[Chunk], None]
 
 
 @dataclass
@@ -42,6 +42,9 @@ class SourceInfo:
 
 
 class ChunkSource(Protocol):
+    # The numeric columns the consumer reads; the session sets the model's before open().
+    columns: Sequence[str]
+
     def open(self) -> SourceInfo: ...
     def run(self, on_chunk: OnChunk, duration: Optional[float],
             stop: threading.Event) -> None: ...
@@ -56,6 +59,7 @@ class LiveSource:
         self.tgids = tuple(tgids)
         self.output = output
         self.probes = probes
+        self.columns = NUMERIC_COLUMNS
         self._recorder = None
         self._on_chunk: Optional[OnChunk] = None
 
@@ -69,9 +73,9 @@ class LiveSource:
                           skipped=list(report.skipped), notes=list(report.notes), live=True,
                           label="live")
 
-    def _deliver(self, chunk: pd.DataFrame) -> None:
+    def _deliver(self, frame: pd.DataFrame) -> None:
         if self._on_chunk is not None:
-            self._on_chunk(chunk)
+            self._on_chunk(Chunk.from_frame(frame, self.columns))
 
     def run(self, on_chunk: OnChunk, duration: Optional[float], stop: threading.Event) -> None:
         if self._recorder is None:
@@ -88,35 +92,30 @@ class LiveSource:
 
 
 class FileSource:
-    """A recorded trace (any format ``kvmtrace.sources.text.load`` reads), fed in chunks.
+    """A recorded trace (any format ``open_events`` reads), fed in chunks.
 
     kvmtrace Parquet is streamed row group by row group (memory does not grow with the
-    trace); other formats are loaded, then sliced.  ``chunk_rows`` small chunks exercise
-    the same incremental path as the recorder's 0.1 s chunks; ``pace`` (seconds between
-    chunks) makes a replay look live to ``watch``.
+    trace).  ``chunk_rows`` small chunks exercise the same incremental path as the
+    recorder's 0.1 s chunks; ``pace`` (seconds between chunks) makes a replay look live to
+    ``watch``.
     """
 
     def __init__(self, path: str | os.PathLike, chunk_rows: int = 4096,
-                 pace: float = 0.0, tgid_map: Optional[dict] = None) -> None:
+                 pace: float = 0.0, tgid_map: Optional[dict] = None,
+                 columns: Sequence[str] = NUMERIC_COLUMNS) -> None:
         self.path = str(path)
         self.chunk_rows = max(1, int(chunk_rows))
         self.pace = pace
         self.tgid_map = tgid_map
-        self._chunks: Optional[Iterator[pd.DataFrame]] = None
+        self.columns = tuple(columns)
+        self._chunks: Optional[Iterator[Chunk]] = None
         self._meta: Optional[TraceMeta] = None
 
     def open(self) -> SourceInfo:
-        if is_parquet(self.path):
-            meta, self._chunks = iter_parquet(self.path, self.chunk_rows)
-        else:
-            from kvmtrace.sources.text import load
-            trace = load(self.path, tgid_map=self.tgid_map)
-            meta = trace.meta
-            for w in trace.warnings:
-                if w not in meta.notes:
-                    meta.notes.append(w)
-            ev = trace.events
-            self._chunks = (ev.iloc[i:i + self.chunk_rows] for i in range(0, len(ev), self.chunk_rows))
+        stream = open_events(self.path, columns=self.columns, chunk_rows=self.chunk_rows,
+                             tgid_map=self.tgid_map)
+        meta = stream.meta
+        self._chunks = stream.chunks
         self._meta = meta
         return SourceInfo(meta=meta, attached=list(meta.probes), notes=list(meta.notes),
                           live=False, label=self.path)

@@ -4,7 +4,8 @@ Crash safety.  The recorder writes through ``TraceWriter`` in chunks:
 - Parquet output is first written as an Arrow IPC *stream* to ``OUT.part``; every chunk is a
   self-delimiting record batch, flushed as it is written.  ``close()`` turns it into
   ``OUT`` (a Parquet file) with an atomic rename.  If the writer is killed, ``OUT.part``
-  remains and ``read_trace(OUT)`` recovers every complete batch from it.
+  remains and reading ``OUT`` recovers every complete batch from it
+  (``kvmtrace.sources.stream``).
 - JSON Lines output gets one header line (metadata), one line per event, and at close a
   trailer line with the final metadata.  Gzip output is sync-flushed after every chunk,
   so a killed writer leaves every complete chunk decodable.
@@ -260,16 +261,8 @@ def sniff_native(head: bytes) -> str | None:
     return None
 
 
-def is_parquet(path: str | os.PathLike) -> bool:
-    """Whether path starts like a Parquet file (unreadable files: False; the reader says why)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(PARQUET_MAGIC)) == PARQUET_MAGIC
-    except OSError:
-        return False
-
-
-def _meta_from_schema(path, schema: pa.Schema) -> TraceMeta:
+def meta_from_schema(path, schema: pa.Schema) -> TraceMeta:
+    """The TraceMeta a Parquet file or Arrow stream carries in its schema metadata."""
     raw = (schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise TraceFileError(path, "Parquet file without kvmtrace metadata (not a kvmtrace trace)")
@@ -279,31 +272,13 @@ def _meta_from_schema(path, schema: pa.Schema) -> TraceMeta:
         raise TraceFileError(path, f"bad metadata: {exc}") from None
 
 
-def _check_columns(path, schema: pa.Schema, meta: TraceMeta) -> list[str]:
+def check_columns(path, schema: pa.Schema, meta: TraceMeta) -> list[str]:
     """The schema columns the file has; a column its version should hold must be there."""
     may_lack = columns_added_after(meta.schema_version)
     for col in COLUMNS:
         if col.name not in schema.names and col.name not in may_lack:
             raise TraceFileError(path, f"missing column {col.name!r}")
     return [c.name for c in COLUMNS if c.name in schema.names]
-
-
-def iter_parquet(path: str | os.PathLike, chunk_rows: int = 1 << 20) -> tuple[TraceMeta, Iterator[pd.DataFrame]]:
-    """Stream a Parquet trace in chunks: (metadata, iterator of frames)."""
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise TraceFileError(path, f"not a readable Parquet file ({exc})") from None
-    meta = _meta_from_schema(path, pf.schema_arrow)
-    present = _check_columns(path, pf.schema_arrow, meta)
-
-    def chunks() -> Iterator[pd.DataFrame]:
-        try:
-            for batch in pf.iter_batches(batch_size=chunk_rows, columns=present):
-                yield _batch_frame(path, batch)
-        except pa.ArrowException as exc:
-            raise TraceFileError(path, f"corrupt Parquet data ({exc})") from None
-    return meta, chunks()
 
 
 def _batch_frame(path, batch: pa.RecordBatch) -> pd.DataFrame:
@@ -313,7 +288,8 @@ def _batch_frame(path, batch: pa.RecordBatch) -> pd.DataFrame:
         raise TraceFileError(path, str(exc)) from None
 
 
-def _read_ipc(path) -> Trace:
+def read_ipc(path) -> Trace:
+    """Every complete chunk of an unfinished recording (``OUT.part``, an Arrow stream)."""
     recovery = Recovery()
     frames = []
     size = os.path.getsize(path)
@@ -322,8 +298,8 @@ def _read_ipc(path) -> Trace:
             reader = ipc.open_stream(src)
         except pa.ArrowException as exc:
             raise TraceFileError(path, f"unfinished recording without a readable header ({exc})") from None
-        meta = _meta_from_schema(path, reader.schema)
-        _check_columns(path, reader.schema, meta)
+        meta = meta_from_schema(path, reader.schema)
+        check_columns(path, reader.schema, meta)
         good_end = src.tell()
         while True:
             try:
@@ -380,77 +356,91 @@ def _json_event(line_no: int, obj: dict) -> dict:
     return row
 
 
-def _read_jsonl(path, raw: IO[bytes]) -> Trace:
-    meta: TraceMeta | None = None
-    final: TraceMeta | None = None
-    rows: list[dict] = []
-    warnings: list[str] = []
-    recovery: Recovery | None = None
-    text = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="\n")
-    line_no = 0
-    pending: str | None = None
-    try:
-        for line in text:
-            line_no += 1
-            if pending is not None:   # the previous line was cut; only the last may be
-                raise SchemaError(f"line {line_no - 1}: not a JSON object")
-            if not line.endswith("\n"):
-                pending = line
-                continue
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                raise SchemaError(f"line {line_no}: not valid JSON") from None
-            if not isinstance(obj, dict):
-                raise SchemaError(f"line {line_no}: not a JSON object")
-            if JSONL_HEADER in obj and line_no == 1:
-                meta = TraceMeta.from_dict(obj[JSONL_HEADER])
-            elif meta is None:
-                raise SchemaError("first line is not a kvmtrace header")
-            elif JSONL_TRAILER in obj:
-                final = TraceMeta.from_dict(obj[JSONL_TRAILER])
-            else:
-                rows.append(_json_event(line_no, obj))
-    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        recovery = Recovery(problem=f"compressed stream cut off ({exc})")
-    except UnicodeDecodeError:
-        raise TraceFileError(path, f"line {line_no + 1}: not UTF-8 text") from None
-    except SchemaError as exc:
-        raise TraceFileError(path, str(exc)) from None
-    if meta is None:
-        raise TraceFileError(path, "empty kvmtrace JSON Lines file (no header)")
-    if pending is not None:
-        warnings.append(f"line {line_no}: partial last line skipped (the writer was cut off)")
-        recovery = recovery or Recovery(problem="partial last line")
-        recovery.discarded_bytes = len(pending.encode())
-    if final is None and recovery is None:
-        recovery = Recovery(problem="no trailer: the writer did not finish the file")
-    try:
-        events = conform(from_rows(rows)) if rows else empty_frame()
-    except (SchemaError, OverflowError) as exc:
-        raise TraceFileError(path, f"bad event values: {exc}") from None
-    if final is not None:
-        meta = final
-    else:
-        _recount_lost(meta, events)
-    if recovery is not None:
-        recovery.events = len(events)
-        recovery.chunks = len(events)
-        meta.notes.append("recovered from an unfinished file: " + recovery.describe())
-    return Trace(events, meta, recovery, warnings)
-
-
-def read_native(path: str | os.PathLike, kind: str) -> Trace:
-    """Read a native trace whose kind sniff_native() found."""
-    if kind == "parquet":
-        meta, chunks = iter_parquet(path)
-        return Trace(concat(list(chunks)), meta)
-    if kind == "ipc":
-        return _read_ipc(path)
+def read_jsonl(path) -> Trace:
+    """A kvmtrace JSON Lines file, gzipped or not; an unfinished one keeps its whole lines."""
     with open(path, "rb") as raw:
         head = raw.read(2)
         raw.seek(0)
         stream: IO[bytes] = gzip.GzipFile(fileobj=raw) if head == GZIP_MAGIC else raw
-        return _read_jsonl(path, stream)
+        return _JsonlReader(path).read(stream)
+
+
+def _json_object(line_no: int, line: str) -> dict:
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        raise SchemaError(f"line {line_no}: not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise SchemaError(f"line {line_no}: not a JSON object")
+    return obj
+
+
+class _JsonlReader:
+    """One pass over a JSON Lines trace: the header line, event lines, the trailer line."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+        self.meta: TraceMeta | None = None
+        self.final: TraceMeta | None = None      # the trailer's metadata
+        self.rows: list[dict] = []
+        self.warnings: list[str] = []
+        self.recovery: Recovery | None = None
+        self.line_no = 0
+        self.pending: str | None = None          # a last line without its newline
+
+    def read(self, raw: IO[bytes]) -> Trace:
+        try:
+            self._lines(raw)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            self.recovery = Recovery(problem=f"compressed stream cut off ({exc})")
+        except UnicodeDecodeError:
+            raise TraceFileError(self.path, f"line {self.line_no + 1}: not UTF-8 text") from None
+        except SchemaError as exc:
+            raise TraceFileError(self.path, str(exc)) from None
+        if self.meta is None:
+            raise TraceFileError(self.path, "empty kvmtrace JSON Lines file (no header)")
+        return self._trace(self.meta)
+
+    def _lines(self, raw: IO[bytes]) -> None:
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="\n")
+        for line in text:
+            self.line_no += 1
+            if self.pending is not None:   # the previous line was cut; only the last may be
+                raise SchemaError(f"line {self.line_no - 1}: not a JSON object")
+            if not line.endswith("\n"):
+                self.pending = line
+            elif line.strip():
+                self._record(_json_object(self.line_no, line))
+
+    def _record(self, obj: dict) -> None:
+        if JSONL_HEADER in obj and self.line_no == 1:
+            self.meta = TraceMeta.from_dict(obj[JSONL_HEADER])
+        elif self.meta is None:
+            raise SchemaError("first line is not a kvmtrace header")
+        elif JSONL_TRAILER in obj:
+            self.final = TraceMeta.from_dict(obj[JSONL_TRAILER])
+        else:
+            self.rows.append(_json_event(self.line_no, obj))
+
+    def _trace(self, meta: TraceMeta) -> Trace:
+        recovery = self.recovery
+        if self.pending is not None:
+            self.warnings.append(f"line {self.line_no}: partial last line skipped "
+                                 "(the writer was cut off)")
+            recovery = recovery or Recovery(problem="partial last line")
+            recovery.discarded_bytes = len(self.pending.encode())
+        if self.final is None and recovery is None:
+            recovery = Recovery(problem="no trailer: the writer did not finish the file")
+        try:
+            events = conform(from_rows(self.rows)) if self.rows else empty_frame()
+        except (SchemaError, OverflowError) as exc:
+            raise TraceFileError(self.path, f"bad event values: {exc}") from None
+        if self.final is not None:
+            meta = self.final
+        else:
+            _recount_lost(meta, events)
+        if recovery is not None:
+            recovery.events = len(events)
+            recovery.chunks = len(events)
+            meta.notes.append("recovered from an unfinished file: " + recovery.describe())
+        return Trace(events, meta, recovery, self.warnings)
