@@ -19,7 +19,7 @@ from kvmtrace.analysis.selection import evidence_mask
 from kvmtrace.analysis.shadow import ShadowMMU
 from kvmtrace.exitcodes import for_verdict
 from kvmtrace.schema import KVM_EXIT_INTR, Kind, TraceMeta
-from kvmtrace.sources.text import load
+from kvmtrace.sources.stream import load
 
 from model_scenarios import HELPER, V0, V1, Stream, flush_without_sync, unsynced
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from kvmtrace.cli import cli
 from kvmtrace.schema import KIND_NAMES, TraceMeta
 from kvmtrace.sources.native import TraceWriter
-from kvmtrace.sources.text import load
+from kvmtrace.sources.stream import load
 
 from cli_support import FIXTURES, LAB, run_main
 from model_scenarios import Stream, flush_without_sync
