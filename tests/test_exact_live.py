@@ -12,7 +12,7 @@ import pytest
 
 from kvmtrace.exercise import ExerciseConfig, unavailable_reason
 from kvmtrace.schema import Kind
-from kvmtrace.sources.native import read_native
+from kvmtrace.sources.stream import load
 from live_support import kvm_tracing_unavailable_reason
 
 REASON = unavailable_reason() or kvm_tracing_unavailable_reason()
@@ -26,7 +26,7 @@ def exact_run(tmp_path_factory):
     from kvmtrace.exercise.recording import run_recorded
     path = tmp_path_factory.mktemp("exact") / "run.parquet"
     result, rec = run_recorded(ExerciseConfig(vcpus=3, rounds=40, pages=3, seed=2), str(path))
-    trace = read_native(path, "parquet")
+    trace = load(path)
     return result, rec, trace.events, trace.meta
 
 
