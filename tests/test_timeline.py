@@ -10,7 +10,7 @@ import pytest
 from cli_support import FIXTURES, GEN, LAB, run_main
 from kvmtrace.pipeline.visual import Collector, collect_paths
 from kvmtrace.outputs.timeline import UNKNOWN_VM_PID, build, pid_of
-from kvmtrace.sources.text import load
+from kvmtrace.sources.stream import load
 
 PHASES = {"M", "X", "b", "e", "i"}
 SHIPPED = sorted(str(p) for p in GEN.glob("*.jsonl")) + [
