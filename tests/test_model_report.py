@@ -5,7 +5,7 @@ from kvmtrace.analysis import replay_frame
 from kvmtrace.analysis.report import merge
 from kvmtrace.schema import Kind
 
-from model_scenarios import V1, flush_with_sync, flush_without_sync, unsynced
+from model_scenarios import V0, V1, flush_with_sync, flush_without_sync, unsynced
 
 ROLE1, ROLE2 = 0x3701, 0x3702
 
@@ -21,7 +21,11 @@ def test_a_finding_lists_the_events_around_its_window():
         {"ts": 1140, "tid": V1, "event": "spte_install"},
     ]
     assert (f["vcpu"], f["tid"], f["verdict"], f["meaningful"], f["harmless"]) == (1, V1, "violation", True, False)
-    assert f["outstanding"][0]["gfn"] == 4 and f["closed_ts"] == 1140 and f["ts"] == 1130
+    assert f["outstanding"] == [{"gfn": 4, "role": ROLE1, "level": 1, "unsync_ts": 1110,
+                                 "unsync_tid": 10, "reachable": True}]
+    assert f["closed_ts"] == 1140 and f["ts"] == 1130 and f["tgid"] == 1
+    assert f["reason"].startswith("the vCPU ran guest code with 1 unsync shadow page")
+    assert f["pattern"] == "hardware-flush-only"
 
 
 def test_finding_events_carry_each_kind_s_payload():
@@ -61,3 +65,77 @@ def test_merge_prefixes_notes_and_sums_losses():
     assert m.lost_events == 7 and "l.txt: a note" in m.notes
     assert m.verdict == "ok" and m.windows["inconclusive"] == 1
     assert m.to_dict()["traces"] == ["l.txt", "g.txt"]
+
+
+def _two_vcpu_trace():
+    """vCPU1 violates; vCPU0 flushes with its page synced (ok, 20 ns to the sync)."""
+    s = flush_without_sync()
+    s.unsync(V0, 4).run(V0)
+    s.pv(V0, 0, need_flush=1).sync(V0, 4).sync(V0, 4).run(V0)
+    return s
+
+
+def test_unplaced_losses_demote_every_window_and_say_why():
+    from kvmtrace.schema import TraceMeta
+    res = replay_frame(_two_vcpu_trace().frame(), TraceMeta(lost_events=5))
+    assert res.verdict == "inconclusive" and res.lost_events == 5
+    assert {k: res.windows[k] for k in ("ok", "violation", "suspect", "inconclusive")} == \
+        {"ok": 0, "violation": 0, "suspect": 0, "inconclusive": 2}
+    assert all(v["windows"]["inconclusive"] == 1 and v["windows"]["ok"] == v["windows"]["violation"] == 0
+               for v in res.vms[0]["vcpus"])
+    (f,) = res.findings
+    why = "5 events were lost at unknown times (no LOST markers in the stream)"
+    assert f["verdict"] == "inconclusive"
+    assert f["reason"].startswith(f"{why} (the replay said: the vCPU ran guest code with 1 unsync")
+    assert res.notes == [why + "; every window is inconclusive"]
+
+
+def test_per_vcpu_rows_count_and_time_their_windows():
+    res = replay_frame(_two_vcpu_trace().frame())
+    (vm,) = res.vms
+    assert vm["tgid"] == 1 and vm["verdict"] == "violation"
+    rows = {r["vcpu"]: r for r in vm["vcpus"]}
+    assert rows[1]["verdict"] == "violation" and rows[1]["tids"] == [V1]
+    assert rows[1]["latency_ns"] == {"count": 0, "mean": None, "max": None}
+    assert rows[0]["verdict"] == "ok" and rows[0]["windows"]["meaningful"] == 1
+    assert rows[0]["latency_ns"] == {"count": 1, "mean": 10, "max": 10}
+    assert res.windows == {"total": 2, "meaningful": 2, "ok": 1, "violation": 1, "suspect": 0,
+                           "inconclusive": 0, "open": 0}
+
+
+def test_a_thread_without_a_vcpu_id_gets_its_own_row():
+    s = unsynced()
+    s.add(Kind.SP_GET, 13, gfn=1, role=0x3704, level=4, created=0).run(13)
+    s.add(Kind.FLUSH_REQUEST_GUEST, 13).run(13)          # no vcpu id anywhere on tid 13
+    res = replay_frame(s.frame())
+    (row,) = res.vms[0]["vcpus"]
+    assert row["vcpu"] is None and row["tids"] == [13]
+    assert res.findings[0]["vcpu"] is None and res.findings[0]["tid"] == 13
+
+
+def test_findings_are_capped_but_counted():
+    from kvmtrace.analysis import Replayer
+    s = _two_vcpu_trace()
+    s.unsync(V0, 4).run(V0).pv(V1, 1, need_flush=1).run(V1)   # a second violation on vCPU1
+    r = Replayer(max_findings=1)
+    r.feed(s.frame())
+    res = r.finish()
+    assert res.findings_total == 2 and len(res.findings) == 1
+    r = Replayer(vcpu=0)
+    r.feed(s.frame())
+    res = r.finish()
+    assert res.windows["total"] == 1 and res.verdict == "ok" and res.findings == []
+
+
+def test_result_to_dict_is_the_result():
+    res = replay_frame(_two_vcpu_trace().frame(), source="x.txt")
+    d = res.to_dict()
+    assert d == {"verdict": "violation", "pattern": res.pattern,
+                 "pattern_kernels": d["pattern_kernels"], "windows": res.windows,
+                 "vms": res.vms, "findings": res.findings, "findings_total": 1,
+                 "lost_events": 0, "events": res.events, "patterns": res.patterns,
+                 "notes": [], "traces": ["x.txt"]}
+    assert res.pattern == "hardware-flush-only" and res.patterns == {"hardware-flush-only": 1,
+                                                                      "sync-in-place": 1}
+    assert d["pattern_kernels"].startswith("kernels 4.16-5.12")
+    assert res.events == len(_two_vcpu_trace().frame())

@@ -1,0 +1,186 @@
+"""window.decide(), branch by branch: the verdict, the reason that names its evidence (the
+text a user reads), and the flush pattern, for one closed window at a time (DESIGN §3)."""
+from __future__ import annotations
+
+import pytest
+
+from kvmtrace.analysis.window import (MAX_WINDOW_EVENTS, FlushWindow, Outstanding, decide,
+                                      observed_pattern)
+
+
+def win(unsync_at_open: int = 1, **kw) -> FlushWindow:
+    return FlushWindow(tgid=1, tid=11, vcpu=1, opened_ts=100, opener="flush_request_pv",
+                       open_seq=5, unsync_at_open=unsync_at_open, **kw)
+
+
+def page(reachable, gfn: int = 4) -> Outstanding:
+    return Outstanding(gfn, 0x3701, 1, 50, 10, reachable)
+
+
+def judge(w: FlushWindow, outstanding=(), *, tdp=None, shadow_vm=True, fn_mode=False,
+          sp_observed=True, unchecked=0) -> FlushWindow:
+    decide(w, list(outstanding), tdp=tdp, shadow_vm=shadow_vm, fn_mode=fn_mode,
+           sp_observed=sp_observed, unchecked=unchecked)
+    return w
+
+
+def test_started_inside_comes_first():
+    w = judge(win(started_inside=True, lost=True), [page(True)], fn_mode=True)
+    assert (w.verdict, w.reason) == ("inconclusive", "the trace started inside this flush window")
+    assert w.outstanding == [page(True)] and w.function_probes
+
+
+def test_lost_events_in_the_window():
+    w = judge(win(lost=True), [page(True)])
+    assert (w.verdict, w.reason) == ("inconclusive", "events were lost while this window was open")
+
+
+def test_tdp_needs_no_sync_and_shows_no_pattern():
+    w = judge(win(synced=1), [page(True)], tdp=True, fn_mode=True)
+    assert (w.verdict, w.reason, w.pattern) == (
+        "ok", "TDP (EPT/NPT) is in use: a guest flush needs no shadow sync", "unknown")
+
+
+def test_function_probes_sync_roots():
+    w = judge(win(saw_sync_roots=True), [page(None)], fn_mode=True)
+    assert (w.verdict, w.reason, w.pattern) == (
+        "ok", "kvm_mmu_sync_roots ran before the guest ran again", "sync-in-place")
+    assert not w.harmless
+
+
+def test_function_probes_unload():
+    w = judge(win(saw_unload=True), [page(None)], fn_mode=True)
+    assert (w.verdict, w.pattern) == ("ok", "unload-reload")
+    assert w.reason == ("kvm_mmu_unload dropped the roots; kvm_mmu_load synced them before the "
+                        "guest ran again")
+
+
+@pytest.mark.parametrize("pages,left", [
+    (1, "1 shadow page left unsync"), (2, "2 shadow pages left unsync"),
+])
+def test_function_probes_without_a_sync(pages, left):
+    w = judge(win(), [page(None, g) for g in range(pages)], fn_mode=True)
+    assert (w.verdict, w.harmless, w.pattern) == ("violation", False, "hardware-flush-only")
+    assert w.reason == ("guest flush completed with no shadow sync (no kvm_mmu_sync_roots, no "
+                        f"kvm_mmu_unload+load), the pre-5.13 path; {left}")
+
+
+def test_function_probes_without_a_sync_and_nothing_unsync_is_harmless():
+    w = judge(win(unsync_at_open=0), [], fn_mode=True)
+    assert (w.verdict, w.harmless) == ("violation", True)
+    assert w.reason.endswith("the pre-5.13 path; harmless this time: nothing was unsync")
+
+
+@pytest.mark.parametrize("kw", [{"shadow_vm": False}, {"tdp": True}])
+def test_function_probes_need_a_shadow_paging_vm(kw):
+    # Silence of kvm_mmu_sync_roots means a missing sync only on the shadow MMU.
+    w = judge(win(unsync_at_open=0), [], fn_mode=True, **kw)
+    assert w.verdict == "ok" and not w.harmless and w.pattern != "hardware-flush-only"
+
+
+def test_no_shadow_page_events_is_inconclusive():
+    w = judge(win(), [], sp_observed=False)
+    assert (w.verdict, w.reason) == (
+        "inconclusive", "no kvmmmu shadow-page event was recorded for this VM, so whether "
+        "anything was unsync is unknown")
+
+
+def test_everything_synced_or_zapped():
+    w = judge(win(synced=1), [])
+    assert (w.verdict, w.reason, w.pattern) == (
+        "ok", "every SP unsync at the flush was synced or zapped", "sync-in-place")
+
+
+def test_nothing_unsync():
+    w = judge(win(unsync_at_open=0), [])
+    assert (w.verdict, w.reason, w.pattern) == (
+        "ok", "nothing was unsync when the flush was serviced", "unknown")
+
+
+@pytest.mark.parametrize("n,text", [(1, "1 unsync shadow page"), (2, "2 unsync shadow pages")])
+def test_reachable_unsync_pages_are_a_violation(n, text):
+    w = judge(win(), [page(True, g) for g in range(n)] + [page(None, 9)])
+    assert (w.verdict, w.pattern) == ("violation", "hardware-flush-only")
+    assert w.reason == (f"the vCPU ran guest code with {text} reachable from its root, neither "
+                        "synced nor zapped after the flush")
+
+
+def test_unchecked_pages_are_suspect_even_after_a_sync():
+    w = judge(win(synced=1), [page(None)], unchecked=2)
+    assert w.verdict == "suspect"
+    assert w.reason == ("3 shadow pages stayed unsync; 2 of them were not checked for "
+                        "reachability from this vCPU's root")
+    w = judge(win(), [], unchecked=1)
+    assert (w.verdict, w.reason) == ("suspect", "1 shadow page stayed unsync; 1 of them were not "
+                                     "checked for reachability from this vCPU's root")
+
+
+@pytest.mark.parametrize("n,text", [(1, "1 shadow page"), (2, "2 shadow pages")])
+def test_unknown_reachability_and_no_sync_is_suspect(n, text):
+    w = judge(win(), [page(None, g) for g in range(n)])
+    assert (w.verdict, w.pattern) == ("suspect", "unknown")
+    assert w.reason == (f"{text} stayed unsync and nothing was synced; whether they are "
+                        "reachable from this vCPU's root is unknown")
+
+
+def test_a_sync_in_the_window_is_no_pass_for_a_reachable_page():
+    # kvm_mmu_sync_roots syncs every reachable unsync SP: one left reachable is a violation
+    # whatever else was synced.
+    for kw in ({"synced": 1}, {"saw_reload_root": True}, {"saw_unload": True}):
+        assert judge(win(**kw), [page(True)]).verdict == "violation"
+
+
+@pytest.mark.parametrize("fn_mode,kw,pattern", [
+    (True, {"saw_unload": True, "saw_sync_roots": True}, "unload-reload"),
+    (True, {"saw_sync_roots": True}, "sync-in-place"),
+    (True, {}, "hardware-flush-only"),
+    (False, {"saw_reload_root": True, "synced": 1}, "unload-reload"),
+    (False, {"synced": 1}, "sync-in-place"),
+    (False, {}, "unknown"),
+])
+def test_observed_pattern(fn_mode, kw, pattern):
+    assert observed_pattern(win(**kw), fn_mode) == pattern
+
+
+def test_observed_pattern_from_a_reachable_page_left_unsync():
+    w = win()
+    w.outstanding = [page(False), page(None)]
+    assert observed_pattern(w, False) == "unknown"
+    w.outstanding.append(page(True))
+    assert observed_pattern(w, False) == "hardware-flush-only"
+
+
+def test_window_keeps_its_first_events_only():
+    w = win()
+    for i in range(MAX_WINDOW_EVENTS + 3):
+        w.add_event(("event", i))
+    assert w.events == [("event", i) for i in range(MAX_WINDOW_EVENTS)]
+
+
+def test_latency_is_the_first_sync_after_the_flush():
+    w = win()
+    assert w.latency_ns is None
+    w.note_sync(130)
+    w.note_sync(170)
+    assert w.latency_ns == 30
+    early = win()
+    early.note_sync(90)                      # inherited from before the window opened
+    assert early.latency_ns == 0
+
+
+def test_meaningful_means_something_was_unsync_at_the_flush():
+    assert win(unsync_at_open=1).meaningful and not win(unsync_at_open=0).meaningful
+
+
+def test_window_to_dict_carries_the_window():
+    w = judge(win(synced=1, opener_event="kvm_pv_tlb_flush"), [page(True)])
+    w.closed_ts, w.closer = 140, "guest_entry"
+    w.note_sync(120)
+    assert w.to_dict() == {
+        "ts": 100, "closed_ts": 140, "tgid": 1, "tid": 11, "vcpu": 1, "verdict": "violation",
+        "reason": w.reason, "pattern": "sync-in-place", "meaningful": True, "harmless": False,
+        "opener": "flush_request_pv", "opener_event": "kvm_pv_tlb_flush",
+        "obligation": w.obligation, "closer": "guest_entry", "unsync_at_open": 1,
+        "latency_ns": 20,
+        "outstanding": [{"gfn": 4, "role": 0x3701, "level": 1, "unsync_ts": 50,
+                         "unsync_tid": 10, "reachable": True}]}
