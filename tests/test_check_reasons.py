@@ -11,6 +11,18 @@ from test_check_verdict import VIOLATION_FINDING, counts, ev
 
 
 CASES = {
+    'harmless_violation_with_nothing_left': (
+        lambda: ev(windows=counts(violation=1, meaningful=0), findings=[dict(VIOLATION_FINDING, harmless=True, outstanding=[])]),
+        'fail',
+        ['1 guest TLB flush let a vCPU run guest code before KVM synced its shadow page tables '
+         '(flush pattern: sync-in-place)',
+         'VM 42 vCPU 1 at 2252.596626 s: the vCPU ran guest code with 1 unsync shadow page '
+         'reachable (harmless this time)'],
+        ['the traced kernel is NOT safe: install a kernel whose kvm_vcpu_flush_tlb_guest() '
+         'syncs the shadow roots (5.13+, or a stable kernel with "KVM: X86: fix '
+         'tlb_flush_guest()"), or run guests with EPT/NPT on',
+         'to give the kernel team the evidence: kvmtrace record -o trace.parquet while the '
+         'problem shows, then kvmtrace analyze trace.parquet']),
     'two_violations_and_a_harmless_one_on_a_thread': (
         lambda: ev(windows=counts(ok=1, violation=2), meaningful_ok=1, findings=[VIOLATION_FINDING, dict(VIOLATION_FINDING, vcpu=None, tid=9, harmless=True, outstanding=[{'gfn': i, 'level': 1} for i in range(6)]), dict(VIOLATION_FINDING, verdict='suspect')], pattern='hardware-flush-only'),
         'fail',

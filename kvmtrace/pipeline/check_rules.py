@@ -36,6 +36,7 @@ VERDICTS = (PASS, FAIL, INCONCLUSIVE, NOT_EXPOSED)
 EXIT_CODES = {PASS: exitcodes.OK, NOT_EXPOSED: exitcodes.OK, FAIL: exitcodes.VIOLATION,
               INCONCLUSIVE: exitcodes.INCONCLUSIVE}
 DETAILS_SHOWN = 3
+WINDOW_COUNTS = ("total", "meaningful", "ok", "violation", "suspect", "inconclusive", "open")
 
 FIXED_KERNELS = ("install a kernel whose kvm_vcpu_flush_tlb_guest() syncs the shadow roots "
                  "(5.13+, or a stable kernel with \"KVM: X86: fix tlb_flush_guest()\"), or run "
@@ -72,6 +73,10 @@ class Evidence:
     min_windows: int = 1
     exercise: Optional[ExerciseOutcome] = None
 
+    def __post_init__(self) -> None:
+        # A count the check never saw is 0: the rules below index every count directly.
+        self.windows = {**dict.fromkeys(WINDOW_COUNTS, 0), **self.windows}
+
 
 @dataclass
 class CheckVerdict:
@@ -89,14 +94,14 @@ def _n(count: int, word: str, plural: str = "") -> str:
 
 
 def _where(f: dict) -> str:
-    who = f"vCPU {f['vcpu']}" if f.get("vcpu") is not None else f"thread {f.get('tid')}"
-    return f"VM {f.get('tgid')} {who} at {f.get('ts', 0) / 1e9:.6f} s"
+    who = f"vCPU {f['vcpu']}" if f["vcpu"] is not None else f"thread {f['tid']}"
+    return f"VM {f['tgid']} {who} at {f['ts'] / 1e9:.6f} s"
 
 
 def _violation_detail(f: dict) -> str:
-    left = ", ".join(f"gfn {o['gfn']:#x} (level {o['level']})" for o in f.get("outstanding", [])[:4])
-    text = f"{_where(f)}: {f.get('reason', '')}"
-    if f.get("harmless"):
+    left = ", ".join(f"gfn {o['gfn']:#x} (level {o['level']})" for o in f["outstanding"][:4])
+    text = f"{_where(f)}: {f['reason']}"
+    if f["harmless"]:
         text += " (harmless this time)"
     return text + (f"; left unsync: {left}" if left else "")
 
@@ -116,7 +121,7 @@ def decide(e: Evidence) -> CheckVerdict:
 
 
 def _fail(e: Evidence) -> Optional[CheckVerdict]:
-    violations = e.windows.get("violation", 0)
+    violations = e.windows["violation"]
     stale = e.exercise.stale_reads if e.exercise else []
     if not violations and not stale:
         return None
@@ -125,7 +130,7 @@ def _fail(e: Evidence) -> Optional[CheckVerdict]:
         reasons.append(f"{_n(violations, 'guest TLB flush', 'guest TLB flushes')} let a vCPU "
                        "run guest code before KVM synced its shadow page tables "
                        f"(flush pattern: {e.pattern})")
-        shown = [f for f in e.findings if f.get("verdict") == "violation"][:DETAILS_SHOWN]
+        shown = [f for f in e.findings if f["verdict"] == "violation"][:DETAILS_SHOWN]
         reasons += [_violation_detail(f) for f in shown]
     if stale:
         reasons.append(f"the built-in guest read {_n(len(stale), 'stale value')} after a guest "
@@ -138,7 +143,7 @@ def _fail(e: Evidence) -> Optional[CheckVerdict]:
 
 
 def _not_exposed(e: Evidence) -> Optional[CheckVerdict]:
-    if e.tdp is not True or e.shadow_vms or e.windows.get("meaningful", 0):
+    if e.tdp is not True or e.shadow_vms or e.windows["meaningful"]:
         return None
     backend = e.backend or "KVM"
     reasons = [f"TDP (EPT/NPT) is on ({backend}): KVM does not shadow guest page tables, so a "
@@ -176,8 +181,8 @@ def _inconclusive(e: Evidence) -> Optional[CheckVerdict]:
 
 def _too_few(e: Evidence, reasons: list[str], steps: list[str]) -> None:
     w = e.windows
-    total, meaningful, suspect = w.get("total", 0), w.get("meaningful", 0), w.get("suspect", 0)
-    need = f"at least {_n(e.min_windows, 'is', 'are')} needed" if e.min_windows > 1 else ""
+    total, meaningful, suspect = w["total"], w["meaningful"], w["suspect"]
+    need = f"at least {e.min_windows} are needed" if e.min_windows > 1 else ""
     if total == 0:
         seen = (f"{_n(e.vms_seen, 'VM')} traced" if e.vms_seen else "no VM showed any KVM event")
         reasons.append(f"no guest TLB flush was serviced while tracing ({seen}): nothing "
@@ -192,8 +197,8 @@ def _too_few(e: Evidence, reasons: list[str], steps: list[str]) -> None:
     else:
         reasons.append(f"{_n(e.meaningful_ok, 'meaningful flush window')} closed ok; "
                        f"{need or 'at least one is needed'} (--min-windows {e.min_windows})")
-    other = w.get("inconclusive", 0) + w.get("open", 0)
-    if other and e.meaningful_ok < e.min_windows:
+    other = w["inconclusive"] + w["open"]
+    if other:
         reasons.append(f"{_n(other, 'window')} could not be judged (trace started inside "
                        "them, events lost, or the trace ended before the vCPU ran again)")
     ex = e.exercise
@@ -214,12 +219,12 @@ def _pass(e: Evidence) -> CheckVerdict:
     reasons = [f"{_n(e.meaningful_ok, 'flush window')} had unsync shadow pages when the guest "
                "TLB flush was serviced, and KVM synced them before the vCPU ran guest code "
                "again",
-               f"no violation in {_n(w.get('total', 0), 'flush window')}; no event lost",
+               f"no violation in {_n(w['total'], 'flush window')}; no event lost",
                f"flush pattern: {e.pattern}{kernels}"]
     if e.exercise is not None:
         reasons.append(f"the built-in guest requested {e.exercise.flushes_requested} flushes "
                        f"and read no stale value in {e.exercise.reads} reads")
-    if w.get("suspect", 0):
+    if w["suspect"]:
         reasons.append(f"note: {_n(w['suspect'], 'window')} stayed suspect (unsync pages of "
                        "unknown reachability, nothing synced); the meaningful ok windows "
                        "show the kernel's flush path syncs")
