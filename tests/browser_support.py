@@ -5,8 +5,9 @@ Playwright's Python package with ``executable_path``: no browser is ever downloa
 (``playwright install`` is never run).  Every request the page makes other than its own
 file is aborted and counted; console errors and uncaught exceptions are collected.
 
-``python3 tests/browser_support.py REPORT.html OUT.png`` takes a screenshot (the README's
-docs/report.png is made this way from a shipped fixture).
+``python3 tests/browser_support.py REPORT.html OUT.png [HEIGHT]`` takes a screenshot (the
+README's docs/report.png is made this way, height 1250, from the report of
+fixtures/lab_two_vcpu_flush_nosync.ftrace.txt).
 """
 from __future__ import annotations
 
@@ -118,18 +119,22 @@ def browser(*, javascript: bool = True, width: int = 1100,
         yield lau.browser(javascript=javascript, width=width, height=height)
 
 
-def screenshot(html: Path, png: Path, *, width: int = 1100, full_page: bool = True,
-               clip_height: Optional[int] = None) -> PageLog:
-    """Write a PNG of the page (the whole page, or its top ``clip_height`` pixels)."""
-    with browser(width=width) as b:
-        page, log = b.open(html)
-        if clip_height:
-            page.screenshot(path=str(png), clip={"x": 0, "y": 0, "width": width,
-                                                 "height": clip_height})
-        else:
-            page.screenshot(path=str(png), full_page=full_page)
-        page.close()
+def shoot(b: Browser, html: Path, png: Path, clip_height: Optional[int] = None) -> PageLog:
+    """Write a PNG of the page: all of it, or its top ``clip_height`` pixels."""
+    page, log = b.open(html)
+    if clip_height:
+        page.screenshot(path=str(png), full_page=True,
+                        clip={"x": 0, "y": 0, "width": b.width, "height": clip_height})
+    else:
+        page.screenshot(path=str(png), full_page=True)
+    page.close()
     return log
+
+
+def screenshot(html: Path, png: Path, *, width: int = 1100,
+               clip_height: Optional[int] = None) -> PageLog:
+    with browser(width=width) as b:
+        return shoot(b, html, png, clip_height)
 
 
 if __name__ == "__main__":

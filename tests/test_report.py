@@ -66,6 +66,11 @@ def test_violation_page_structure_matches_analyze(lab_without_sync, tmp_path, ca
     assert page.marks[0]["data-vcpu"] == "1" and page.findings == 1
     assert page.loads == []
     html = out.read_text()
+    # Around the finding: vCPU 0's thread made gfn 4 unsync 431 us before vCPU 1's flush.
+    around = re.search(r"<table class=\"around\">.*?</table>", html, re.S).group(0)
+    assert re.findall(r"<td>(\d+)</td><td>([^<]+)</td>", around) == [
+        ("13938", "SP unsync"), ("13939", "flush request (steal-time)")]
+    assert "gfn=0x4 role=0x1701 level=1" in around
     assert "Content-Security-Policy" in html and "default-src 'none'" in html
     assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", html)    # no URL but the SVG namespace
 
@@ -79,6 +84,11 @@ def test_big_fixture_stays_small(tmp_path, capsys):
     page = parse(out)
     assert sum(int(m["data-n"]) for m in page.marks) == 3000
     assert len(page.marks) < 3000               # ok windows on one pixel column share a mark
+    html = out.read_text()
+    latency = re.search(r'<table class="sortable latency".*?</table>', html, re.S).group(0)
+    rows = re.findall(r"<tr><td>17554</td><td>(\d)</td>((?:<td>\d+</td>)+)</tr>", latency)
+    assert [v for v, _ in rows] == ["1", "2", "3"]
+    assert [sum(map(int, re.findall(r"\d+", cells))) for _, cells in rows] == [1000] * 3
 
 
 def test_analyze_prints_the_report_command_on_a_violation(lab_without_sync, capsys):

@@ -14,10 +14,12 @@ from browser_support import launcher, unavailable
 from cli_support import FIXTURES, GEN, LAB, run_main
 
 WHY = unavailable()
+README_SHOT_HEIGHT = 1250           # docs/report.png: the top of the page
 pytestmark = pytest.mark.skipif(bool(WHY), reason=WHY or "browser available")
 
-SHIPPED = sorted(GEN.glob("*.jsonl")) + [
-    LAB, FIXTURES / "real" / "exercise_2vcpu.parquet",
+NOSYNC = FIXTURES / "lab_two_vcpu_flush_nosync.ftrace.txt"
+SHIPPED = sorted(GEN.glob("*.jsonl")) + sorted((FIXTURES / "flushpaths").glob("*.txt")) + [
+    LAB, NOSYNC, FIXTURES / "real" / "exercise_2vcpu.parquet",
     FIXTURES / "real" / "exercise_2vcpu_noflush.parquet",
     FIXTURES / "real" / "exercise_4vcpu_stress.parquet",
     FIXTURES / "real" / "exercise_4vcpu_3000flushes.parquet"]
@@ -68,7 +70,8 @@ def assert_clean(log) -> None:
 
 def test_violation_report_shows_the_window_in_red_on_vcpu1_at_its_time(
         chromium, lab_without_sync, tmp_path, capsys):
-    html, result = report(tmp_path, capsys, lab_without_sync)
+    assert NOSYNC.read_text() == lab_without_sync.read_text()    # the shipped violation fixture
+    html, result = report(tmp_path, capsys, NOSYNC)
     assert result["verdict"] == "violation"
     page, log = chromium.open(html)
     facts = page_facts(page)
@@ -168,3 +171,26 @@ def test_check_replay_writes_the_same_page_for_what_it_saw(chromium, tmp_path, c
     assert facts["windows"] == check["windows"]["total"] == 20
     assert_clean(log)
     page.close()
+
+
+def test_readme_screenshot_is_made_by_this_helper_from_the_shipped_fixture(chromium, tmp_path,
+                                                                          capsys):
+    """docs/report.png is what `python3 tests/browser_support.py` makes of the violation
+    fixture's report: same size, and the README shows it beside the two commands."""
+    import struct
+    from browser_support import shoot
+    html, _ = report(tmp_path, capsys, NOSYNC)
+    png = tmp_path / "report.png"
+    log = shoot(chromium, html, png, clip_height=README_SHOT_HEIGHT)
+    assert_clean(log)
+    shipped = Path(__file__).resolve().parent.parent / "docs" / "report.png"
+
+    def size(p: Path) -> tuple[int, int]:
+        head = p.read_bytes()[:24]
+        assert head[:8] == b"\x89PNG\r\n\x1a\n"
+        return struct.unpack(">II", head[16:24])
+    assert size(shipped) == size(png) == (1100, README_SHOT_HEIGHT)
+    readme = (shipped.parent.parent / "README.md").read_text()
+    assert "](docs/report.png)" in readme
+    assert f"kvmtrace report {NOSYNC.relative_to(FIXTURES.parent)} -o report.html" in readme
+    assert f"kvmtrace timeline {NOSYNC.relative_to(FIXTURES.parent)} -o timeline.json" in readme

@@ -13,7 +13,9 @@ from kvmtrace.outputs.timeline import UNKNOWN_VM_PID, build, pid_of
 from kvmtrace.sources.stream import load
 
 PHASES = {"M", "X", "b", "e", "i"}
-SHIPPED = sorted(str(p) for p in GEN.glob("*.jsonl")) + [
+SHIPPED = sorted(str(p) for p in GEN.glob("*.jsonl")) + sorted(
+    str(p) for p in (FIXTURES / "flushpaths").glob("*.txt")) + [
+    str(FIXTURES / "lab_two_vcpu_flush_nosync.ftrace.txt"),
     str(LAB), str(FIXTURES / "real" / "exercise_2vcpu.parquet"),
     str(FIXTURES / "real" / "exercise_2vcpu_noflush.ftrace.txt.gz"),
     str(FIXTURES / "real" / "exercise_4vcpu_3000flushes.parquet")]

@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import json
 import shlex
+from bisect import bisect_left, bisect_right
 from html import escape
 from typing import Any, Optional
 
 from kvmtrace import __version__
 from kvmtrace.outputs.report_svg import fmt_rel, histogram, legend, strip
 from kvmtrace.outputs.text import REACH_WORDS, format_ns, seconds, who
-from kvmtrace.pipeline.visual import LATENCY_LABELS, TraceVisual, VisualData
+from kvmtrace.pipeline.visual import LATENCY_LABELS, TraceVisual, VisualData, instant_label
 
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
        "img-src data:")
 WINDOW_COLUMNS = ("tgid", "vcpu", "tid", "ts_rel_ns", "dur_ns", "verdict", "latency_ns",
                   "meaningful", "reason")
 MAX_LOST_ROWS = 50
+MAX_AROUND = 12
 
 
 def _e(value: Any) -> str:
@@ -136,15 +138,43 @@ def _table(a: dict) -> str:
                          f'{format_ns(lat["mean"])}</td>'
                        + f'<td data-sort="{lat["max"] if lat["max"] is not None else -1}">'
                          f'{format_ns(lat["max"])}</td></tr>')
-    out.append("</tbody></table></section>")
+    out.append("</tbody></table>")
+    out.append(_paths(a.get("windows_by_path") or {}))
+    out.append("</section>")
     return "\n".join(out)
 
 
-def _start_of(data: VisualData, f: dict) -> int:
+def _paths(by_path: dict) -> str:
+    """Windows per guest flush path (analysis.flushpaths), when the result counts them."""
+    if not by_path:
+        return ""
+    keys = ("total", "meaningful", "ok", "violation", "suspect", "inconclusive", "open")
+    rows = "".join(f"<tr><td>{_e(p)}</td>" + "".join(f"<td>{c.get(k, 0)}</td>" for k in keys)
+                   + "</tr>" for p, c in by_path.items())
+    return ("<h3>Flush windows by guest flush path</h3><table class=\"sortable\" id=\"path-table\">"
+            "<thead><tr><th>flush path</th>" + "".join(f"<th>{k}</th>" for k in keys)
+            + f"</tr></thead><tbody>{rows}</tbody></table>")
+
+
+def _trace_of(data: VisualData, f: dict) -> Optional[TraceVisual]:
     for t in data.traces:
         if not f.get("trace") or f.get("trace") == t.label:
-            return t.start_ns
-    return data.start_ns
+            return t
+    return None
+
+
+def _vm_instants(t: Optional[TraceVisual], f: dict) -> list:
+    """The shadow-MMU and flush instants of the finding's VM (any thread) from 1 ms before
+    the flush (or the first outstanding SP's unsync) to the window's close."""
+    if t is None:
+        return []
+    lo = min([f["ts"] - 1_000_000] + [o["unsync_ts"] for o in f["outstanding"]])
+    hi = f["closed_ts"] if f["closed_ts"] is not None else f["ts"] + 1_000_000
+    ts = [i.ts for i in t.instants]
+    got = [i for i in t.instants[bisect_left(ts, lo):bisect_right(ts, hi)] if i.tgid == f["tgid"]]
+    if len(got) > MAX_AROUND:                    # keep the ones nearest the flush
+        got = sorted(sorted(got, key=lambda i: abs(i.ts - f["ts"]))[:MAX_AROUND])
+    return got
 
 
 def _findings(a: dict, data: VisualData) -> str:
@@ -156,7 +186,8 @@ def _findings(a: dict, data: VisualData) -> str:
     out.append(f"<p>{a['findings_total']} window{'s were' if a['findings_total'] != 1 else ' was'} not ok"
                + (f"; the first {len(a['findings'])} are listed" if more else "") + ".</p>")
     for n, f in enumerate(a["findings"], 1):
-        start = _start_of(data, f)
+        t = _trace_of(data, f)
+        start = t.start_ns if t is not None else data.start_ns
         out.append(f'<article class="finding v-{_e(f["verdict"])}" id="finding-{n}" '
                    f'data-verdict="{_e(f["verdict"])}" data-ts="{f["ts"]}">')
         out.append(f"<h3>{_e(f['verdict'].upper())}{' (harmless)' if f['harmless'] else ''} "
@@ -166,14 +197,16 @@ def _findings(a: dict, data: VisualData) -> str:
         facts = [f"pattern {f['pattern']}", f"host thread {f['tid']}",
                  "closed at " + (f"+{fmt_rel(f['closed_ts'] - start)}" if f["closed_ts"] is not None
                                  else "the end of the trace (still open)")]
-        for key in ("evidence", "opener"):
+        for key, word in (("opener", "flush path"), ("obligation", "sync obligation"),
+                          ("evidence", "evidence")):
             if f.get(key) is not None:
-                facts.append(f"{key} {f[key]}")
+                facts.append(f"{word} {f[key]}")
         if f.get("trace"):
             facts.append(f"trace {f['trace']}")
         out.append(f'<p class="facts">{_e("; ".join(facts))}</p>')
         out.append(_outstanding(f, start))
         out.append(_events(f, start))
+        out.append(_around(_vm_instants(t, f), f, start))
         out.append("</article>")
     out.append("</section>")
     return "\n".join(out)
@@ -205,25 +238,55 @@ def _events(f: dict, start: int) -> str:
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
+MAX_HISTOGRAMS = 24            # drawn for the vCPUs with most windows; the table has all
+
+
+def _around(instants: list, f: dict, start: int) -> str:
+    if not instants:
+        return ""
+    rows = []
+    for i in instants:
+        what = (f"gfn={i.gfn:#x} role={i.role:#x} level={i.level}" if i.kind.startswith("sp_")
+                else "")
+        mark = ' class="this"' if i.ts == f["ts"] and i.tid == f["tid"] else ""
+        rows.append(f"<tr{mark}><td>+{fmt_rel(i.ts - start)}</td><td>{i.tid}</td>"
+                    f"<td>{_e(instant_label(i.kind)[1])}</td><td>{_e(what)}</td></tr>")
+    return (f"<h4>What the shadow MMU of VM {f['tgid']} did around it (every thread)</h4>"
+            "<table class=\"around\"><thead><tr><th>from start</th><th>thread</th><th>event</th>"
+            f"<th>fields</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
 def _latency(data: VisualData) -> str:
     out = ['<section id="latency"><h2>Flush to sync latency per vCPU</h2>',
            "<p>From the serviced guest flush to the first sync action in its window "
            "(kvm_mmu_sync_roots, a synced shadow page or a root reload); windows that closed "
-           "without one are counted under \"no sync\".</p>", '<div class="hists">']
-    shown = 0
-    for t in data.traces:
-        for (tgid, vcpu), counts in sorted(t.latency.items()):
-            if not sum(counts):
-                continue
-            shown += 1
-            name = f"VM {tgid} vCPU {vcpu if vcpu >= 0 else '?'}"
-            title = f"{name}: flush->sync latency, {sum(counts)} closed windows"
-            out.append(f'<figure class="hist-fig"><figcaption>{_e(name)}'
-                       + (f" ({_e(t.label)})" if len(data.traces) > 1 else "")
-                       + f"</figcaption>{histogram(counts, title)}</figure>")
-    if not shown:
-        out.append("<p>No closed window.</p>")
-    out.append("</div></section>")
+           "without one are counted under \"no sync\".</p>"]
+    multi = len(data.traces) > 1
+    rows = [(t, tgid, vcpu, counts) for t in data.traces
+            for (tgid, vcpu), counts in sorted(t.latency.items()) if sum(counts)]
+    if not rows:
+        out.append("<p>No closed window.</p></section>")
+        return "\n".join(out)
+    drawn = sorted(rows, key=lambda r: -sum(r[3]))[:MAX_HISTOGRAMS]
+    if len(rows) > len(drawn):
+        out.append(f"<p>Histograms for the {len(drawn)} vCPUs with most windows; the table "
+                   f"below has all {len(rows)}.</p>")
+    out.append('<div class="hists">')
+    for t, tgid, vcpu, counts in sorted(drawn, key=lambda r: rows.index(r)):
+        name = f"VM {tgid} vCPU {vcpu if vcpu >= 0 else '?'}"
+        title = f"{name}: flush->sync latency, {sum(counts)} closed windows"
+        out.append(f'<figure class="hist-fig"><figcaption>{_e(name)}'
+                   + (f" ({_e(t.label)})" if multi else "")
+                   + f"</figcaption>{histogram(counts, title)}</figure>")
+    out.append("</div>")
+    labels = list(LATENCY_LABELS) + ["no sync"]
+    head = "".join(f"<th>{_e(h)}</th>" for h in ["VM", "vCPU"] + labels)
+    body = "".join(
+        f"<tr><td>{tgid}</td><td>{vcpu if vcpu >= 0 else '?'}</td>"
+        + "".join(f"<td>{n}</td>" for n in counts) + "</tr>"
+        for _, tgid, vcpu, counts in rows)
+    out.append(f'<table class="sortable latency" id="latency-table"><thead><tr>{head}</tr>'
+               f"</thead><tbody>{body}</tbody></table></section>")
     return "\n".join(out)
 
 
@@ -328,7 +391,7 @@ svg text{font:11px "DejaVu Sans",sans-serif;fill:#333}
 .swatch{display:inline-block;width:11px;height:11px;margin:0 4px 0 12px;vertical-align:-1px}
 .swatch.lostkey{background:#8e24aa}.legend{margin:2px 0;font-size:13px}
 .bar{fill:#4878a8}.bar.nosync{fill:#c0392b}.hists{display:flex;flex-wrap:wrap;gap:8px 24px}
-.warn{color:#b85c00}.hidden{display:none}#filters label{margin-right:12px;font-size:13px}
+tr.this td{font-weight:600}.warn{color:#b85c00}.hidden{display:none}#filters label{margin-right:12px;font-size:13px}
 """
 
 SCRIPT = """

@@ -22,19 +22,11 @@ from typing import Any, Optional
 
 from kvmtrace import __version__
 from kvmtrace.pipeline.visual import (MAX_INSTANTS, MAX_LOST_MARKERS, MAX_WINDOWS, Instant,
-                                      TraceVisual, VisualData, WindowMark)
+                                      TraceVisual, VisualData, WindowMark, instant_label)
 
 # chrome://tracing's reserved colour names (catapult color_scheme.html); Perfetto ignores them.
 CNAME = {"ok": "good", "violation": "terrible", "suspect": "bad", "inconclusive": "grey",
          "open": "generic_work"}
-INSTANT_NAMES = {
-    "sp_unsync": "SP unsync", "sp_sync": "SP sync", "sp_zap": "SP zap",
-    "flush_request_pv": "flush request (KVM_VCPU_FLUSH_TLB)",
-    "flush_request_guest": "flush request (KVM_REQ_TLB_FLUSH_GUEST)",
-    "flush_request_hyperv": "flush request (Hyper-V)",
-    "flush_guest_entry": "kvm_vcpu_flush_tlb_guest", "hw_flush": "vendor TLB flush",
-    "mmu_unload": "kvm_mmu_unload", "mmu_load_entry": "kvm_mmu_load",
-    "sync_roots": "kvm_mmu_sync_roots", "sync_prev_roots": "kvm_mmu_sync_prev_roots"}
 SYNTHETIC_TID = 1 << 30          # tracks for sources without thread ids: this + vCPU
 # A source without TGIDs puts every thread in "VM 0" (one VM assumed).  Perfetto treats pid
 # 0 as the kernel's idle task (its maintainers: "avoid using pid = 0 if you are synthesizing
@@ -92,7 +84,8 @@ def _window_args(m: WindowMark, label: str, multi: bool) -> dict[str, Any]:
         "unsync_pages_at_open": m.unsync_at_open, "unsync_pages_left": m.outstanding,
         "meaningful": m.meaningful,
         "flush_to_sync_latency_us": None if m.latency_ns is None else round(m.latency_ns / 1000, 3),
-        "opener": m.opener, "closer": m.closer or "(open at the end of the trace)",
+        "flush_path": m.opener, "sync_obligation": m.obligation,
+        "closer": m.closer or "(open at the end of the trace)",
         "host_tid": m.tid, "opened_ns": m.ts, "closed_ns": m.closed_ts}
     if multi:
         args["trace"] = label
@@ -154,17 +147,13 @@ def build(data: VisualData) -> dict[str, Any]:
 
 def _instant(t: TraceVisual, i: Instant, tracks: _Tracks, start: int) -> dict[str, Any]:
     track = tracks.track(t, i.tgid, i.tid, i.vcpu)
-    args: dict[str, Any] = {"host_tid": i.tid, "ts_ns": i.ts}
-    if i.kind.startswith("sp_"):
-        cat = "shadow-mmu"
+    args: dict[str, Any] = {"host_tid": i.tid, "ts_ns": i.ts, "event": i.kind}
+    cat, name = instant_label(i.kind)
+    if cat == "shadow-mmu":
         args.update(gfn=hex(i.gfn), role=hex(i.role), level=i.level)
-    elif i.kind.startswith("flush_request"):
-        cat = "flush-request"
-    else:
-        cat = "flush-path"
-        if i.value:
-            args["value"] = i.value
-    return {"name": INSTANT_NAMES.get(i.kind, i.kind), "cat": cat, "ph": "i", "s": "t",
+    elif i.value not in (0, -1):
+        args["value"] = hex(i.value) if i.value > 0xffff else i.value
+    return {"name": name, "cat": cat, "ph": "i", "s": "t",
             "ts": _us(i.ts, start), "pid": pid_of(i.tgid), "tid": track, "args": args}
 
 

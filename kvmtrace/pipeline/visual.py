@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple, Optional
 
 from kvmtrace.analysis import AnalysisResult, FlushWindow
+from kvmtrace.analysis.flushpaths import BY_OPENER
 from kvmtrace.analysis.replay import Event
 from kvmtrace.analysis.report import merge
 from kvmtrace.analysis.window import INCONCLUSIVE, OK, SUSPECT, VIOLATION
@@ -30,12 +31,25 @@ MAX_LOST_MARKERS = 10_000
 
 # The events shown as instants: what the shadow MMU did (arch/x86/kvm/mmu/mmu.c: the
 # kvmmmu tracepoints in kvm_unsync_page, kvm_sync_page, kvm_mmu_prepare_zap_page), the
-# flush requests, and the flush-path functions when they were probed.
-INSTANT_KINDS = frozenset({
-    Kind.SP_UNSYNC, Kind.SP_SYNC, Kind.SP_ZAP,
-    Kind.FLUSH_REQUEST_PV, Kind.FLUSH_REQUEST_GUEST, Kind.FLUSH_REQUEST_HYPERV,
-    Kind.FLUSH_GUEST_ENTRY, Kind.HW_FLUSH, Kind.MMU_UNLOAD, Kind.MMU_LOAD_ENTRY,
-    Kind.SYNC_ROOTS, Kind.SYNC_PREV_ROOTS})
+# guest's flush requests on every flush path (analysis.flushpaths), and the flush-path
+# functions when they were probed.
+FUNCTION_INSTANTS = {
+    Kind.FLUSH_GUEST_ENTRY: "kvm_vcpu_flush_tlb_guest", Kind.HW_FLUSH: "vendor TLB flush",
+    Kind.MMU_UNLOAD: "kvm_mmu_unload", Kind.MMU_LOAD_ENTRY: "kvm_mmu_load",
+    Kind.SYNC_ROOTS: "kvm_mmu_sync_roots", Kind.SYNC_PREV_ROOTS: "kvm_mmu_sync_prev_roots"}
+SP_NAMES = {Kind.SP_UNSYNC: "SP unsync", Kind.SP_SYNC: "SP sync", Kind.SP_ZAP: "SP zap"}
+INSTANT_KINDS = frozenset({*SP_NAMES, *(Kind(k) for k in BY_OPENER), *FUNCTION_INSTANTS})
+_LABELS: dict[str, tuple[str, str]] = {
+    **{KIND_NAMES[k]: ("shadow-mmu", n) for k, n in SP_NAMES.items()},
+    **{KIND_NAMES[k]: ("flush-request", f"flush request ({p.name})") for k, p in BY_OPENER.items()},
+    **{KIND_NAMES[k]: ("flush-path", n) for k, n in FUNCTION_INSTANTS.items()}}
+
+
+def instant_label(kind: str) -> tuple[str, str]:
+    """(category, display name) of an instant's event kind."""
+    return _LABELS.get(kind, ("other", kind))
+
+
 SP_INSTANTS = frozenset({int(Kind.SP_UNSYNC), int(Kind.SP_SYNC), int(Kind.SP_ZAP)})
 
 # Flush->sync latency histogram bins (upper edges, ns); windows without a sync action
@@ -64,6 +78,7 @@ class WindowMark(NamedTuple):
     latency_ns: Optional[int]
     outstanding: int          # SPs left unsync not known unreachable
     evidence: Optional[str]   # exact | inferred | none, when the model says
+    obligation: str           # what the flush path must sync (analysis.flushpaths)
 
 
 class Instant(NamedTuple):
@@ -187,7 +202,7 @@ class Collector:
             w.tgid, w.tid, w.vcpu, w.opened_ts, w.closed_ts, w.verdict, reason, w.pattern,
             w.meaningful, w.opener, w.closer, w.unsync_at_open, w.latency_ns,
             sum(1 for o in w.outstanding if o.reachable is not False),
-            getattr(w, "evidence", None)))
+            getattr(w, "evidence", None), getattr(w, "obligation", "")))
 
     # ------------------------------------------------------------------ end
     def finish(self, result: AnalysisResult) -> TraceVisual:
@@ -210,6 +225,7 @@ class Collector:
                                     f"said: {m.verdict}: {m.reason})")
                          if m.verdict in (OK, VIOLATION, SUSPECT) else m for m in t.windows]
         t.windows.sort(key=lambda m: (m.ts, m.tgid, m.tid))
+        t.instants.sort()
         return t
 
 
@@ -238,4 +254,4 @@ def collect_paths(paths: Iterable[str | os.PathLike], **kw) -> VisualData:
 
 
 __all__ = ["Collector", "VisualData", "TraceVisual", "WindowMark", "Instant",
-           "collect_path", "collect_paths", "visual_of", "latency_bin", "LATENCY_LABELS"]
+           "collect_path", "collect_paths", "visual_of", "instant_label", "latency_bin", "LATENCY_LABELS"]
