@@ -78,6 +78,9 @@ class VMState:
     guest_parents: dict = field(default_factory=dict)
     sp_seen: bool = False               # a kvmmmu shadow-page event of this VM fired
     sync_probe_seen: bool = False       # a kvm_mmu_sync_roots probe of this VM fired
+    # The last LOST marker that may hold this VM's events: its replay sequence and time.
+    loss_seq: int = 0
+    loss_ts: Optional[int] = None
 
 
 class ReplayListener(Protocol):
@@ -116,6 +119,7 @@ class Replayer:
         self.events = 0
         self.handled = 0
         self.lost_markers = 0
+        self._loss: tuple[int, Optional[int]] = (0, None)    # last VM-less loss: (seq, ts)
         self.reordered = 0
         self.late = 0
         self.ambiguous = 0
@@ -205,7 +209,8 @@ class Replayer:
         vm = self.vms.get(tgid)
         if vm is None:
             vm = self.vms[tgid] = VMState(tgid)
-        return vm
+            vm.loss_seq, vm.loss_ts = self._loss    # a VM first seen after a loss had
+        return vm                                   # its events in it, for all we know
 
     def _thread(self, tgid: int, tkey: int) -> VcpuState:
         vm = self._vm(tgid)
@@ -244,7 +249,8 @@ class Replayer:
                         unsync_at_open=len(vm.shadow.unsync), tentative=tentative,
                         started_inside=started_inside, opener_event=KIND_NAMES[ev.kind],
                         obligation=obligation, need_flush=ev.need_flush,
-                        address=ev.value if obligation == ADDRESS else -1)
+                        address=ev.value if obligation == ADDRESS else -1,
+                        lost_before_ts=vm.loss_ts if vm.loss_seq > th.clean_seq else None)
         for before in list(th.recent)[-3:-1]:
             w.add_event(before)
         w.add_event(ev)
@@ -286,7 +292,8 @@ class Replayer:
             sp = shadow.pages.get(key)
             reach = None if settled else shadow.reachable(key, th.root)
             outstanding.append(Outstanding(key[0], key[1], sp.level if sp else key[1] & 0xF,
-                                           rec.ts, rec.tid, reach))
+                                           rec.ts, rec.tid, reach,
+                                           doubtful=rec.seq < vm.loss_seq))
         decide(w, outstanding, tdp=tdp, shadow_vm=shadow_vm, fn_mode=fn_mode,
                sp_observed=vm.sp_seen or self.sp_probed, unchecked=unchecked)
         if (w.verdict in (VIOLATION, SUSPECT) and ev.kind in (Kind.WALK_START, Kind.PAGE_FAULT)):
@@ -302,13 +309,36 @@ class Replayer:
 
     # ------------------------------------------------------------------ lost events
     def on_lost(self, ev: Event) -> None:
-        """The collector dropped ``value`` records: every open window becomes inconclusive."""
+        """The collector dropped ``value`` records of one VM (``tgid``), or of any VM.
+
+        Every window open on those VMs becomes inconclusive.  What the loss hid is unknown
+        (a ``kvm_mmu_sync_page``, an ``kvm_mmu_unsync_page``, a zap or a link), so from now
+        on the VM's unsync set is in doubt: later windows of each vCPU cannot give ok or
+        violation from it (window._discount_losses) until that vCPU's state is
+        re-established (``_reestablish``)."""
         self.lost_markers += max(1, ev.value)
-        for vm in self.vms.values():
+        self.seq += 1
+        if ev.tgid >= 0:
+            vms = [self._vm(ev.tgid)]
+        else:
+            self._loss = (self.seq, ev.ts)
+            vms = list(self.vms.values())
+        for vm in vms:
+            vm.loss_seq, vm.loss_ts = self.seq, ev.ts
             for tkey in vm.open:
                 w = vm.threads[tkey].window
                 if w is not None:
                     w.lost = True
+
+    def _reestablish(self, th: VcpuState) -> None:
+        """This vCPU's shadow state is known again after any earlier loss: KVM synced every
+        unsync SP reachable from its root (kvm_mmu_sync_roots, also run by kvm_mmu_load
+        after a reload), or an exact snapshot of its root showed nothing unsync below."""
+        self.seq += 1
+        th.clean_seq = self.seq
+        w = th.window
+        if w is not None and not w.tentative:
+            w.reestablished = True
 
     # ------------------------------------------------------------------ flush requests
     def on_flush_request_pv(self, ev: Event) -> None:
@@ -425,6 +455,8 @@ class Replayer:
     def on_mmu_load_entry(self, ev: Event) -> None:
         """kvm_mmu_load(): allocates roots, then kvm_mmu_sync_roots(), then loads the PGD."""
         _, th = self._of(ev)
+        if th.since_run & SINCE_UNLOAD:
+            self._reestablish(th)       # unload + load: kvm_mmu_load() syncs the new roots
         th.since_run |= SINCE_LOAD
         w = th.window
         if w is not None:
@@ -444,6 +476,7 @@ class Replayer:
         vm.sync_probe_seen = True
         th.since_run |= SINCE_SYNC_ROOTS
         w = self._confirm(th, ev)
+        self._reestablish(th)
         if w is not None:
             w.saw_sync_roots = True
             w.note_sync(ev.ts)
@@ -479,6 +512,9 @@ class Replayer:
         sp = shadow.page(ev.gfn, ev.role, level, created=ev.created == 1)
         if level >= 4 and not ev.role & ROLE_DIRECT and (level == 5 or th.root_level != 5):
             th.set_root(sp.key, level)
+            # A root is looked up only by mmu_alloc_root() under kvm_mmu_load(), which then
+            # calls kvm_mmu_sync_roots() (arch/x86/kvm/mmu/mmu.c): a full sync follows.
+            self._reestablish(th)
             w = th.window
             if w is not None:
                 w.saw_reload_root = True
@@ -519,13 +555,20 @@ class Replayer:
         vm.sp_seen = True
         self.seq += 1
         level = ev.level if ev.level > 0 else ev.role & 0xF
-        vm.shadow.mark_unsync(ev.gfn, ev.role, level, self.seq, ev.ts, ev.tid)
+        vm.shadow.mark_unsync(ev.gfn, ev.role, level, self.seq, ev.ts, ev.tid,
+                              refresh_before=vm.loss_seq)
 
     def on_sp_sync(self, ev: Event) -> None:
         """kvmmmu:kvm_mmu_sync_page (kvm_sync_page; also fires for a zapped unsync SP)."""
         vm, th = self._of(ev)
         vm.sp_seen = True
         rec = vm.shadow.mark_sync((ev.gfn, ev.role))
+        w = th.window
+        if w is not None and not w.tentative and w.lost_before_ts is not None:
+            # kvm_sync_page on the vCPU's own thread between the flush and the next guest
+            # run is kvm_mmu_sync_roots() at work (the fault path's sync needs a guest run):
+            # every unsync SP reachable from the root is being synced, seen or not in our set.
+            self._reestablish(th)
         if rec is None:
             return
         for tkey in vm.open:
@@ -601,6 +644,8 @@ class Replayer:
                 th.set_root((ev.gfn, ev.role), ev.role & 0xF)
             else:
                 th.drop_root()
+            if ev.gfn < 0 or ev.unsync_children == 0:
+                self._reestablish(th)   # exact: nothing unsync below the real root
 
     # ------------------------------------------------------------------ guest-run evidence
     def on_guest_entry(self, ev: Event) -> None:

@@ -142,10 +142,17 @@ class ShadowMMU:
         sp.parents.clear()
 
     # ------------------------------------------------------------------ unsync set
-    def mark_unsync(self, gfn: int, role: int, level: int, seq: int, ts: int, tid: int) -> None:
+    def mark_unsync(self, gfn: int, role: int, level: int, seq: int, ts: int, tid: int,
+                    refresh_before: int = 0) -> None:
+        """``refresh_before``: a record older than this sequence (a loss came after it, so
+        the page may have been synced and gone unsync again unseen) is replaced."""
         self.page(gfn, role, level)
         key = (gfn, role)
-        if key not in self.unsync:
+        old = self.unsync.get(key)
+        if old is not None and old.seq < refresh_before:
+            del self.unsync[key]          # re-inserted at the end: the dict stays seq-ordered
+            old = None
+        if old is None:
             self.unsync[key] = UnsyncRecord(seq, ts, tid)
 
     def mark_sync(self, key: SPKey) -> Optional[UnsyncRecord]:

@@ -51,6 +51,10 @@ class VcpuState:
     window: Optional[FlushWindow] = None
     since_run: int = 0                                # SINCE_* flags
     recent: deque = field(default_factory=lambda: deque(maxlen=4))
+    # Replay sequence of the last event that re-established what the model knows of this
+    # vCPU's shadow state after losses (kvm_mmu_sync_roots, a root reload in kvm_mmu_load,
+    # an exact root snapshot): a loss on the VM with a later sequence taints it.
+    clean_seq: int = 0
 
     def learn_vcpu(self, vcpu: int) -> bool:
         """Record the vCPU id; False when it contradicts what was already learnt."""

@@ -58,6 +58,7 @@ class Outstanding:
     unsync_ts: int
     unsync_tid: int
     reachable: Optional[bool]      # from this vCPU's root: True / False / None = unknown
+    doubtful: bool = False         # went unsync before a later loss: may have been synced since
 
     def to_dict(self) -> dict:
         return {"gfn": self.gfn, "role": self.role, "level": self.level,
@@ -83,6 +84,13 @@ class FlushWindow:
     address: int = -1                # ADDRESS: the flushed guest address (-1 unknown)
     need_flush: int = -1             # CR writes: 1 asked for a flush, 0 did not, -1 unknown
     lost: bool = False               # LOST marker while open
+    # Events lost before the window opened, on this VM, with no full sync of this vCPU
+    # since (replay.Replayer.on_lost): the ts of that loss, else None.  What it hid (a
+    # sync or an unsync of any page) is unknown, so the verdict cannot rest on the unsync
+    # set unless the vCPU's state is re-established inside the window.
+    lost_before_ts: Optional[int] = None
+    reestablished: bool = False      # a full sync / reload / exact root state in the window
+    loss_demoted: bool = False       # the verdict became inconclusive because of a loss
     # What happened inside (function probes, then tracepoint evidence).
     saw_flush_fn: bool = False       # kvm_vcpu_flush_tlb_guest entry/return
     saw_hw_flush: bool = False
@@ -188,6 +196,8 @@ def decide(w: FlushWindow, outstanding: list, *, tdp: Optional[bool], shadow_vm:
     else:
         _decide_tracepoints(w, outstanding, unchecked)
         _soften(w)
+    if not fn_mode and tdp is not True and w.verdict in (OK, VIOLATION, SUSPECT):
+        _discount_losses(w, outstanding)
     if tdp is not True:
         w.pattern = observed_pattern(w, fn_mode)
 
@@ -225,6 +235,42 @@ def decide_address_refault(w: FlushWindow, fault_address: int) -> bool:
     w.reason = (f"the guest's next access to the flushed address {w.address:#x} faulted into "
                 "KVM: no stale SPTE mapped it")
     return True
+
+
+def _ts(ns: int) -> str:
+    return f"{ns / 1e9:.6f}"
+
+
+def _discount_losses(w: FlushWindow, outstanding: list) -> None:
+    """No ok, violation or suspect that an event lost before the window could flip.
+
+    A lost ``kvm_mmu_sync_page`` leaves a page in the model's unsync set that KVM had
+    synced (a false violation); a lost ``kvm_mmu_unsync_page`` hides a page that is unsync
+    (a false ok).  Function-probe verdicts are decided by events inside the window and
+    stand.  Here: a violation needs a reachable page whose unsync was seen after the last
+    loss, on a vCPU re-established since; an ok needs the vCPU re-established (a full sync,
+    an unload+reload or exact root state) since the loss.
+    """
+    tainted = w.lost_before_ts is not None and not w.reestablished
+    if w.verdict == VIOLATION:
+        known = [o for o in outstanding if o.reachable]
+        doubtful = [o for o in known if o.doubtful]
+        if not tainted and len(doubtful) < len(known):
+            return
+        o = (doubtful or known)[0]
+        why = (f"events lost at {_ts(w.lost_before_ts or 0)} could have synced gfn {o.gfn:#x} "
+               f"(unsync since {_ts(o.unsync_ts)}) or unlinked it from this vCPU's root")
+    elif not tainted:
+        return
+    elif w.verdict == OK:
+        why = (f"events lost at {_ts(w.lost_before_ts or 0)} could have unsynced a page "
+               "reachable from this vCPU's root, and no full sync of this vCPU was seen since")
+    else:
+        why = (f"events lost at {_ts(w.lost_before_ts or 0)} could have synced or unsynced "
+               "the pages this window depends on")
+    w.reason = f"{why} (without the loss: {w.verdict}, {w.reason})"
+    w.verdict = INCONCLUSIVE
+    w.loss_demoted = True
 
 
 def _decide_functions(w: FlushWindow, outstanding: list) -> None:

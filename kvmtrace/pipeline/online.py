@@ -181,7 +181,7 @@ class OnlineAnalysis:
             self._totals["meaningful"] += 1
             if w.verdict == "ok":
                 self._meaningful_ok += 1
-        if w.lost:
+        if w.lost or w.loss_demoted:
             self._lost_windows += 1
             self._lost_by_key[key] = self._lost_by_key.get(key, 0) + 1
 
