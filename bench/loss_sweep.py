@@ -23,7 +23,7 @@ import pandas as pd
 
 from kvmtrace.analysis.replay import Replayer
 from kvmtrace.schema import Kind
-from kvmtrace.sources.text import load
+from kvmtrace.sources.stream import load
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = sorted((ROOT / "fixtures" / "real").glob("*.parquet")) + [

@@ -16,7 +16,7 @@ from kvmtrace.pipeline.session import Session
 from kvmtrace.schema import Kind, TraceMeta
 from kvmtrace.sources.chunks import FileSource
 from kvmtrace.sources.native import write_trace
-from kvmtrace.sources.text import load
+from kvmtrace.sources.stream import load
 
 from model_scenarios import V0, V1, Stream, built, unsynced
 
