@@ -18,7 +18,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "kvmtrace"
 
 LAYERS = [
-    ("contract", ("kvmtrace", "kvmtrace.schema", "kvmtrace.functions", "kvmtrace.exitcodes")),
+    ("contract", ("kvmtrace", "kvmtrace.schema", "kvmtrace.kinds", "kvmtrace.functions",
+                  "kvmtrace.exitcodes")),
     ("host", ("kvmtrace.host",)),
     ("analysis", ("kvmtrace.analysis",)),
     ("sources", ("kvmtrace.sources", "kvmtrace.probes")),

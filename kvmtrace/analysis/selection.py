@@ -27,10 +27,9 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from kvmtrace.schema import (COLUMN_BY_NAME, EVIDENCE_KINDS, FLUSH_PATH_KINDS, FLUSH_REQUEST_KINDS,
-                             FUNCTION_KINDS,
-                             KIND_NAMES, KVM_EXIT_INTR, SP_KINDS, Chunk, CommColumn, Kind,
-                             SchemaError, columns_added_after)
+from kvmtrace.kinds import EVIDENCE, GATE, STATE, WALK, kinds_with
+from kvmtrace.schema import (COLUMN_BY_NAME, KIND_NAMES, KVM_EXIT_INTR, SP_KINDS, Chunk,
+                             CommColumn, Kind, SchemaError, columns_added_after)
 
 # The columns the model reads (cpu, root_count and unsync are not needed to decide).
 NEEDED = ("ts", "tgid", "tid", "vcpu", "kind", "gfn", "role", "level", "created",
@@ -38,21 +37,22 @@ NEEDED = ("ts", "tgid", "tid", "vcpu", "kind", "gfn", "role", "level", "created"
 # Columns appended by later schema versions: a chunk from an older file may lack them.
 OPTIONAL = columns_added_after(1)
 
-_STATE = np.zeros(256, dtype=bool)
-for _k in (Kind.LOST, *SP_KINDS, Kind.SP_LINK, Kind.ROOT_STATE):
-    _STATE[int(_k)] = True
-_GATE = np.zeros(256, dtype=bool)
-for _k in (*FLUSH_REQUEST_KINDS, *FLUSH_PATH_KINDS, *FUNCTION_KINDS):
-    _GATE[int(_k)] = True
-_EVIDENCE = np.zeros(256, dtype=bool)
-for _k in EVIDENCE_KINDS:
-    _EVIDENCE[int(_k)] = True
-_VALID = np.zeros(256, dtype=bool)
-for _k in KIND_NAMES:
-    _VALID[_k] = True
-_SP = np.zeros(256, dtype=bool)
-for _k in SP_KINDS:
-    _SP[int(_k)] = True
+
+
+def _mask(kinds) -> np.ndarray:
+    """A lookup table over kind codes: True for ``kinds``."""
+    out = np.zeros(256, dtype=bool)
+    out[[int(k) for k in kinds]] = True
+    return out
+
+
+# The model's role of each kind, from the per-kind table (kvmtrace/kinds.py).
+_STATE = _mask(kinds_with(STATE))
+_GATE = _mask(kinds_with(GATE))
+_EVIDENCE = _mask(kinds_with(EVIDENCE))
+_WALK = _mask(kinds_with(WALK))
+_VALID = _mask(KIND_NAMES)
+_SP = _mask(SP_KINDS)
 
 # Guest PTE bits (arch/x86/include/asm/pgtable_types.h): present, page size (a leaf at
 # levels 2 and 3), and the physical-address field of a 64-bit entry.
@@ -78,7 +78,7 @@ def thread_keys(tid: np.ndarray, vcpu: np.ndarray) -> np.ndarray:
 
 
 def evidence_mask(kind: np.ndarray, value: np.ndarray) -> np.ndarray:
-    """Rows that prove the vCPU ran guest code (schema.EVIDENCE_KINDS).
+    """Rows that prove the vCPU ran guest code (role EVIDENCE in kvmtrace/kinds.py).
 
     ``kvm_userspace_exit`` counts only for a real exit reason: an errno (< 0) or
     KVM_EXIT_INTR means KVM_RUN returned without (necessarily) entering the guest.
@@ -178,7 +178,7 @@ class ChunkSelector:
         state = _STATE[kind]
         gate = gate_mask(kind, cols["need_flush"])
         ev = evidence_mask(kind, cols["value"])
-        walk = kind == Kind.WALK_ELEMENT
+        walk = _WALK[kind]
         aux = np.full(len(kind), -1, dtype=np.int64)
         if self.select_all:
             if walk.any():

@@ -30,11 +30,8 @@ Payload = tuple
 Decoded = Union[Payload, list, None]
 Decoder = Callable[[str], Decoded]
 
-# include/linux/kvm_host.h: KVM_REQUEST_ARCH_BASE = 8; arch/x86/include/asm/kvm_host.h:
-# KVM_REQ_TLB_FLUSH_GUEST = KVM_ARCH_REQ_FLAGS(27, ...), so kvm_make_request() sets bit
-# 8 + 27 = 35 of vcpu->requests (request & KVM_REQUEST_MASK).  kvm_exit prints vcpu->requests
-# since 6.14; the request number has been 27 in every kernel that prints it.
-KVM_REQ_TLB_FLUSH_GUEST_BIT = 35
+# Bit 35 of vcpu->requests, which kvm_exit prints since 6.14 (kvmtrace/kinds.py says why).
+from kvmtrace.kinds import KVM_REQ_TLB_FLUSH_GUEST_BIT  # noqa: E402,F401
 
 _U64_SIGN = 1 << 63
 _U64 = 1 << 64
@@ -399,6 +396,8 @@ def _user_exit_fields(f: dict[str, str], _hex) -> Decoded:
 
 _emulate_simple = _simple(Kind.EMULATE, r"[0-9a-f]+:(?P<v>[0-9a-f]+)", "rip", bare_hex=True)
 
+# One (printed, raw-fields) decoder pair per tracepoint of the per-kind table
+# (kvmtrace/kinds.py, ``Tracepoint.text``); tests/test_kinds.py checks that they agree.
 TRACEPOINTS: dict[str, tuple[Decoder, Decoder]] = {
     "kvm_pv_tlb_flush": _with_fields(_pv_flush_printed, _pv_flush_fields),
     "kvm_hv_flush_tlb": _hv_flush("processor_mask"),
