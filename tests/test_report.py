@@ -118,3 +118,20 @@ def test_report_option_checks_its_directory_before_tracing(tmp_path, capsys):
     code, _, err = run_main(["check", "--replay", trace, "--report",
                              str(tmp_path / "missing" / "c.html")], capsys)
     assert code == 2 and "does not exist" in err
+
+
+def test_two_traces_two_strips_and_every_window(tmp_path, capsys):
+    a, b = GEN / "tp-violation.jsonl", FIXTURES / "real" / "exercise_2vcpu.parquet"
+    out = tmp_path / "r.html"
+    code, _, _ = run_main(["report", str(a), str(b), "-o", str(out)], capsys)
+    assert code == 1
+    _, text, _ = run_main(["analyze", "--json", str(a), str(b)], capsys)
+    result = json.loads(text)
+    page = parse(out)
+    assert sum(int(m["data-n"]) for m in page.marks) == result["windows"]["total"] == 21
+    html = out.read_text()
+    assert html.count('<svg class="strip"') == 2
+    assert [m["data-verdict"] for m in page.marks if "data-verdict" in m] == ["violation"]
+    data = json.loads(page.json_text)
+    assert [t["trace"] for t in data["traces"]] == [str(a), str(b)]
+    assert [t["windows_total"] for t in data["traces"]] == [1, 20]

@@ -14,11 +14,10 @@ from kvmtrace.sources.stream import load
 
 PHASES = {"M", "X", "b", "e", "i"}
 SHIPPED = sorted(str(p) for p in GEN.glob("*.jsonl")) + sorted(
-    str(p) for p in (FIXTURES / "flushpaths").glob("*.txt")) + [
-    str(FIXTURES / "lab_two_vcpu_flush_nosync.ftrace.txt"),
-    str(LAB), str(FIXTURES / "real" / "exercise_2vcpu.parquet"),
-    str(FIXTURES / "real" / "exercise_2vcpu_noflush.ftrace.txt.gz"),
-    str(FIXTURES / "real" / "exercise_4vcpu_3000flushes.parquet")]
+    str(p) for p in (FIXTURES / "flushpaths").glob("*.txt")) + sorted(
+    str(p) for p in (FIXTURES / "real").glob("*") if not p.name.endswith(".json")) + sorted(
+    str(p) for p in (FIXTURES / "text").glob("*.txt")) + [
+    str(FIXTURES / "lab_two_vcpu_flush_nosync.ftrace.txt"), str(LAB)]
 
 
 def timeline(tmp_path: Path, capsys, *traces: str) -> dict:
