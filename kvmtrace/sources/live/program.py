@@ -20,6 +20,7 @@ from kvmtrace import probes
 from kvmtrace.sources.live.tracepoints import EMULATE, EVIDENCE, GUEST_EXIT, OPEN_CR, TracepointProbe, fields_of
 
 WITH_ARG = (EVIDENCE, GUEST_EXIT, EMULATE, OPEN_CR)
+EVIDENCE_HANDLERS = (EVIDENCE, GUEST_EXIT, EMULATE)   # guest-run evidence: exact snapshots
 
 RECORD_SIZE = 72          # struct kt_record
 NKINDS = 64               # kt_counted slots (Kind codes are < 64)
@@ -196,7 +197,7 @@ def tracepoint_handler(rt: ResolvedTracepoint, exact: bool = False) -> str:
     body = [f"int {rt.fn_name}(struct {sname} *args)", "{",
             "\tu64 id = bpf_get_current_pid_tgid();",
             "\tif (kt_skip(id >> 32))", "\t\treturn 0;"]
-    if exact and rt.probe.handler in WITH_ARG:
+    if exact and rt.probe.handler in EVIDENCE_HANDLERS:
         # Exact mode: a root snapshot when one is due, before the window filter.
         body.append("\tkt_exact_evidence(id);")
     if rt.probe.handler == EVIDENCE:
