@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kvmtrace.schema import Kind
-from kvmtrace.sources.native import read_native
+from kvmtrace.sources.stream import load as load_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL = ROOT / "fixtures" / "real"
@@ -24,7 +24,7 @@ VCPU, WINDOW = 1, 3          # what fixtures/README.md says was injected
 
 
 def events(path: Path):
-    return read_native(path, "parquet").events
+    return load_trace(path).events
 
 
 def test_the_exact_fixture_holds_kvm_bookkeeping():
