@@ -17,6 +17,7 @@ from kvmtrace.commands.watch import watch
 from kvmtrace.commands.report import report
 from kvmtrace.commands.timeline import timeline
 from kvmtrace.errors import fail_line
+from kvmtrace.pipeline.offline import SelectionError
 from kvmtrace.schema import SchemaError
 from kvmtrace.sources.native import TraceFileError, use_system_memory_pool
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("kvmtrace: interrupted", err=True)
         code = 130
-    except (TraceFileError, SchemaError) as exc:
+    except (TraceFileError, SchemaError, SelectionError) as exc:
         fail_line(str(exc))
         code = exitcodes.BAD_INPUT
     except BrokenPipeError:

@@ -194,6 +194,8 @@ KINDS: tuple[KindRow, ...] = (
     KindRow(Kind.FLUSH_INVLPG, GATE, "a guest INVLPG: kvm:kvm_exit or kvm:kvm_emulate_insn"),
     KindRow(Kind.FLUSH_INVPCID, GATE, "a guest INVPCID: kvm:kvm_exit"),
     KindRow(Kind.FLUSH_PVM_LOAD_PGTBL, GATE, "PVM_HC_LOAD_PGTBL (kvm_pvm backend)"),
+    # Integrity (kinds 50-54).
+    KindRow(Kind.INVALID, STATE, "kvmtrace/sources/validate.py: an event refused as impossible"),
 )
 
 KIND_ROWS: dict[Kind, KindRow] = {row.kind: row for row in KINDS}

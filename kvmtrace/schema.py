@@ -86,6 +86,12 @@ class Kind(enum.IntEnum):
     FLUSH_INVPCID = 44        # a guest INVPCID exit; value = INVPCID type (0-3) or -1
     FLUSH_PVM_LOAD_PGTBL = 45  # PVM_HC_LOAD_PGTBL; value = flags (bit 0: flush the new CR3's PCID)
 
+    # Integrity (codes 50-54 reserved).
+    INVALID = 50              # an event a source decoded with impossible fields (level 9, a
+                              # wrapped uint64 gfn, a time outside the trace): refused by
+                              # sources/validate.py, kept as a marker at its place; value = 1.
+                              # The model treats it as a lost event of its VM (tgid, or -1).
+
 
 KIND_NAMES: dict[int, str] = {k.value: k.name.lower() for k in Kind}
 KIND_BY_NAME: dict[str, Kind] = {k.name.lower(): k for k in Kind}
@@ -192,6 +198,8 @@ class TraceMeta:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TraceMeta":
+        if not isinstance(data, dict):
+            raise SchemaError(f"metadata is a JSON {type(data).__name__}, not an object")
         version = data.get("schema_version")
         if version not in READABLE_VERSIONS:
             raise SchemaError(f"unknown schema version {version!r} (this kvmtrace reads "
@@ -225,6 +233,11 @@ def _meta_type_problem(name: str, value: Any) -> str:
     if name in ("schema_version", "start_time_ns", "lost_events"):
         return "" if _is_int(value) and value >= 0 else "must be a non-negative integer"
     return "" if isinstance(value, str) else "must be a string"
+
+
+# A note that marks a trace read past corruption with --salvage: what follows the damage is
+# missing, so no verdict from it is better than inconclusive (analysis/report.py).
+SALVAGED_NOTE = "salvaged past corruption"
 
 
 class SchemaError(ValueError):

@@ -81,9 +81,9 @@ def test_several_traces_and_filters(tmp_path, capsys):
     assert {vm["trace"] for vm in doc["vms"]} == {str(good), str(bad)}
     code, out, _ = run_main(["analyze", "--json", "--vcpu", "0", str(bad)], capsys)
     assert code == 0 and json.loads(out)["verdict"] == "no-flushes"
-    code, out, _ = run_main(["analyze", "--json", "--vm", "2", str(bad)], capsys)
-    assert code == 0 and json.loads(out)["windows"]["total"] == 0
-    assert any("no event of VM tgid 2" in n for n in json.loads(out)["notes"])
+    # Filters that select nothing are refused, naming what exists (issue 14).
+    code, out, err = run_main(["analyze", "--json", "--vm", "2", str(bad)], capsys)
+    assert code == 2 and f"no VM 2 in {bad}; VMs: 1" in err
     code, _, _ = run_main(["analyze", "--vm", "1", str(good)], capsys)
     assert code == 0
 

@@ -183,7 +183,8 @@ def test_a_full_disk_is_one_clear_error_naming_the_partial_file(monkeypatch, tmp
     full = os.open("/dev/full", os.O_WRONLY)
     os.dup2(full, rec._writer._raw.fileno())
     os.close(full)
+    rec._emit(lost_frame(1, {0: 3}))              # gathered for a compressible chunk ...
     with pytest.raises(TraceFileError) as err:
-        rec._emit(lost_frame(1, {0: 3}))
+        rec._write_out(force=True)                   # ... which the full disk refuses
     assert str(err.value) == (f"{out}: cannot write: No space left on device; the chunks "
                               f"written before are readable from {out}.part")

@@ -39,6 +39,7 @@ op = st.one_of(
     st.tuples(st.just("link"), st.integers(0, 2), st.sampled_from([4, 5, 6])),
     st.tuples(st.just("unlink"), st.integers(0, 2), st.sampled_from([4, 5, 6])),
     st.tuples(st.just("root"), st.integers(0, 2), st.sampled_from([1, 9, -1])),
+    st.tuples(st.just("invalid"), st.integers(0, 2), st.just(0)),
 )
 
 
@@ -80,6 +81,8 @@ def stream_of(ops) -> pd.DataFrame:
         elif name in ("link", "unlink"):
             s.add(Kind.SP_LINK, tid, gfn=arg, role=role(1), level=1, parent_gfn=3,
                   parent_role=role(2), value=int(name == "link"))
+        elif name == "invalid":       # an event sources/validate.py refused
+            s.add(Kind.INVALID, tid, value=1)
         elif name == "root":
             s.add(Kind.ROOT_STATE, tid, gfn=arg, role=role(4) if arg >= 0 else -1, value=0)
     return s.frame()
@@ -142,7 +145,7 @@ def test_the_grammar_covers_every_kind_the_model_handles():
     # One op of each form; together they must emit every Kind (each has an on_<kind> handler).
     ops = [("build", 1, 4), ("unsync", 0, 4), ("sync", 0, 4), ("zap", 0, 5), ("flush", 1, 0),
            ("load", 1, 0), ("lost", 0, 0), ("walk", 1, 4), ("uexit", 1, 2), ("link", 1, 4),
-           ("root", 1, 1)]
+           ("root", 1, 1), ("invalid", 1, 0)]
     ops += [("request", 1, k) for k in (Kind.FLUSH_REQUEST_GUEST, Kind.FLUSH_REQUEST_HYPERV,
                                         *FLUSH_PATH_KINDS)]
     ops += [("fn", 1, k) for k in FUNCTION_KINDS] + [("run", 1, k) for k in EVIDENCE_KINDS]

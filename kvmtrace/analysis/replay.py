@@ -119,6 +119,8 @@ class Replayer:
         self.events = 0
         self.handled = 0
         self.lost_markers = 0
+        self.invalid_markers = 0
+        self.tgids_seen: set = set()     # every VM of the input (kept only under a --vm filter)
         self._loss: tuple[int, Optional[int]] = (0, None)    # last VM-less loss: (seq, ts)
         self.reordered = 0
         self.late = 0
@@ -161,7 +163,11 @@ class Replayer:
         require_columns(chunk.cols)
         if self.vm_filter is not None:
             cols = chunk.cols
-            keep = (np.asarray(cols["tgid"]) == self.vm_filter) | (np.asarray(cols["kind"]) == Kind.LOST)
+            tgid = np.asarray(cols["tgid"])
+            if len(tgid):
+                self.tgids_seen.update(np.unique(tgid).tolist())
+            kind = np.asarray(cols["kind"])
+            keep = (tgid == self.vm_filter) | (kind == Kind.LOST) | (kind == Kind.INVALID)
             if not keep.all():
                 rows = np.flatnonzero(keep)
                 chunk = Chunk({k: np.asarray(v)[rows] for k, v in cols.items()},
@@ -294,6 +300,7 @@ class Replayer:
             outstanding.append(Outstanding(key[0], key[1], sp.level if sp else key[1] & 0xF,
                                            rec.ts, rec.tid, reach,
                                            doubtful=rec.seq < vm.loss_seq))
+        w.last_loss_ts = vm.loss_ts
         decide(w, outstanding, tdp=tdp, shadow_vm=shadow_vm, fn_mode=fn_mode,
                sp_observed=vm.sp_seen or self.sp_probed, unchecked=unchecked)
         if (w.verdict in (VIOLATION, SUSPECT) and ev.kind in (Kind.WALK_START, Kind.PAGE_FAULT)):
@@ -317,6 +324,15 @@ class Replayer:
         violation from it (window._discount_losses) until that vCPU's state is
         re-established (``_reestablish``)."""
         self.lost_markers += max(1, ev.value)
+        self._taint(ev)
+
+    def on_invalid(self, ev: Event) -> None:
+        """An event the validation layer refused (sources/validate.py): whatever it was, it
+        is not believed, so it counts as one lost event of its VM."""
+        self.invalid_markers += 1
+        self._taint(ev)
+
+    def _taint(self, ev: Event) -> None:
         self.seq += 1
         if ev.tgid >= 0:
             vms = [self._vm(ev.tgid)]

@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
-from kvmtrace.schema import KIND_NAMES, Kind
+from kvmtrace.schema import KIND_NAMES, SALVAGED_NOTE, Kind
 from kvmtrace.analysis.window import (GENERATIONS, INCONCLUSIVE, OK, OPEN, PATTERNS, SUSPECT, UNKNOWN,
                      VIOLATION, FlushWindow)
 
@@ -190,6 +190,13 @@ class Aggregate:
                    "no gfn: use `trace-cmd report -R`)")
             notes.append(msg + "; every window is inconclusive")
             self.demote_all(msg)
+        if rep.invalid_markers:
+            notes.append(f"{rep.invalid_markers} invalid events were not believed; the windows "
+                         "they could change are inconclusive")
+        if any(n.startswith(SALVAGED_NOTE) for n in rep.meta.notes):
+            msg = "the trace was read only up to corruption (--salvage)"
+            notes.append(msg + "; no window is better than inconclusive")
+            self.demote_all(msg)
         if rep.vm_filter is not None and rep.vm_filter not in rep.vms:
             notes.append(f"no event of VM tgid {rep.vm_filter} is in this trace")
         if rep.vcpu_conflicts:
@@ -211,10 +218,12 @@ class Aggregate:
                         "vcpus": [r.to_dict() for r in rows]})
         pattern = trace_pattern(self.meaningful_patterns, self.observed_patterns)
         verdict = verdict_of(total)
-        if verdict == NO_FLUSHES and (lost or self.doubts):
+        invalid = rep.invalid_markers
+        if verdict == NO_FLUSHES and (lost or invalid or self.doubts):
             # A flush window may be among what was lost or misread: "none seen" is no answer.
             verdict = INCONCLUSIVE
-            why = f"{lost} events were lost" if lost else self.doubts[0]
+            why = (f"{lost} events were lost" if lost else
+                   f"{invalid} events were invalid" if invalid else self.doubts[0])
             notes.append(f"no flush window was seen, but {why}: a flush may have been missed")
         return AnalysisResult(
             verdict=verdict, pattern=pattern, windows=total, vms=vms,
@@ -241,6 +250,7 @@ class AnalysisResult:
     meta: dict = field(default_factory=dict)
     sources: list = field(default_factory=list)
     by_path: dict = field(default_factory=dict)   # flush path (opener) -> window counts
+    population: dict = field(default_factory=dict)   # tgid -> vCPU ids seen (the sources fill it)
 
     def to_dict(self) -> dict:
         return {"verdict": self.verdict, "pattern": self.pattern,

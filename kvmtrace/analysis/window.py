@@ -91,6 +91,7 @@ class FlushWindow:
     lost_before_ts: Optional[int] = None
     reestablished: bool = False      # a full sync / reload / exact root state in the window
     loss_demoted: bool = False       # the verdict became inconclusive because of a loss
+    last_loss_ts: Optional[int] = None   # the VM's last loss before the window closed
     # What happened inside (function probes, then tracepoint evidence).
     saw_flush_fn: bool = False       # kvm_vcpu_flush_tlb_guest entry/return
     saw_hw_flush: bool = False
@@ -252,21 +253,22 @@ def _discount_losses(w: FlushWindow, outstanding: list) -> None:
     an unload+reload or exact root state) since the loss.
     """
     tainted = w.lost_before_ts is not None and not w.reestablished
+    at = w.lost_before_ts if w.lost_before_ts is not None else (w.last_loss_ts or 0)
     if w.verdict == VIOLATION:
         known = [o for o in outstanding if o.reachable]
         doubtful = [o for o in known if o.doubtful]
         if not tainted and len(doubtful) < len(known):
             return
         o = (doubtful or known)[0]
-        why = (f"events lost at {_ts(w.lost_before_ts or 0)} could have synced gfn {o.gfn:#x} "
+        why = (f"events lost at {_ts(at)} could have synced gfn {o.gfn:#x} "
                f"(unsync since {_ts(o.unsync_ts)}) or unlinked it from this vCPU's root")
     elif not tainted:
         return
     elif w.verdict == OK:
-        why = (f"events lost at {_ts(w.lost_before_ts or 0)} could have unsynced a page "
+        why = (f"events lost at {_ts(at)} could have unsynced a page "
                "reachable from this vCPU's root, and no full sync of this vCPU was seen since")
     else:
-        why = (f"events lost at {_ts(w.lost_before_ts or 0)} could have synced or unsynced "
+        why = (f"events lost at {_ts(at)} could have synced or unsynced "
                "the pages this window depends on")
     w.reason = f"{why} (without the loss: {w.verdict}, {w.reason})"
     w.verdict = INCONCLUSIVE

@@ -50,19 +50,22 @@ Examples:
   kvmtrace analyze fixtures/lab_two_vcpu_flush.ftrace.txt
   kvmtrace analyze --json recording.parquet
   kvmtrace analyze --vm 4242 --vcpu 1 part1.parquet part2.parquet
-Exit codes: 0 ok or no flushes seen, 1 violation, 2 bad input,
+  ssh host cat /sys/kernel/tracing/trace | kvmtrace analyze -
+Exit codes: 0 ok or no flushes seen, 1 violation, 2 bad input (unreadable
+            or corrupt file, a --vm/--vcpu that selects nothing),
             3 suspect or inconclusive.
 On a violation it prints the `kvmtrace report` command that draws it.
 """)
-@click.argument("traces", nargs=-1, required=True, type=click.Path(dir_okay=False),
-                metavar="TRACE...")
+@click.argument("traces", nargs=-1, required=True, metavar="TRACE...")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--vm", "vm", type=int, metavar="TGID", help="Only the VM whose VMM process is TGID.")
 @click.option("--vcpu", "vcpu", type=click.IntRange(min=0), metavar="N",
               help="Only report windows of vCPU N.")
 @tgid_map_option
+@click.option("--salvage", is_flag=True, help="Read what precedes corruption instead of "
+              "refusing the file; the verdict is then at best inconclusive.")
 def analyze(traces: tuple[str, ...], as_json: bool, vm: int | None, vcpu: int | None,
-            tgid_map: dict[int, int] | None) -> None:
+            tgid_map: dict[int, int] | None, salvage: bool) -> None:
     """Find guest TLB flushes completed before the shadow page tables were synced.
 
     Replays each TRACE (kvmtrace Parquet / JSON Lines, ftrace, trace-cmd or perf text)
@@ -72,7 +75,8 @@ def analyze(traces: tuple[str, ...], as_json: bool, vm: int | None, vcpu: int | 
     """
     progress = _Progress()
     try:
-        result = analyze_paths(traces, vm=vm, vcpu=vcpu, progress=progress, tgid_map=tgid_map)
+        result = analyze_paths(traces, vm=vm, vcpu=vcpu, progress=progress, tgid_map=tgid_map,
+                               salvage=salvage)
     finally:
         progress.done()
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else render(result))

@@ -45,7 +45,7 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--prom", "prom_file", type=click.Path(dir_okay=False), metavar="FILE",
               help="Also write node_exporter textfile-collector metrics to FILE (atomically).")
-@click.option("--replay", "replay", type=click.Path(dir_okay=False), metavar="TRACE",
+@click.option("--replay", "replay", metavar="TRACE",
               help="Judge a recorded trace instead of tracing live (same online analysis).")
 @report_option
 def check(duration: float, tgids: tuple[int, ...], exercise: bool, min_windows: int,
@@ -56,14 +56,43 @@ def check(duration: float, tgids: tuple[int, ...], exercise: bool, min_windows: 
     Traces KVM live (BPF on its tracepoints) and replays the events through the same
     shadow-MMU model as `kvmtrace analyze` while they arrive.  A check that saw no
     meaningful flush window never passes: use --exercise to make one happen.
+    With --prom, every run rewrites FILE: a run that cannot judge (exit 2 or 4) exports
+    kvmtrace_check_verdict{verdict="error"} and its reason, never the last run's verdict.
     """
+    if prom_file:
+        _check_prom_dir(prom_file)
+    try:
+        _check(duration, tgids, exercise, min_windows, as_json, prom_file, replay, report_file)
+    except click.exceptions.Exit as exc:
+        if prom_file and exc.exit_code not in (0, 1, 3):
+            _write_prom_error(prom_file, _FAILURE[0] or "the check could not run", exc.exit_code)
+        raise
+    except BaseException as exc:
+        if prom_file:
+            code = 130 if isinstance(exc, (KeyboardInterrupt, click.exceptions.Abort)) else exitcodes.BAD_INPUT
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            _write_prom_error(prom_file, why if code != 130 else "interrupted", code)
+        raise
+
+
+_FAILURE: list[str] = [""]        # why the run could not judge (the line fail_line printed)
+
+
+def _fail(message: str, code: int) -> None:
+    _FAILURE[0] = message
+    fail_line(message)
+    raise click.exceptions.Exit(code)
+
+
+def _check(duration: float, tgids: tuple[int, ...], exercise: bool, min_windows: int,
+           as_json: bool, prom_file: str | None, replay: str | None,
+           report_file: str | None) -> None:
     from kvmtrace.pipeline.check import CheckConfig, run_check
     from kvmtrace.sources.live import LiveUnavailable
     from kvmtrace.pipeline.session import stop_on_signals
+    _FAILURE[0] = ""
     if replay and (exercise or tgids):
         raise click.UsageError("--replay judges a recorded trace: it takes no --exercise or -p")
-    if prom_file:
-        _check_prom_dir(prom_file)
     collector = None
     if report_file:
         from kvmtrace.pipeline.visual import Collector
@@ -84,8 +113,7 @@ def check(duration: float, tgids: tuple[int, ...], exercise: bool, min_windows: 
         with stop_on_signals(stop):
             report = run_check(source, cfg, stop)
     except LiveUnavailable as exc:
-        fail_line(f"check: cannot trace here: {exc}")
-        raise click.exceptions.Exit(exitcodes.ENVIRONMENT)
+        _fail(f"check: cannot trace here: {exc}", exitcodes.ENVIRONMENT)
     finally:
         if cfg.status is not None:
             cfg.status.clear()
@@ -119,8 +147,7 @@ def _exercise_possible() -> None:
     from kvmtrace.exercise import unavailable_reason
     reason = unavailable_reason()
     if reason:
-        fail_line(f"check: cannot run the built-in guest here: {reason}")
-        raise click.exceptions.Exit(exitcodes.ENVIRONMENT)
+        _fail(f"check: cannot run the built-in guest here: {reason}", exitcodes.ENVIRONMENT)
 
 
 def _check_prom_dir(path: str) -> None:
@@ -131,8 +158,26 @@ def _check_prom_dir(path: str) -> None:
 
 
 def _write_prom(path: str, report) -> None:
-    from kvmtrace.outputs.prom import render_metrics, write_atomically
-    text = render_metrics(report.verdict, report.windows(), report.stale_reads, time.time())
+    from kvmtrace.outputs.prom import render_metrics
+    d = report.to_dict()
+    reason = d["reasons"][0] if d.get("reasons") else ""
+    _write_prom_text(path, render_metrics(report.verdict, report.windows(), report.stale_reads,
+                                          time.time(), reason=reason,
+                                          exit_code=report.exit_code))
+
+
+def _write_prom_error(path: str, reason: str, code: int) -> None:
+    """The run could not judge: the file says so (verdict "error"), never stays stale."""
+    from kvmtrace.outputs.prom import render_metrics
+    try:
+        _write_prom_text(path, render_metrics("error", {}, 0, time.time(), reason=reason,
+                                              exit_code=code))
+    except click.exceptions.Exit:
+        pass                      # already said why; keep the run's own exit code
+
+
+def _write_prom_text(path: str, text: str) -> None:
+    from kvmtrace.outputs.prom import write_atomically
     try:
         write_atomically(path, text)
     except OSError as exc:

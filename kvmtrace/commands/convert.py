@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from kvmtrace.sources.stream import load
-from kvmtrace.sources.native import native_format, write_trace
+from kvmtrace.sources.native import OutputLock, native_format, write_trace
 from kvmtrace.commands.options import tgid_map_option
 
 
@@ -13,19 +13,28 @@ Examples:
   kvmtrace convert /sys/kernel/tracing/trace -o capture.parquet
   kvmtrace convert perf-script.txt -o small.jsonl
   kvmtrace convert recording.parquet -o recording.jsonl.gz
-Exit codes: 0 written, 2 usage or bad input.
+  kvmtrace convert - -o capture.parquet < /sys/kernel/tracing/trace
+Exit codes: 0 written, 2 usage or bad input (unreadable or corrupt input,
+            another kvmtrace writing OUT, a full disk: nothing of OUT is left).
 """)
-@click.argument("trace", type=click.Path(dir_okay=False))
+@click.argument("trace", metavar="TRACE")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Output file; the format follows the suffix: .parquet, .jsonl, .jsonl.gz")
 @tgid_map_option
-def convert(trace: str, output: str, tgid_map: dict[int, int] | None) -> None:
+@click.option("--salvage", is_flag=True, help="Read what precedes corruption instead of "
+              "refusing the file; the verdict is then at best inconclusive.")
+def convert(trace: str, output: str, tgid_map: dict[int, int] | None, salvage: bool) -> None:
     """Convert TRACE (native, ftrace, trace-cmd or perf text) to a native trace file."""
     fmt = native_format(output)
-    loaded = load(trace, tgid_map=tgid_map)
+    lock = OutputLock.acquire(output)      # refuse at once if another kvmtrace writes OUT
+    try:
+        loaded = load(trace, tgid_map=tgid_map, salvage=salvage)
+    except BaseException:
+        lock.release()
+        raise
     for warning in loaded.warnings:
         click.echo(f"kvmtrace: warning: {trace}: {warning}", err=True)
     if loaded.recovery is not None:
         click.echo(f"kvmtrace: warning: {trace}: {loaded.recovery.describe()}", err=True)
-    write_trace(output, loaded.events, loaded.meta, fmt)
+    write_trace(output, loaded.events, loaded.meta, fmt, lock=lock)
     click.echo(f"wrote {len(loaded.events)} events to {output} ({fmt})", err=True)

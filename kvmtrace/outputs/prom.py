@@ -11,7 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Mapping
 
-VERDICTS = ("pass", "fail", "inconclusive", "not-exposed")
+VERDICTS = ("pass", "fail", "inconclusive", "not-exposed", "error")
+MAX_REASON = 300
 WINDOW_VERDICTS = ("ok", "violation", "suspect", "inconclusive", "open")
 
 
@@ -20,8 +21,12 @@ def _escape(value: str) -> str:
 
 
 def render_metrics(verdict: str, windows: Mapping[str, int], stale_reads: int,
-                   timestamp: float, labels: Mapping[str, str] | None = None) -> str:
-    """The metrics of one check run in the Prometheus text exposition format."""
+                   timestamp: float, labels: Mapping[str, str] | None = None,
+                   reason: str = "", exit_code: int | None = None) -> str:
+    """The metrics of one check run in the Prometheus text exposition format.
+
+    ``verdict`` "error": the run could not judge (exit 2 or 4, interrupted); ``reason``
+    says why, as a label of ``kvmtrace_check_info``."""
     extra = "".join(f',{k}="{_escape(v)}"' for k, v in sorted((labels or {}).items()))
     base = extra.lstrip(",")
     braces = f"{{{base}}}" if base else ""
@@ -50,6 +55,10 @@ def render_metrics(verdict: str, windows: Mapping[str, int], stale_reads: int,
         "# HELP kvmtrace_check_last_run_timestamp_seconds When the last check finished.",
         "# TYPE kvmtrace_check_last_run_timestamp_seconds gauge",
         f"kvmtrace_check_last_run_timestamp_seconds{braces} {timestamp:.3f}",
+        "# HELP kvmtrace_check_info The last check's verdict, exit code and first reason.",
+        "# TYPE kvmtrace_check_info gauge",
+        (f'kvmtrace_check_info{{verdict="{_escape(verdict)}",exit_code="{"" if exit_code is None else exit_code}",'
+         f'reason="{_escape(" ".join(reason.split())[:MAX_REASON])}"{extra}}} 1'),
     ]
     return "\n".join(lines) + "\n"
 

@@ -25,11 +25,13 @@ def analyze_path(path: str | os.PathLike, *, vm: Optional[int] = None,
                  vcpu: Optional[int] = None, chunk_rows: int = CHUNK_ROWS,
                  progress: Optional[Progress] = None, tgid_map: Optional[dict] = None,
                  max_findings: int = 100,
-                 listener: Optional[ReplayListener] = None) -> AnalysisResult:
+                 listener: Optional[ReplayListener] = None,
+                 salvage: bool = False) -> AnalysisResult:
     """Replay one trace file of any supported format; return its result.  ``listener``
     (the timeline and report) is told of every window and of the events it asks for."""
     path = str(path)
-    stream = open_events(path, columns=NEEDED, chunk_rows=chunk_rows, tgid_map=tgid_map)
+    stream = open_events(path, columns=NEEDED, chunk_rows=chunk_rows, tgid_map=tgid_map,
+                         salvage=salvage)
     meta = stream.meta
     rep = Replayer(meta, vm=vm, vcpu=vcpu, source=path, max_findings=max_findings,
                    listener=listener)
@@ -41,6 +43,10 @@ def analyze_path(path: str | os.PathLike, *, vm: Optional[int] = None,
         raise TraceFileError(path, "no events to analyse" + (f" ({ignored[0]})" if ignored else ""))
     result = rep.finish()
     result.notes = list(dict.fromkeys(meta.notes + result.notes))
+    result.population = {tgid: sorted({th.vcpu for th in vm.threads.values() if th.vcpu >= 0})
+                         for tgid, vm in rep.vms.items() if vm.threads}
+    for tgid in rep.tgids_seen:
+        result.population.setdefault(int(tgid), [])
     return result
 
 
@@ -58,6 +64,33 @@ def _run(rep: Replayer, path: str, stream: EventStream, progress: Optional[Progr
     return rows
 
 
+class SelectionError(ValueError):
+    """--vm / --vcpu select nothing in the traces: one line naming what exists."""
+
+
+def _check_selection(paths: list[str], results: list[AnalysisResult], vm: Optional[int],
+                     vcpu: Optional[int]) -> None:
+    """A filter that matches nothing is a usage error, never a quiet no-flushes."""
+    label = paths[0] if len(paths) == 1 else f"{len(paths)} traces"
+    vms: dict[int, set] = {}
+    for r in results:
+        for tgid, vcpus in r.population.items():
+            vms.setdefault(tgid, set()).update(vcpus)
+    if vm is not None and vm not in vms:
+        listed = ", ".join(str(t) for t in sorted(vms) if t >= 0) or "none"
+        raise SelectionError(f"no VM {vm} in {label}; VMs: {listed}")
+    if vcpu is not None:
+        scope = {vm: vms[vm]} if vm is not None else vms
+        known = sorted(set().union(*scope.values())) if scope else []
+        if vcpu not in known:
+            where = f"VM {vm} of {label}" if vm is not None else label
+            listed = ", ".join(map(str, known)) or "none with a known id"
+            raise SelectionError(f"no vCPU {vcpu} in {where}; vCPUs: {listed}")
+
+
 def analyze_paths(paths: Iterable[str | os.PathLike], **kw) -> AnalysisResult:
     """Analyse several traces separately and report them together."""
-    return merge([analyze_path(p, **kw) for p in paths])
+    paths = [str(p) for p in paths]
+    results = [analyze_path(p, **kw) for p in paths]
+    _check_selection(paths, results, kw.get("vm"), kw.get("vcpu"))
+    return merge(results)

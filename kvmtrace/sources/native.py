@@ -12,14 +12,16 @@ Crash safety.  The recorder writes through ``TraceWriter`` in chunks:
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
 import os
+import stat
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -28,8 +30,9 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from kvmtrace.sources.frame import concat, conform, empty_frame, from_rows
-from kvmtrace.schema import (COLUMNS, COLUMN_BY_NAME, KIND_BY_NAME, KIND_NAMES, SCHEMA_VERSION, Kind,
-                             SchemaError, TraceMeta, columns_added_after)
+from kvmtrace.sources.validate import Validator
+from kvmtrace.schema import (COLUMNS, COLUMN_BY_NAME, KIND_BY_NAME, KIND_NAMES, SALVAGED_NOTE,
+                             SCHEMA_VERSION, Kind, SchemaError, TraceMeta, columns_added_after)
 
 META_KEY = b"kvmtrace"
 PARQUET_MAGIC = b"PAR1"
@@ -47,6 +50,103 @@ class TraceFileError(Exception):
         super().__init__(f"{path}: {problem}")
         self.path = str(path)
         self.problem = problem
+
+
+# Every exception the reading libraries (pyarrow, zlib/gzip, json, the codecs) raise on
+# damaged input.  ``reading()`` turns each into one TraceFileError line naming the file and
+# where; nothing else in the readers catches them piecemeal.
+READ_ERRORS: tuple[type[BaseException], ...] = (
+    pa.ArrowException, OSError, EOFError, zlib.error, UnicodeDecodeError, RecursionError,
+    MemoryError, OverflowError, ValueError, TypeError, AttributeError, KeyError, IndexError)
+
+
+def describe_read_error(exc: BaseException) -> str:
+    """What a reading library's exception means, in a few words (one line)."""
+    if isinstance(exc, TraceFileError):
+        return exc.problem
+    if isinstance(exc, SchemaError):
+        return str(exc)
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply"
+    if isinstance(exc, MemoryError):
+        return "too large to decode"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(exc, (zlib.error, gzip.BadGzipFile)):
+        return f"corrupt compressed data ({exc})"
+    if isinstance(exc, EOFError):
+        return f"compressed stream cut off ({exc})"
+    text = str(exc).strip().splitlines()
+    detail = text[0][:200] if text else ""
+    if isinstance(exc, (pa.ArrowException, OSError)):
+        return f"corrupt or unreadable data ({detail or type(exc).__name__})"
+    return f"malformed ({type(exc).__name__}: {detail})" if detail else f"malformed ({type(exc).__name__})"
+
+
+def read_error(path, exc: BaseException, where: str = "") -> TraceFileError:
+    """The one conversion of a reader exception into a one-line error."""
+    if isinstance(exc, TraceFileError) and not where:
+        return exc
+    problem = describe_read_error(exc)
+    return TraceFileError(path, f"{where}: {problem}" if where else problem)
+
+
+@contextlib.contextmanager
+def reading(path, where: Callable[[], str] | str = ""):
+    """Run a read; any library exception becomes TraceFileError(path, "where: problem")."""
+    try:
+        yield
+    except TraceFileError:
+        raise
+    except READ_ERRORS as exc:
+        raise read_error(path, exc, where() if callable(where) else where) from None
+
+
+STDIN_NAMES = ("-", "/dev/stdin")
+STDIN_SPOOL_LIMIT = 1 << 34          # 16 GiB: a stream larger than this is refused
+
+
+def spool_stdin() -> str:
+    """Standard input copied to a temporary file (the readers sniff, seek and stream files):
+    a pipe, a FIFO or a terminal given as ``-``.  Removed when the process exits."""
+    import atexit
+    import sys
+    import tempfile
+    src = sys.stdin.buffer
+    fd, name = tempfile.mkstemp(prefix="kvmtrace-stdin-", suffix=".trace")
+    atexit.register(lambda: os.path.exists(name) and os.unlink(name))
+    copied = 0
+    with os.fdopen(fd, "wb") as out:
+        while True:
+            block = src.read(1 << 20)
+            if not block:
+                break
+            copied += len(block)
+            if copied > STDIN_SPOOL_LIMIT:
+                raise TraceFileError("-", f"standard input larger than {STDIN_SPOOL_LIMIT >> 30} GiB")
+            out.write(block)
+    if not copied:
+        raise TraceFileError("-", "standard input is empty")
+    return name
+
+
+def special_file(path: str | os.PathLike) -> str:
+    """'fifo', 'character device', 'socket', 'block device' or '' (regular file, directory,
+    absent), from the file's type, without opening it: opening a FIFO blocks."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return ""
+    if (stat.S_ISREG(mode) and os.stat(path).st_size == 0
+            and os.path.basename(str(path)).startswith("trace_pipe")):
+        # tracefs's trace_pipe(_raw) is a regular file that never ends: a read waits for
+        # the next event (kernel/trace/trace.c, tracing_read_pipe).
+        return "tracefs stream (it never ends)"
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return ""
 
 
 @dataclass
@@ -127,13 +227,90 @@ def _event_to_json(row: dict) -> str:
     return json.dumps(out, separators=(",", ":"))
 
 
+LOCK_SUFFIX = ".lock"
+# How a recorder gathers rows into chunks of the .part.  Each Arrow IPC record batch costs
+# about 1 KB of metadata whatever its size, so chunks of 100 rows take 4x the final
+# Parquet, 1000 rows 1.5x, 4096 rows 1.25x (bench/part_size_bench.py).  A chunk is written
+# at PART_BATCH_ROWS rows, or after PART_BATCH_AGE_S with at least PART_MIN_ROWS rows, or
+# after PART_MAX_AGE_S whatever it holds: a killed recorder loses about the last second,
+# at most PART_MAX_AGE_S when fewer than PART_MIN_ROWS events a second come in.
+PART_BATCH_ROWS = 4096
+PART_MIN_ROWS = 1000
+PART_BATCH_AGE_S = 1.0
+PART_MAX_AGE_S = 10.0
+ROW_GROUP_ROWS = 1 << 20     # rows per Parquet row group of a finished file (the last one
+                             # holds the rest), never one per drain batch
+
+
+class OutputLock:
+    """An exclusive lock on an output trace: ``OUT.lock`` holds the writer's PID and is
+    flock()ed while it writes, so a second recorder (or convert) refuses at start instead
+    of truncating the first one's ``.part``.  The kernel drops the lock when the holder
+    dies, so a stale file after ``kill -9`` does not block the next writer."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, output: str | os.PathLike) -> "OutputLock":
+        import fcntl
+        lock_path = Path(str(output) + LOCK_SUFFIX)
+        for _ in range(10):        # the holder may unlink the file between open and flock
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise TraceFileError(output, f"cannot write: {exc.strerror or exc}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise TraceFileError(output, f"another kvmtrace (PID {holder}) is writing it "
+                                             f"(it holds {lock_path})") from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(lock_path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                return cls(lock_path, fd)
+            os.close(fd)
+        raise TraceFileError(output, f"cannot lock {lock_path}: it keeps being replaced")
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            if os.path.samestat(os.fstat(self._fd), os.stat(self.path)):
+                os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
 class TraceWriter:
     """Write a trace in chunks so that a killed writer leaves a recoverable file.
 
-    Use as a context manager; ``write(df)`` per chunk, ``close(meta)`` to finish.
+    Use as a context manager; ``write(df)`` per chunk (on disk when it returns),
+    ``close(meta)`` to finish.  Parquet output goes through ``OUT.part``, a zstd-compressed
+    Arrow IPC stream (callers write chunks of PART_BATCH_ROWS rows or so: smaller ones
+    compress worse), then ``close()`` rewrites it as ``OUT`` in row groups of ROW_GROUP_ROWS.
+    Errors leave no ``.tmp`` and no empty ``.part``; a ``.part`` holding chunks stays
+    (every command reading ``OUT`` recovers it) unless ``discard()`` is called.
     """
 
-    def __init__(self, path: str | os.PathLike, meta: TraceMeta, fmt: str | None = None):
+    def __init__(self, path: str | os.PathLike, meta: TraceMeta, fmt: str | None = None,
+                 lock: OutputLock | None = None):
         self.path = Path(path)
         self.fmt = fmt or native_format(path)
         self.meta = meta
@@ -142,18 +319,19 @@ class TraceWriter:
         self._ipc: ipc.RecordBatchStreamWriter | None = None
         self._text: IO[str] | None = None
         self._raw: IO[bytes] | None = None
+        self._lock = lock or OutputLock.acquire(self.path)
+        self.part = Path(str(self.path) + PART_SUFFIX) if self.fmt == "parquet" else self.path
         try:
             if self.fmt == "parquet":
-                self.part = Path(str(self.path) + PART_SUFFIX)
                 self._raw = open(self.part, "wb")
-                self._ipc = ipc.new_stream(self._raw, _with_meta(ARROW_SCHEMA, meta))
+                self._ipc = ipc.new_stream(self._raw, _with_meta(ARROW_SCHEMA, meta),
+                                           options=ipc.IpcWriteOptions(compression="zstd"))
                 # Arrow writes the schema (and so the metadata) only with the first batch:
                 # an empty one puts it on disk now, so a recorder killed before its first
                 # chunk still leaves a file that says what it was.
                 self._ipc.write_batch(pa.RecordBatch.from_pylist([], schema=ARROW_SCHEMA))
                 self._raw.flush()
             else:
-                self.part = self.path
                 self._raw = open(self.path, "wb")
                 stream: IO[bytes] = self._raw
                 if self.fmt == "jsonl.gz":
@@ -161,8 +339,9 @@ class TraceWriter:
                 self._text = io.TextIOWrapper(stream, encoding="utf-8", newline="\n")
                 self._text.write(json.dumps({JSONL_HEADER: _stamped(meta)}, sort_keys=True) + "\n")
                 self._flush()
-        except OSError as exc:
-            raise TraceFileError(path, f"cannot write: {exc.strerror or exc}") from None
+        except (OSError, pa.ArrowException) as exc:
+            self.discard()            # nothing worth keeping: no header on disk
+            raise TraceFileError(path, f"cannot write: {getattr(exc, 'strerror', None) or exc}") from None
 
     @property
     def bytes_written(self) -> int:
@@ -212,40 +391,92 @@ class TraceWriter:
         if self.closed:
             return
         self.meta = meta or self.meta
-        if self._ipc is not None:
-            self._ipc.close()
-            assert self._raw is not None
-            self._raw.close()
-            self._finish_parquet()
-        else:
-            assert self._text is not None
-            self._text.write(json.dumps({JSONL_TRAILER: _stamped(self.meta)}, sort_keys=True) + "\n")
-            self._text.close()
+        try:
+            if self._ipc is not None:
+                self._ipc.close()
+                assert self._raw is not None
+                self._raw.close()
+                self._finish_parquet()
+            else:
+                assert self._text is not None
+                self._text.write(json.dumps({JSONL_TRAILER: _stamped(self.meta)}, sort_keys=True) + "\n")
+                self._text.close()
+        except BaseException:
+            self.abort()              # no .tmp left; a .part with chunks stays to recover
+            raise
         self.closed = True
+        self._lock.release()
+
+    def abort(self) -> None:
+        """Stop after a failure, keeping what is on disk if it holds any chunk (a recording
+        to recover); an empty part file goes."""
+        for stream in (self._text, self._raw):
+            try:
+                if stream is not None:
+                    stream.close()
+            except (OSError, ValueError, pa.ArrowException):
+                pass
+        _unlink_quietly(Path(str(self.path) + ".tmp"))
+        if self.events == 0 or self.bytes_written == 0:
+            _unlink_quietly(self.part)
+        self.closed = True
+        self._lock.release()
+
+    def discard(self) -> None:
+        """Stop and remove everything this writer created (convert: the source remains)."""
+        self.events = 0
+        self.abort()
+        if self.fmt != "parquet":
+            _unlink_quietly(self.path)
 
     def _finish_parquet(self) -> None:
         tmp = Path(str(self.path) + ".tmp")
         schema = _with_meta(ARROW_SCHEMA, self.meta)
-        with open(self.part, "rb") as src, pq.ParquetWriter(tmp, schema, compression="zstd") as out:
-            reader = ipc.open_stream(src)
-            for batch in reader:
-                if batch.num_rows:
-                    out.write_batch(batch, row_group_size=1 << 20)
-        os.replace(tmp, self.path)
+        try:
+            with open(self.part, "rb") as src, pq.ParquetWriter(tmp, schema, compression="zstd") as out:
+                pending: list[pa.RecordBatch] = []
+                rows = 0
+                for batch in ipc.open_stream(src):
+                    if batch.num_rows:
+                        pending.append(batch)
+                        rows += batch.num_rows
+                    if rows >= ROW_GROUP_ROWS:
+                        out.write_table(pa.Table.from_batches(pending, schema=ARROW_SCHEMA),
+                                        row_group_size=ROW_GROUP_ROWS)
+                        pending, rows = [], 0
+                if pending:
+                    out.write_table(pa.Table.from_batches(pending, schema=ARROW_SCHEMA),
+                                    row_group_size=ROW_GROUP_ROWS)
+            os.replace(tmp, self.path)
+        except BaseException:
+            _unlink_quietly(tmp)      # the .part stays: every reader of OUT recovers it
+            raise
         os.unlink(self.part)
 
     def __enter__(self) -> "TraceWriter":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        elif not self.closed:
+            self.abort()
 
 
 def write_trace(path: str | os.PathLike, events: pd.DataFrame, meta: TraceMeta,
-                fmt: str | None = None, chunk_rows: int = 1 << 20) -> None:
-    with TraceWriter(path, meta, fmt) as writer:
+                fmt: str | None = None, chunk_rows: int = 1 << 20,
+                lock: OutputLock | None = None) -> None:
+    """Write a whole trace (convert).  On any failure nothing of OUT is left behind."""
+    writer = TraceWriter(path, meta, fmt, lock=lock)
+    try:
         for start in range(0, len(events), chunk_rows):
             writer.write(events.iloc[start:start + chunk_rows])
+        writer.close()
+    except BaseException as exc:
+        writer.discard()
+        if isinstance(exc, OSError):
+            raise TraceFileError(path, f"cannot write: {exc.strerror or exc}") from None
+        raise
 
 
 # ----------------------------------------------------------------------------- reading
@@ -261,15 +492,25 @@ def sniff_native(head: bytes) -> str | None:
     return None
 
 
+def is_parquet(path: str | os.PathLike) -> bool:
+    """Whether path starts like a Parquet file (unreadable files: False; the reader says
+    why).  Special files are never opened here (a FIFO would block)."""
+    if special_file(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(PARQUET_MAGIC)) == PARQUET_MAGIC
+    except OSError:
+        return False
+
+
 def meta_from_schema(path, schema: pa.Schema) -> TraceMeta:
     """The TraceMeta a Parquet file or Arrow stream carries in its schema metadata."""
     raw = (schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise TraceFileError(path, "Parquet file without kvmtrace metadata (not a kvmtrace trace)")
-    try:
+    with reading(path, "bad metadata"):
         return TraceMeta.from_dict(json.loads(raw))
-    except (ValueError, TypeError, SchemaError) as exc:
-        raise TraceFileError(path, f"bad metadata: {exc}") from None
 
 
 def check_columns(path, schema: pa.Schema, meta: TraceMeta) -> list[str]:
@@ -281,6 +522,12 @@ def check_columns(path, schema: pa.Schema, meta: TraceMeta) -> list[str]:
     return [c.name for c in COLUMNS if c.name in schema.names]
 
 
+def note_salvaged(meta: TraceMeta, problem: str) -> None:
+    """--salvage read what precedes the damage: say so; the verdict is then at best
+    inconclusive (analysis/report.py)."""
+    meta.notes.append(f"{SALVAGED_NOTE}: {problem}; what follows it is missing")
+
+
 def _batch_frame(path, batch: pa.RecordBatch) -> pd.DataFrame:
     try:
         return conform(batch.to_pandas(), fill_missing=True)   # columns were checked
@@ -288,16 +535,14 @@ def _batch_frame(path, batch: pa.RecordBatch) -> pd.DataFrame:
         raise TraceFileError(path, str(exc)) from None
 
 
-def read_ipc(path) -> Trace:
+def read_ipc(path, salvage: bool = False) -> Trace:
     """Every complete chunk of an unfinished recording (``OUT.part``, an Arrow stream)."""
     recovery = Recovery()
     frames = []
     size = os.path.getsize(path)
     with open(path, "rb") as src:
-        try:
+        with reading(path, "unfinished recording without a readable header"):
             reader = ipc.open_stream(src)
-        except pa.ArrowException as exc:
-            raise TraceFileError(path, f"unfinished recording without a readable header ({exc})") from None
         meta = meta_from_schema(path, reader.schema)
         check_columns(path, reader.schema, meta)
         good_end = src.tell()
@@ -306,11 +551,13 @@ def read_ipc(path) -> Trace:
                 batch = reader.read_next_batch()
             except StopIteration:
                 break
-            except (pa.ArrowException, OSError) as exc:
-                recovery.problem = f"truncated chunk: {exc}"
+            except READ_ERRORS as exc:
+                # A killed writer cuts its last chunk: that is the end of the recording.
+                recovery.problem = f"truncated chunk: {describe_read_error(exc)}"
                 break
             if batch.num_rows:      # the empty batch that carries the header is no chunk
-                frames.append(_batch_frame(path, batch))
+                with reading(path, f"chunk {recovery.chunks + 1} at byte {good_end}"):
+                    frames.append(_batch_frame(path, batch))
                 recovery.chunks += 1
             good_end = src.tell()
     events = concat(frames)
@@ -333,114 +580,135 @@ def _recount_lost(meta: TraceMeta, events: pd.DataFrame) -> None:
         meta.lost_per_cpu = {str(k): int(v) for k, v in counts.groupby(lost["cpu"]).sum().items()}
 
 
-def _json_event(line_no: int, obj: dict) -> dict:
-    """One JSON Lines event object -> a row dict with a numeric kind."""
+def _fits(value: int, dtype: str) -> bool:
+    info = np.iinfo(dtype)
+    return info.min <= value <= info.max
+
+
+def _json_event(line_no: int, obj: dict, validator: Validator) -> dict:
+    """One JSON Lines event object -> a row dict with a numeric kind.  A value that does
+    not fit its column (a uint64 gfn above 2**63) makes the row an INVALID marker."""
     if "kind" not in obj or "ts" not in obj:
-        raise SchemaError(f"line {line_no}: event without 'kind' or 'ts'")
+        raise SchemaError("event without 'kind' or 'ts'")
     row = {}
+    overflow = ""
     for key, value in obj.items():
         col = COLUMN_BY_NAME.get(key)
         if col is None:
-            raise SchemaError(f"line {line_no}: unknown field {key!r}")
+            raise SchemaError(f"unknown field {str(key)[:40]!r}")
         if key == "kind":
-            kind = KIND_BY_NAME.get(value)
+            kind = KIND_BY_NAME.get(value) if isinstance(value, str) else None
             if kind is None:
-                raise SchemaError(f"line {line_no}: unknown event kind {value!r}")
+                raise SchemaError(f"unknown event kind {str(value)[:40]!r}")
             value = int(kind)
         elif col.dtype == "str":
             if not isinstance(value, str):
-                raise SchemaError(f"line {line_no}: field {key!r} must be a string")
+                raise SchemaError(f"field {key!r} must be a string")
         elif not isinstance(value, int) or isinstance(value, bool):
-            raise SchemaError(f"line {line_no}: field {key!r} must be an integer")
+            raise SchemaError(f"field {key!r} must be an integer")
+        elif not _fits(value, col.dtype):
+            overflow = overflow or key
+            continue
         row[key] = value
+    if overflow:
+        validator.refuse(f"{overflow} does not fit its {COLUMN_BY_NAME[overflow].dtype} column")
+        marker = {"ts": row.get("ts", 0), "kind": int(Kind.INVALID), "value": 1}
+        if "tgid" in row:
+            marker["tgid"] = row["tgid"]
+        return marker
     return row
 
 
-def read_jsonl(path) -> Trace:
-    """A kvmtrace JSON Lines file, gzipped or not; an unfinished one keeps its whole lines."""
-    with open(path, "rb") as raw:
-        head = raw.read(2)
-        raw.seek(0)
-        stream: IO[bytes] = gzip.GzipFile(fileobj=raw) if head == GZIP_MAGIC else raw
-        return _JsonlReader(path).read(stream)
-
-
-def _json_object(line_no: int, line: str) -> dict:
+def _jsonl_line(line: str, line_no: int, meta: TraceMeta | None, final: TraceMeta | None,
+                rows: list, validator: Validator) -> tuple:
+    """One line of a kvmtrace JSON Lines file: (header meta, trailer meta) after it."""
     try:
         obj = json.loads(line)
     except ValueError:
-        raise SchemaError(f"line {line_no}: not valid JSON") from None
+        raise SchemaError("not valid JSON") from None
     if not isinstance(obj, dict):
-        raise SchemaError(f"line {line_no}: not a JSON object")
-    return obj
+        raise SchemaError("not a JSON object")
+    if JSONL_HEADER in obj and line_no == 1:
+        meta = TraceMeta.from_dict(obj[JSONL_HEADER])
+    elif meta is None:
+        raise SchemaError("the first line is not a kvmtrace header")
+    elif JSONL_TRAILER in obj:
+        final = TraceMeta.from_dict(obj[JSONL_TRAILER])
+    else:
+        rows.append(_json_event(line_no, obj, validator))
+    return meta, final
 
 
-class _JsonlReader:
+def _read_jsonl(path, raw: IO[bytes], compressed: IO[bytes] | None = None,
+                salvage: bool = False) -> Trace:
     """One pass over a JSON Lines trace: the header line, event lines, the trailer line."""
+    meta: TraceMeta | None = None
+    final: TraceMeta | None = None
+    rows: list[dict] = []
+    warnings: list[str] = []
+    recovery: Recovery | None = None
+    validator = Validator(str(path))
+    text = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="\n")
+    line_no = 0
+    pending: str | None = None
 
-    def __init__(self, path) -> None:
-        self.path = path
-        self.meta: TraceMeta | None = None
-        self.final: TraceMeta | None = None      # the trailer's metadata
-        self.rows: list[dict] = []
-        self.warnings: list[str] = []
-        self.recovery: Recovery | None = None
-        self.line_no = 0
-        self.pending: str | None = None          # a last line without its newline
+    def after() -> str:
+        at = f"after line {line_no}"
+        if compressed is not None:
+            at += f" (compressed byte {compressed.tell()})"
+        return at
 
-    def read(self, raw: IO[bytes]) -> Trace:
-        try:
-            self._lines(raw)
-        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-            self.recovery = Recovery(problem=f"compressed stream cut off ({exc})")
-        except UnicodeDecodeError:
-            raise TraceFileError(self.path, f"line {self.line_no + 1}: not UTF-8 text") from None
-        except SchemaError as exc:
-            raise TraceFileError(self.path, str(exc)) from None
-        if self.meta is None:
-            raise TraceFileError(self.path, "empty kvmtrace JSON Lines file (no header)")
-        return self._trace(self.meta)
+    try:
+        with reading(path, after):          # reading / inflating the next line
+            try:
+                for line in text:
+                    if pending is not None:   # the previous line was cut; only the last may be
+                        raise TraceFileError(path, f"line {line_no}: not a JSON object")
+                    line_no += 1
+                    if not line.endswith("\n"):
+                        pending = line
+                    elif line.strip():
+                        with reading(path, f"line {line_no}"):
+                            meta, final = _jsonl_line(line, line_no, meta, final, rows, validator)
+            except EOFError as exc:
+                # The end of a gzip stream is missing (a writer killed mid-chunk): what came
+                # before is sound, checked by the deflate stream up to there.
+                recovery = Recovery(problem=f"compressed stream cut off ({exc})")
+    except TraceFileError as exc:
+        if not salvage or meta is None:
+            raise
+        note_salvaged(meta, exc.problem)
+        pending = None
+    if meta is None:
+        raise TraceFileError(path, "empty kvmtrace JSON Lines file (no header)")
+    if pending is not None:
+        warnings.append(f"line {line_no}: partial last line skipped (the writer was cut off)")
+        recovery = recovery or Recovery(problem="partial last line")
+        recovery.discarded_bytes = len(pending.encode())
+    if final is None and recovery is None:
+        recovery = Recovery(problem="no trailer: the writer did not finish the file")
+    with reading(path, "bad event values"):
+        events = conform(from_rows(rows)) if rows else empty_frame()
+    if final is not None:
+        final.notes = meta.notes + [n for n in final.notes if n not in meta.notes]
+        meta = final
+    else:
+        _recount_lost(meta, events)
+    if recovery is not None:
+        recovery.events = len(events)
+        recovery.chunks = len(events)
+        meta.notes.append("recovered from an unfinished file: " + recovery.describe())
+    validator.annotate(meta)          # values refused while decoding (their markers stay)
+    return Trace(events, meta, recovery, warnings)
 
-    def _lines(self, raw: IO[bytes]) -> None:
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="\n")
-        for line in text:
-            self.line_no += 1
-            if self.pending is not None:   # the previous line was cut; only the last may be
-                raise SchemaError(f"line {self.line_no - 1}: not a JSON object")
-            if not line.endswith("\n"):
-                self.pending = line
-            elif line.strip():
-                self._record(_json_object(self.line_no, line))
 
-    def _record(self, obj: dict) -> None:
-        if JSONL_HEADER in obj and self.line_no == 1:
-            self.meta = TraceMeta.from_dict(obj[JSONL_HEADER])
-        elif self.meta is None:
-            raise SchemaError("first line is not a kvmtrace header")
-        elif JSONL_TRAILER in obj:
-            self.final = TraceMeta.from_dict(obj[JSONL_TRAILER])
-        else:
-            self.rows.append(_json_event(self.line_no, obj))
-
-    def _trace(self, meta: TraceMeta) -> Trace:
-        recovery = self.recovery
-        if self.pending is not None:
-            self.warnings.append(f"line {self.line_no}: partial last line skipped "
-                                 "(the writer was cut off)")
-            recovery = recovery or Recovery(problem="partial last line")
-            recovery.discarded_bytes = len(self.pending.encode())
-        if self.final is None and recovery is None:
-            recovery = Recovery(problem="no trailer: the writer did not finish the file")
-        try:
-            events = conform(from_rows(self.rows)) if self.rows else empty_frame()
-        except (SchemaError, OverflowError) as exc:
-            raise TraceFileError(self.path, f"bad event values: {exc}") from None
-        if self.final is not None:
-            meta = self.final
-        else:
-            _recount_lost(meta, events)
-        if recovery is not None:
-            recovery.events = len(events)
-            recovery.chunks = len(events)
-            meta.notes.append("recovered from an unfinished file: " + recovery.describe())
-        return Trace(events, meta, recovery, self.warnings)
+def read_jsonl(path, salvage: bool = False) -> Trace:
+    """A kvmtrace JSON Lines file, gzipped or not; an unfinished one keeps its whole lines.
+    Bytes flipped inside a gzip member are corruption (an error naming the compressed
+    offset; ``salvage`` keeps the lines before it); only a stream cut short is a recovery."""
+    with open(path, "rb") as raw:
+        head = raw.read(2)
+        raw.seek(0)
+        if head == GZIP_MAGIC:
+            return _read_jsonl(path, gzip.GzipFile(fileobj=raw), raw, salvage)
+        return _read_jsonl(path, raw, None, salvage)

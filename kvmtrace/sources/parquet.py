@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kvmtrace.schema import Chunk, CommColumn, TraceMeta
-from kvmtrace.sources.native import ARROW_SCHEMA, TraceFileError, check_columns, meta_from_schema
+from kvmtrace.sources.native import (ARROW_SCHEMA, TraceFileError, check_columns, meta_from_schema,
+                                     note_salvaged, reading)
 
 # A row group up to this many chunks long is read whole and sliced; longer ones stream.
 WHOLE_GROUP_CHUNKS = 4
@@ -27,31 +28,37 @@ _TYPES = {f.name: f.type for f in ARROW_SCHEMA}
 
 
 def read_parquet(path: str | os.PathLike, columns: Sequence[str],
-                 chunk_rows: int) -> tuple[TraceMeta, Iterator[Chunk]]:
+                 chunk_rows: int, salvage: bool = False) -> tuple[TraceMeta, Iterator[Chunk]]:
     """(metadata, chunks) of a kvmtrace Parquet file; ``columns`` are numeric column names.
 
     The metadata and the presence of every column the file's schema version must hold are
     checked here; values as the chunks are read.  Columns a file's older version lacks are
-    left out of the chunks (the model fills them)."""
-    try:
+    left out of the chunks (the model fills them).  A row group that fails to decode
+    (ZSTD, a page header) is an error naming it; with ``salvage`` the row groups before it
+    are kept and the metadata says so."""
+    with reading(path, "not a readable Parquet file"):
         pf = pq.ParquetFile(path, read_dictionary=["comm"])
-    except (pa.ArrowException, OSError) as exc:
-        raise TraceFileError(path, f"not a readable Parquet file ({exc})") from None
     meta = meta_from_schema(path, pf.schema_arrow)
     present = check_columns(path, pf.schema_arrow, meta)
     names = [c for c in columns if c in present and c != "comm"]
-    return meta, _chunks(str(path), pf, names, max(1, int(chunk_rows)))
+    return meta, _chunks(str(path), pf, names, max(1, int(chunk_rows)), meta, salvage)
 
 
-def _chunks(path: str, pf: pq.ParquetFile, names: list[str], chunk_rows: int) -> Iterator[Chunk]:
-    try:
-        for i in range(pf.num_row_groups):
-            if pf.metadata.row_group(i).num_rows <= WHOLE_GROUP_CHUNKS * chunk_rows:
-                yield from _whole_group(path, pf, i, names, chunk_rows)
-            else:
-                yield from _streamed_group(path, pf, i, names, chunk_rows)
-    except pa.ArrowException as exc:
-        raise TraceFileError(path, f"corrupt Parquet data ({exc})") from None
+def _chunks(path: str, pf: pq.ParquetFile, names: list[str], chunk_rows: int,
+            meta: TraceMeta, salvage: bool) -> Iterator[Chunk]:
+    for i in range(pf.num_row_groups):
+        try:
+            with reading(path, f"row group {i} of {pf.num_row_groups}"):
+                if pf.metadata.row_group(i).num_rows <= WHOLE_GROUP_CHUNKS * chunk_rows:
+                    chunks = list(_whole_group(path, pf, i, names, chunk_rows))
+                else:
+                    chunks = list(_streamed_group(path, pf, i, names, chunk_rows))
+        except TraceFileError as exc:
+            if not salvage:
+                raise
+            note_salvaged(meta, exc.problem)
+            return
+        yield from chunks
 
 
 def _whole_group(path: str, pf: pq.ParquetFile, i: int, names: list[str],
@@ -115,11 +122,9 @@ class _GroupComm:
 
     def whole(self) -> tuple:
         if self._arrays is None:
-            try:
+            with reading(self.path, f"row group {self.group} (task names)"):
                 table = self.pf.read_row_group(self.group, columns=["comm"], use_threads=False)
                 self._arrays = _comm_arrays(table)
-            except pa.ArrowException as exc:
-                raise TraceFileError(self.path, f"corrupt Parquet data ({exc})") from None
         return self._arrays
 
     def rows(self, part: slice) -> tuple:

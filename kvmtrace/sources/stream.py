@@ -27,9 +27,11 @@ import pandas as pd
 
 from kvmtrace.schema import COLUMNS, NUMERIC_COLUMNS, Chunk, TraceMeta
 from kvmtrace.sources.frame import concat, conform
-from kvmtrace.sources.native import (GZIP_MAGIC, PART_SUFFIX, Recovery, Trace, TraceFileError,
-                                     read_ipc, read_jsonl, sniff_native)
+from kvmtrace.sources.native import (GZIP_MAGIC, PART_SUFFIX, STDIN_NAMES, Recovery, Trace,
+                                     TraceFileError, read_ipc, read_jsonl, reading, sniff_native,
+                                     special_file, spool_stdin)
 from kvmtrace.sources.parquet import read_parquet
+from kvmtrace.sources.validate import Validator
 
 CHUNK_ROWS = 1 << 20
 SNIFF_BYTES = 4096
@@ -54,37 +56,69 @@ Reader = Callable[..., EventStream]
 
 def open_events(path: str | os.PathLike, columns: Optional[Sequence[str]] = None,
                 chunk_rows: int = CHUNK_ROWS,
-                tgid_map: Optional[dict[int, int]] = None) -> EventStream:
+                tgid_map: Optional[dict[int, int]] = None,
+                salvage: bool = False) -> EventStream:
     """Open a trace of any supported format for reading in chunks.
 
     ``columns``: the numeric columns the consumer needs (default: all); each chunk also
     carries the task names, decoded lazily.  The reader's warnings are also added to the
-    metadata's notes, so every consumer reports them.  Raises TraceFileError naming the
-    file."""
-    stream = _open(path, columns, chunk_rows, tgid_map)
+    metadata's notes, so every consumer reports them.  Every chunk goes through the one
+    validation layer (``sources.validate``): impossible events become INVALID markers.
+    Raises TraceFileError naming the file (and where in it), for any reader error;
+    ``salvage`` keeps what precedes corruption (the verdict is then at best inconclusive).
+    ``-`` (or /dev/stdin) reads standard input."""
+    stream = _open(path, columns, chunk_rows, tgid_map, salvage)
     for w in stream.warnings:
         if w not in stream.meta.notes:
             stream.meta.notes.append(w)
+    stream.chunks = _validated(stream.path, stream.chunks, stream.meta)
     return stream
 
 
-def load(path: str | os.PathLike, tgid_map: Optional[dict[int, int]] = None) -> Trace:
-    """Read a whole trace of any supported format into one event table.
+def load(path: str | os.PathLike, tgid_map: Optional[dict[int, int]] = None,
+         salvage: bool = False, validate: bool = True) -> Trace:
+    """Read a whole trace of any supported format into one event table, validated
+    (``validate=False``: the values as stored, for tools that check the file format).
 
     A recording whose writer was killed leaves ``NAME.part`` instead of ``NAME``; asking
     for ``NAME`` then recovers what ``NAME.part`` holds."""
-    stream = _open(path, None, CHUNK_ROWS, tgid_map)
-    if stream.table is not None:
-        events = stream.table
-    else:
-        events = concat([chunk_frame(c) for c in stream.chunks])
+    stream = _open(path, None, CHUNK_ROWS, tgid_map, salvage)
+    label = stream.path
+    with reading(label):
+        if stream.table is not None:
+            events = stream.table
+        else:
+            events = concat([chunk_frame(c) for c in stream.chunks])
+    if validate:
+        validator = Validator(label)
+        events = validator.check_frame(events)
+        validator.annotate(stream.meta)
     return Trace(events, stream.meta, stream.recovery, stream.warnings)
 
 
-def _open(path, columns, chunk_rows, tgid_map) -> EventStream:
+def _validated(path: str, chunks: Iterator[Chunk], meta: TraceMeta) -> Iterator[Chunk]:
+    """Every chunk checked; reader errors met while iterating are one line too."""
+    validator = Validator(path)
+    it = iter(chunks)
+    while True:
+        with reading(path):
+            chunk = next(it, None)
+        if chunk is None:
+            break
+        cols = validator.check_cols(chunk.cols)
+        yield chunk if cols is chunk.cols else Chunk(cols, chunk.comm)
+    validator.annotate(meta)
+
+
+def _open(path, columns, chunk_rows, tgid_map, salvage=False) -> EventStream:
+    if str(path) in STDIN_NAMES:
+        path = spool_stdin()
     real, fmt = locate(path)
-    return READERS[fmt](real, columns=tuple(columns or NUMERIC_COLUMNS),
-                        chunk_rows=max(1, int(chunk_rows)), tgid_map=tgid_map)
+    with reading(path):
+        stream = READERS[fmt](real, columns=tuple(columns or NUMERIC_COLUMNS),
+                              chunk_rows=max(1, int(chunk_rows)), tgid_map=tgid_map,
+                              salvage=salvage)
+    return stream
 
 
 # ----------------------------------------------------------------------------- formats
@@ -95,16 +129,22 @@ def locate(path: str | os.PathLike) -> tuple[Path, str]:
     p = Path(path)
     if not p.exists() and Path(str(p) + PART_SUFFIX).exists():
         p = Path(str(p) + PART_SUFFIX)
+    special = special_file(p)       # by type, before opening: a FIFO would block
+    if special:
+        raise TraceFileError(path, f"is a {special}: kvmtrace reads a stream only from "
+                                   f"standard input (pass - and redirect it: - < {path})")
     try:
         if p.is_dir():
             raise TraceFileError(path, "is a directory, not a trace file")
-        if p.stat().st_size == 0:
+        head = _head(p)             # tracefs files say size 0 and still hold text
+        if not head:
             raise TraceFileError(path, "empty file")
-        head = _head(p)
     except FileNotFoundError:
         raise TraceFileError(path, "no such file") from None
     except PermissionError:
         raise TraceFileError(path, "permission denied") from None
+    except OSError as exc:
+        raise TraceFileError(path, f"cannot read: {exc.strerror or exc}") from None
     return p, sniff_native(head) or "text"
 
 
@@ -121,26 +161,26 @@ def _head(path: Path) -> bytes:
 
 
 def parquet_stream(path: Path, *, columns: Sequence[str], chunk_rows: int,
-                   tgid_map=None) -> EventStream:
+                   tgid_map=None, salvage: bool = False) -> EventStream:
     """kvmtrace Parquet, row group by row group (memory does not grow with the trace)."""
-    meta, chunks = read_parquet(path, columns, chunk_rows)
+    meta, chunks = read_parquet(path, columns, chunk_rows, salvage)
     return EventStream(str(path), "parquet", meta, chunks)
 
 
 def ipc_stream(path: Path, *, columns: Sequence[str], chunk_rows: int,
-               tgid_map=None) -> EventStream:
+               tgid_map=None, salvage: bool = False) -> EventStream:
     """An unfinished recording: its lost counts and recovery note need the whole file."""
     return whole_file_stream(path, "ipc", read_ipc(path), columns, chunk_rows)
 
 
 def jsonl_stream(path: Path, *, columns: Sequence[str], chunk_rows: int,
-                 tgid_map=None) -> EventStream:
+                 tgid_map=None, salvage: bool = False) -> EventStream:
     """kvmtrace JSON Lines (small fixtures): the final metadata is in the last line."""
-    return whole_file_stream(path, "jsonl", read_jsonl(path), columns, chunk_rows)
+    return whole_file_stream(path, "jsonl", read_jsonl(path, salvage), columns, chunk_rows)
 
 
 def text_stream(path: Path, *, columns: Sequence[str], chunk_rows: int,
-                tgid_map: Optional[dict[int, int]] = None) -> EventStream:
+                tgid_map: Optional[dict[int, int]] = None, salvage: bool = False) -> EventStream:
     """The text reader (ftrace, trace-cmd report, perf script): for now the whole-file
     importer, handed over in slices.  A streaming decoder plugs in here."""
     from kvmtrace.sources.text.text import import_text

@@ -32,7 +32,10 @@ from kvmtrace import __version__
 from kvmtrace.host import FormatError, HostFacts, gather
 from kvmtrace.host import exactlayout
 from kvmtrace.schema import KIND_NAMES, TraceMeta
-from kvmtrace.sources.native import ARROW_SCHEMA, TraceFileError, TraceWriter, native_format
+from kvmtrace.sources.native import (ARROW_SCHEMA, PART_BATCH_AGE_S, PART_BATCH_ROWS, PART_MAX_AGE_S,
+                                     PART_MIN_ROWS, OutputLock, TraceFileError, TraceWriter,
+                                     native_format)
+from kvmtrace.sources.validate import Validator
 from kvmtrace.sources.live import capabilities
 from kvmtrace.sources.live.bccload import captured_stderr, headers, import_bcc, privileges, summarize_error
 from kvmtrace.sources.live.errors import INSTALL_HINT, LiveUnavailable
@@ -139,6 +142,11 @@ class Recorder:
         self._started = 0.0
         self._closed = False
         self._lock = threading.Lock()
+        self._validator = Validator(str(output) if output is not None else "live")
+        self._output_lock: OutputLock | None = None
+        self._out: list[pd.DataFrame] = []     # validated frames not yet in the file
+        self._out_rows = 0
+        self._out_since = 0.0
 
     # ------------------------------------------------------------------ planning
 
@@ -196,6 +204,18 @@ class Recorder:
         ok, why = privileges()
         if not ok:
             raise LiveUnavailable(f"live tracing needs root: {why}", "run as root (sudo kvmtrace ...)")
+        if self.output is not None and self._output_lock is None:
+            # Before compiling: a second recorder on the same output refuses at once.
+            self._output_lock = OutputLock.acquire(self.output)
+        try:
+            return self._attach()
+        except BaseException:
+            if self._writer is None and self._output_lock is not None:
+                self._output_lock.release()
+                self._output_lock = None
+            raise
+
+    def _attach(self) -> AttachReport:
         plan = self.plan()
         bcc, how = import_bcc()
         hdr, hdr_detail = headers(self.facts.kernel_release, self.facts.root)
@@ -217,7 +237,7 @@ class Recorder:
             self._reader = RingbufReader.open(table.map_fd, self.config.ringbuf_pages * page_size(), SLOT_DTYPE)
             self.meta = self._initial_meta(report)
             if self.output is not None:
-                self._writer = TraceWriter(self.output, self.meta)
+                self._writer = TraceWriter(self.output, self.meta, lock=self._output_lock)
         except BaseException:
             # Failed or interrupted (Ctrl-C) half way: nothing was recorded, so detach what
             # is attached, give the memory back and leave no output file behind.
@@ -403,6 +423,7 @@ class Recorder:
         for frame in frames:
             self._drain()
             self._emit(frame)
+        self._write_out(force=final)
 
     def _take_ready(self, watermark: int | None) -> tuple[np.ndarray, np.ndarray | None]:
         """(slots, order): the pending slots with ts <= watermark (all when None) and the
@@ -425,19 +446,46 @@ class Recorder:
         return raw, order[:cut]
 
     def _emit(self, frame: pd.DataFrame) -> None:
+        # A record with impossible fields (a gfn above 2**63 read as a negative int64 ...)
+        # is written and handed on as an INVALID marker, never as data.
+        frame = self._validator.check_frame(frame)
         if self._writer is not None:
-            try:
-                if self._writer.fmt == "parquet":
-                    # The frame already has the schema's dtypes: skip the writer's conform().
-                    self._writer.write_batch(pa.RecordBatch.from_pandas(frame, schema=ARROW_SCHEMA,
-                                                                        preserve_index=False))
-                else:
-                    self._writer.write(frame)
-            except OSError as exc:
-                raise self._write_failed(exc) from None
+            if not self._out:
+                self._out_since = time.monotonic()
+            self._out.append(frame)
+            self._out_rows += len(frame)
+            self._write_out(force=False)
         self.stats.events += len(frame)
         if self.on_chunk is not None:
             self.on_chunk(frame)
+
+    def _write_out(self, force: bool) -> None:
+        """Write the gathered frames as one chunk of the file (native.PART_* say when): one
+        chunk per 0.1 s drain would take 2-4x the final size and make the final file one
+        row group per drain."""
+        if not self._out or self._writer is None:
+            return
+        age = time.monotonic() - self._out_since
+        rows = self._out_rows
+        if not (force or rows >= PART_BATCH_ROWS or age >= PART_MAX_AGE_S
+                or (age >= PART_BATCH_AGE_S and rows >= PART_MIN_ROWS)):
+            return
+        frame = self._out[0] if len(self._out) == 1 else pd.concat(self._out, ignore_index=True)
+        self._out, self._out_rows = [], 0
+        try:
+            batch = None
+            if self._writer.fmt == "parquet":
+                # The recorder's frames have the schema's dtypes: skip the writer's conform().
+                try:
+                    batch = pa.RecordBatch.from_pandas(frame, schema=ARROW_SCHEMA, preserve_index=False)
+                except (pa.ArrowException, TypeError):
+                    batch = None
+            if batch is not None:
+                self._writer.write_batch(batch)
+            else:
+                self._writer.write(frame)
+        except OSError as exc:
+            raise self._write_failed(exc) from None
 
     def _comm(self, tid: int) -> str:
         name = self._comms.get(tid)
@@ -496,6 +544,7 @@ class Recorder:
                     self._finish_meta()
                 if self._writer is not None:
                     try:
+                        self._write_out(force=True)
                         self._writer.close(self.meta)
                     except OSError as exc:
                         raise self._write_failed(exc) from None
@@ -522,6 +571,7 @@ class Recorder:
         if counted:
             self.meta.notes.append("counted in the kernel, not recorded: " +
                                    ", ".join(f"{k} {v}" for k, v in sorted(counted.items())))
+        self._validator.annotate(self.meta)
         if self._clamped:
             self.meta.notes.append(f"{self._clamped} records arrived later than the "
                                    f"{self.holdback_ns // 1_000_000} ms hold-back; their time was clamped")
