@@ -135,3 +135,20 @@ def test_two_traces_two_strips_and_every_window(tmp_path, capsys):
     data = json.loads(page.json_text)
     assert [t["trace"] for t in data["traces"]] == [str(a), str(b)]
     assert [t["windows_total"] for t in data["traces"]] == [1, 20]
+
+
+def test_window_cap_is_said_on_the_page_and_in_the_timeline():
+    from kvmtrace.outputs.report_html import page as render_page
+    from kvmtrace.outputs.timeline import build
+    from kvmtrace.pipeline.visual import collect_paths
+    data = collect_paths([FIXTURES / "real" / "exercise_2vcpu.parquet"], max_windows=5)
+    t = data.traces[0]
+    assert len(t.windows) == 5 and t.windows_total == 20 and t.windows_dropped == {"ok": 15}
+    assert data.result.windows["total"] == 20            # the analysis counts them all
+    html = render_page(data)
+    assert "Only the first 5 of 20 windows are drawn" in html
+    marks = re.findall(r'<rect class="mark[^>]*data-n="(\d+)"', html)
+    assert sum(map(int, marks)) == 5
+    meta = build(data)["metadata"]["kvmtrace"]["traces"][0]
+    assert meta["windows"] == 20 and meta["windows_shown"] == 5
+    assert meta["windows_left_out_by_verdict"] == {"ok": 15}
