@@ -5,7 +5,7 @@ from kvmtrace.analysis import replay_frame
 from kvmtrace.analysis.report import merge
 from kvmtrace.schema import Kind
 
-from model_scenarios import V0, V1, flush_with_sync, flush_without_sync, unsynced
+from model_scenarios import V0, V1, Stream, built, flush_with_sync, flush_without_sync, unsynced
 
 ROLE1, ROLE2 = 0x3701, 0x3702
 
@@ -141,3 +141,122 @@ def test_result_to_dict_is_the_result():
                                                                       "sync-in-place": 1}
     assert d["pattern_kernels"].startswith("kernels 4.16-5.12")
     assert res.events == len(_two_vcpu_trace().frame())
+
+
+# ----------------------------------------------------------------------------- edges the mutants found
+
+def test_vcpu_0_is_a_vcpu_not_an_unknown_one():
+    s = unsynced()
+    s.pv(V0, 0, need_flush=1).run(V0)                    # vCPU 0 runs with page 4 unsync
+    res = replay_frame(s.frame())
+    (f,) = res.findings
+    assert f["vcpu"] == 0 and f["verdict"] == "violation"
+    assert {"ts": f["events"][-2]["ts"], "tid": V0, "event": "flush_request_pv", "vcpu": 0,
+            "need_flush": 1} == f["events"][-2]
+    assert [r["vcpu"] for r in res.vms[0]["vcpus"]] == [0]
+
+
+def test_an_existing_page_s_get_says_created_0():
+    from kvmtrace.analysis import Replayer
+    from kvmtrace.analysis.report import finding_dict
+    s = unsynced()
+    s.pv(V1, 1, need_flush=1).get(V1, 1, 4, created=0).run(V1)
+    (win,) = Replayer().feed(s.frame())
+    events = finding_dict(win)["events"]
+    assert {"ts": events[-2]["ts"], "tid": V1, "event": "sp_get", "gfn": 1, "role": 0x3704,
+            "level": 4, "created": 0} == events[-2]
+
+
+def test_at_most_32_outstanding_pages_are_listed_in_a_finding():
+    s = built()
+    for g in range(40):
+        s.get(V1, 3, 2, created=0).get(V1, 100 + g, 1).unsync(V0, 100 + g)
+    s.run(V0).pv(V1, 1, need_flush=1).run(V1)
+    (f,) = replay_frame(s.frame()).findings
+    assert f["verdict"] == "violation" and len(f["outstanding"]) == 32
+
+
+def test_rows_are_ordered_by_vm_then_vcpu_then_threads_without_one():
+    s = _two_vcpu_trace()
+    s.add(Kind.SP_GET, 13, gfn=1, role=0x3704, level=4, created=0).run(13)
+    s.add(Kind.FLUSH_REQUEST_GUEST, 13).run(13)
+    s2 = Stream(tgid=0)
+    s2.pv(5, 2).pv(5, 2, need_flush=1).run(5)
+    from kvmtrace.sources.frame import concat
+    res = replay_frame(concat([s2.frame(), s.frame()]).sort_values("ts", kind="stable"))
+    assert [vm["tgid"] for vm in res.vms] == [0, 1]
+    assert [r["vcpu"] for r in res.vms[1]["vcpus"]] == [0, 1, None]
+    assert res.vms[1]["windows"]["total"] == 3
+
+
+def test_per_vcpu_latency_mean_and_max_over_windows():
+    s = unsynced()
+    s.pv(V1, 1, need_flush=1).sync(V1, 4).run(V1)               # 10 ns to the sync
+    s.unsync(V0, 4).run(V0)
+    s.pv(V1, 1, need_flush=1).run(V0).run(V0).sync(V1, 4).run(V1)  # 30 ns
+    res = replay_frame(s.frame())
+    (row,) = [r for r in res.vms[0]["vcpus"] if r["vcpu"] == 1]
+    assert row["windows"]["total"] == 2 and row["windows"]["ok"] == 2
+    assert row["windows"]["meaningful"] == 2
+    assert row["latency_ns"] == {"count": 2, "mean": 20, "max": 30}
+    assert res.patterns == {"sync-in-place": 2}
+
+
+def test_every_demoted_verdict_becomes_inconclusive():
+    from kvmtrace.analysis.report import Aggregate
+    from kvmtrace.analysis.window import FlushWindow
+    agg = Aggregate()
+    for verdict in ("ok", "violation", "suspect", "inconclusive"):
+        w = FlushWindow(tgid=1, tid=11, vcpu=1, opened_ts=1, opener="x", open_seq=1,
+                        unsync_at_open=1)
+        w.verdict, w.reason = verdict, "r"
+        agg.add(w)
+    agg.demote_all("why")
+    (row,) = agg.rows.values()
+    assert row.counts["inconclusive"] == 4 and row.counts["total"] == 4
+    assert row.counts["ok"] == row.counts["violation"] == row.counts["suspect"] == 0
+    assert agg.doubts == ["why"]
+    assert [f["reason"] for f in agg.findings] == ["why (the replay said: r)", "why (the replay said: r)", "r"]
+
+
+def test_result_notes_name_each_doubt():
+    from kvmtrace.analysis import Replayer
+    from kvmtrace.schema import TraceMeta
+    s = unsynced()
+    s.lost(2)
+    r = Replayer(TraceMeta(lost_events=5), vm=9)
+    r.feed(s.frame())
+    res = r.finish()
+    assert res.lost_events == 5 and res.verdict == "inconclusive"
+    assert res.notes == [
+        "3 events were lost at unknown times (no LOST markers in the stream); every window is "
+        "inconclusive",
+        "no event of VM tgid 9 is in this trace",
+        "no flush window was seen, but 5 events were lost: a flush may have been missed"]
+    assert res.meta == TraceMeta(lost_events=5).to_dict()
+
+
+def test_a_late_chunk_without_windows_is_inconclusive_and_says_why():
+    from kvmtrace.analysis import Replayer
+    frame = unsynced().frame()
+    r = Replayer()
+    r.feed(frame.iloc[5:])
+    r.feed(frame.iloc[:5])
+    res = r.finish()
+    assert res.verdict == "inconclusive"
+    assert res.notes[-1] == ("no flush window was seen, but 5 events arrived out of time order "
+                             "across chunks: a flush may have been missed")
+
+
+def test_merge_without_sources_and_with_function_probe_patterns():
+    a = replay_frame(flush_without_sync().frame())
+    b = replay_frame(flush_with_sync().frame())
+    a.notes.append("n")
+    m = merge([a, b])
+    assert m.notes == [": n"] and [f["trace"] for f in m.findings] == [""]
+    assert m.meta == {} and m.sources == []
+    only_fn = replay_frame(flush_with_sync().frame())
+    only_fn.patterns, only_fn.pattern = {}, "unload-reload"
+    none = replay_frame(flush_with_sync().frame())
+    none.patterns, none.pattern = {}, "unknown"
+    assert merge([none, only_fn]).pattern == "unload-reload"
