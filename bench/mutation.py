@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib.util
 import json
 import os
 import re
@@ -134,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
                     default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
                     / "kvmtrace-mutation")
     args = ap.parse_args(argv)
+    if importlib.util.find_spec("mutmut") is None:
+        print("bench.mutation: mutmut is not installed: pip install -e '.[mutation]'", file=sys.stderr)
+        return 2
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     copy_checkout(work)
@@ -163,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(out, indent=1))
     else:
+        score = f"{out['score']:.1%}" if scored else "no mutant run"
         print(f"mutation ({args.scope}): {out['killed']} killed, {out['survived']} survived "
-              f"({out['score']:.1%} of {scored} non-equivalent), {out['equivalent']} documented "
+              f"({score} of {scored} non-equivalent), {out['equivalent']} documented "
               f"equivalent, {out['text_only']} text-only not run")
         for s in out["survivors"]:
             print(f"  survived: {s['name']}  (mutmut show {s['name']})")

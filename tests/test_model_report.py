@@ -260,3 +260,22 @@ def test_merge_without_sources_and_with_function_probe_patterns():
     none = replay_frame(flush_with_sync().frame())
     none.patterns, none.pattern = {}, "unknown"
     assert merge([none, only_fn]).pattern == "unload-reload"
+
+
+def test_windows_are_counted_per_flush_path_and_demoted_there_too():
+    from kvmtrace.schema import TraceMeta
+    counts = {"total": 2, "meaningful": 2, "ok": 1, "violation": 1, "suspect": 0,
+              "inconclusive": 0, "open": 0}
+    res = replay_frame(_two_vcpu_trace().frame())
+    assert res.to_dict()["windows_by_path"] == {"steal-time": counts}
+    s = unsynced()
+    s.add(Kind.FLUSH_REQUEST_GUEST, V1, vcpu=1).run(V1)
+    other = replay_frame(s.frame())
+    (path,) = other.to_dict()["windows_by_path"]
+    assert path != "steal-time"
+    m = merge([res, other, res])
+    assert m.to_dict()["windows_by_path"]["steal-time"] == {k: 2 * v for k, v in counts.items()}
+    assert list(m.to_dict()["windows_by_path"]) == sorted([path, "steal-time"])
+    demoted = replay_frame(_two_vcpu_trace().frame(), TraceMeta(lost_events=5))
+    assert demoted.to_dict()["windows_by_path"] == {"steal-time": {
+        **counts, "ok": 0, "violation": 0, "inconclusive": 2}}

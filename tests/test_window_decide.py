@@ -184,3 +184,61 @@ def test_window_to_dict_carries_the_window():
         "latency_ns": 20,
         "outstanding": [{"gfn": 4, "role": 0x3701, "level": 1, "unsync_ts": 50,
                          "unsync_tid": 10, "reachable": True}]}
+
+
+# ----------------------------------------------------------------------------- flush obligations
+
+def test_an_invlpg_window_with_a_reachable_page_left_is_suspect_not_violation():
+    # INVLPG needs only the SPTEs of one address synced (mmu->sync_spte(), no tracepoint).
+    w = judge(win(obligation="address", address=0x5000), [page(True)])
+    assert w.verdict == "suspect"
+    assert w.reason == ("INVLPG needs only the SPTEs mapping its address synced "
+                        "(mmu->sync_spte(), no tracepoint); unsync SPs stayed and the guest did "
+                        "not re-fault on the flushed address before running on")
+    ok = judge(win(obligation="address", address=0x5000, synced=1), [])
+    assert ok.verdict == "ok"
+
+
+@pytest.mark.parametrize("event,need,verdict", [
+    ("flush_cr3", -1, "suspect"), ("flush_cr4", -1, "suspect"), ("flush_cr3", 1, "violation"),
+    ("kvm_pv_tlb_flush", -1, "violation"),
+])
+def test_a_cr_write_of_unknown_value_softens_a_violation(event, need, verdict):
+    w = judge(win(opener_event=event, need_flush=need), [page(True)])
+    assert w.verdict == verdict
+    assert w.reason.endswith("; but whether this CR write asked for a flush is unknown (no new "
+                             "value in the event)") == (verdict == "suspect")
+
+
+def test_softening_never_touches_other_verdicts():
+    w = judge(win(obligation="address", address=0x5000), [page(None)])
+    assert w.verdict == "suspect" and "INVLPG" not in w.reason
+    w = judge(win(opener_event="flush_cr3"), [page(None)])
+    assert w.verdict == "suspect" and "CR write" not in w.reason
+
+
+@pytest.mark.parametrize("obligation,address,fault,done", [
+    ("address", 0x5000, 0x5123, True), ("address", 0x5FFF, 0x6000, False),
+    ("address", -1, 0x5000, False), ("address", 0x5000, -1, False),
+    ("full", 0x5000, 0x5000, False), ("address", 0, 0xFFF, True),
+])
+def test_an_invlpg_window_closed_by_a_refault_on_its_page_is_ok(obligation, address, fault, done):
+    w = win(obligation=obligation, address=address)
+    w.verdict, w.reason = "suspect", "before"
+    from kvmtrace.analysis.window import decide_address_refault
+    assert decide_address_refault(w, fault) is done
+    if done:
+        assert w.verdict == "ok" and w.reason == (
+            f"the guest's next access to the flushed address {address:#x} faulted into KVM: no "
+            "stale SPTE mapped it")
+    else:
+        assert (w.verdict, w.reason) == ("suspect", "before")
+
+
+def test_an_invlpg_window_shows_a_pattern_only_through_a_sync():
+    w = win(obligation="address", synced=1)
+    assert observed_pattern(w, False) == "sync-in-place"
+    w = win(obligation="address", saw_reload_root=True)
+    w.outstanding = [page(True)]
+    assert observed_pattern(w, False) == "unknown"
+    assert observed_pattern(win(obligation="address", saw_unload=True), True) == "unload-reload"
