@@ -22,8 +22,9 @@ Examples:
   sudo kvmtrace watch -p 4242 -o vm.parquet
   sudo kvmtrace watch --json | tee -a /var/log/kvmtrace.jsonl
   sudo kvmtrace watch -p 4242 --report watch.html   # an HTML page when it stops
-Runs until Ctrl-C or SIGTERM.  Exit codes: 0, 1 when a violation was seen,
-4 when this host cannot trace.
+Runs until Ctrl-C or SIGTERM (a --replay until the trace ends).
+Exit codes, by the final verdict as for kvmtrace analyze: 0 ok or no flushes seen,
+1 violation, 2 bad input, 3 suspect or inconclusive, 4 this host cannot trace.
 """
 
 
@@ -77,4 +78,4 @@ def watch(tgids: tuple[int, ...], as_json: bool, output: str | None, interval: f
     if report_file:
         write_session_report(report_file, result, collector,
                              {"command": "kvmtrace watch", "verdict": result.verdict})
-    raise click.exceptions.Exit(exitcodes.VIOLATION if result.windows["violation"] else exitcodes.OK)
+    raise click.exceptions.Exit(exitcodes.for_verdict(result.verdict))
