@@ -25,7 +25,8 @@ import pandas as pd
 
 from kvmtrace.schema import (COLUMN_NAMES, KIND_NAMES, KVM_EXIT_INTR, ROLE_DIRECT, Chunk, Kind,
                              TraceMeta, as_chunk)
-from kvmtrace.analysis.report import AnalysisResult, Aggregate
+from kvmtrace.analysis.report import (AnalysisResult, Aggregate, ReplayCounters, VcpuRow,
+                                     row_key)
 from kvmtrace.analysis.selection import (NEEDED, PTE_ADDR, PTE_PRESENT, PTE_PSE, WALK_FROM_ROOT,
                                         ChunkSelector, require_columns)
 from kvmtrace.analysis.shadow import ShadowMMU
@@ -116,17 +117,9 @@ class Replayer:
         self.sp_probed = any(probe.endswith("kvm_mmu_unsync_page") for probe in self.meta.probes)
         self.vms: dict[int, VMState] = {}
         self.seq = 0
-        self.events = 0
-        self.handled = 0
-        self.lost_markers = 0
-        self.invalid_markers = 0
+        self.counters = ReplayCounters()     # what the report reads besides the windows
         self.tgids_seen: set = set()     # every VM of the input (kept only under a --vm filter)
         self._loss: tuple[int, Optional[int]] = (0, None)    # last VM-less loss: (seq, ts)
-        self.reordered = 0
-        self.late = 0
-        self.ambiguous = 0
-        self.incomplete = 0
-        self.vcpu_conflicts = 0
         self.agg = Aggregate(max_findings=max_findings, vcpu=vcpu)
         self._selector = ChunkSelector(select_all=per_event)
         self._closed: list[FlushWindow] = []
@@ -173,15 +166,16 @@ class Replayer:
                 chunk = Chunk({k: np.asarray(v)[rows] for k, v in cols.items()},
                               chunk.comm.take(rows) if chunk.comm is not None else None)
         sel = self._selector.select(chunk)
-        self.events += len(sel.cols["ts"])
-        self.reordered += sel.reordered
-        self.late += sel.late
-        self.ambiguous += sel.ambiguous
-        self.incomplete += sel.incomplete
+        counters = self.counters
+        counters.events += len(sel.cols["ts"])
+        counters.reordered += sel.reordered
+        counters.late += sel.late
+        counters.ambiguous += sel.ambiguous
+        counters.incomplete += sel.incomplete
         for tgid, tkey, vcpu, name in sel.threads:
             th = self._thread(tgid, tkey)
             if not th.learn_vcpu(vcpu):
-                self.vcpu_conflicts += 1
+                counters.vcpu_conflicts += 1
             th.learn_comm(name)
         rows = sel.rows
         if len(rows):
@@ -191,7 +185,7 @@ class Replayer:
             for values in zip(*columns):
                 ev = Event(*values)
                 dispatch[ev.kind](ev)
-            self.handled += len(rows)
+            counters.handled += len(rows)
         closed, self._closed = self._closed, []
         return closed
 
@@ -207,8 +201,34 @@ class Replayer:
                         w.vcpu = th.vcpu
                         self._count(w)
                 vm.open.clear()
-            self._finished = self.agg.result(self)
+            if self.vm_filter is not None and self.vm_filter not in self.vms:
+                self.counters.absent_vm = self.vm_filter
+            self._finished = self.agg.result(self.counters, self.meta, self.source)
         return self._finished
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def events(self) -> int:
+        """Rows replayed so far (after --vm filtering)."""
+        return self.counters.events
+
+    @property
+    def rows(self) -> dict[tuple[int, int, int], VcpuRow]:
+        """The per-vCPU tallies of the windows counted so far, by ``report.row_key``
+        (read them, do not change them)."""
+        return self.agg.rows
+
+    def open_rows(self) -> dict[tuple[int, int, int], int]:
+        """How many flush windows are open right now (not counting tentative ones), by the
+        per-vCPU row key of ``rows``."""
+        out: dict[tuple[int, int, int], int] = {}
+        for vm in self.vms.values():
+            for tkey in vm.open:
+                th = vm.threads[tkey]
+                if th.window is not None and not th.window.tentative:
+                    key = row_key(vm.tgid, th.vcpu, th.tid)
+                    out[key] = out.get(key, 0) + 1
+        return out
 
     # ------------------------------------------------------------------ state helpers
     def _vm(self, tgid: int) -> VMState:
@@ -235,7 +255,7 @@ class Replayer:
             pair = self._pairs[key] = (self._vm(ev.tgid), self._thread(*key))
         th = pair[1]
         if ev.vcpu >= 0 and th.vcpu != ev.vcpu and not th.learn_vcpu(ev.vcpu):
-            self.vcpu_conflicts += 1
+            self.counters.vcpu_conflicts += 1
         if remember:
             th.recent.append(ev)
         return pair
@@ -323,13 +343,13 @@ class Replayer:
         on the VM's unsync set is in doubt: later windows of each vCPU cannot give ok or
         violation from it (window._discount_losses) until that vCPU's state is
         re-established (``_reestablish``)."""
-        self.lost_markers += max(1, ev.value)
+        self.counters.lost_markers += max(1, ev.value)
         self._taint(ev)
 
     def on_invalid(self, ev: Event) -> None:
         """An event the validation layer refused (sources/validate.py): whatever it was, it
         is not believed, so it counts as one lost event of its VM."""
-        self.invalid_markers += 1
+        self.counters.invalid_markers += 1
         self._taint(ev)
 
     def _taint(self, ev: Event) -> None:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
-from kvmtrace.schema import KIND_NAMES, SALVAGED_NOTE, Kind
+from kvmtrace.schema import KIND_NAMES, SALVAGED_NOTE, Kind, TraceMeta
 from kvmtrace.analysis.window import (GENERATIONS, INCONCLUSIVE, OK, OPEN, PATTERNS, SUSPECT, UNKNOWN,
                      VIOLATION, FlushWindow)
 
-if TYPE_CHECKING:
-    from kvmtrace.analysis.replay import Replayer
 
 NO_FLUSHES = "no-flushes"
 COUNT_KEYS = ("total", "meaningful", "ok", "violation", "suspect", "inconclusive", "open")
@@ -49,6 +47,33 @@ def trace_pattern(meaningful: Counter, observed: Counter) -> str:
     return UNKNOWN
 
 
+def row_key(tgid: int, vcpu: int, tid: int) -> tuple[int, int, int]:
+    """The one per-vCPU row key: (tgid, vCPU id, -1), or (tgid, -1, tid) while the thread's
+    vCPU id is unknown."""
+    return (tgid, vcpu if vcpu >= 0 else -1, -1 if vcpu >= 0 else tid)
+
+
+def row_order(key: tuple[int, int, int]) -> tuple:
+    """Report order of row keys: by VM, then vCPU id, threads without one last."""
+    return (key[0], key[1] < 0, key[1], key[2])
+
+
+@dataclass
+class ReplayCounters:
+    """What the replay counted besides windows: the Replayer fills it, the report reads it."""
+
+    events: int = 0              # rows replayed (after --vm filtering)
+    handled: int = 0             # rows that went through a handler
+    lost_markers: int = 0        # records the LOST markers say were dropped
+    invalid_markers: int = 0     # events the validation layer refused
+    reordered: int = 0           # time-order inversions re-sorted inside chunks
+    late: int = 0                # rows older than an earlier chunk's last
+    ambiguous: int = 0           # re-sorted rows sharing a timestamp
+    incomplete: int = 0          # rows lacking a field their kind needs
+    vcpu_conflicts: int = 0      # rows naming another vCPU id than their thread had
+    absent_vm: Optional[int] = None   # --vm named a VM without events in the trace
+
+
 @dataclass
 class VcpuRow:
     tgid: int
@@ -58,13 +83,17 @@ class VcpuRow:
     lat_n: int = 0
     lat_sum: int = 0
     lat_max: int = 0
+    meaningful_ok: int = 0       # meaningful windows that closed ok: a check's evidence
+    lost: int = 0                # windows made inconclusive by lost events
 
     def add(self, w: FlushWindow) -> None:
         self.tids.add(w.tid)
         self.counts["total"] += 1
         self.counts[w.verdict] += 1
+        self.lost += int(w.lost)
         if w.meaningful:
             self.counts["meaningful"] += 1
+            self.meaningful_ok += int(w.verdict == OK)
         lat = w.latency_ns
         if lat is not None:
             self.lat_n += 1
@@ -127,7 +156,7 @@ class Aggregate:
     def add(self, w: FlushWindow) -> None:
         if self.vcpu_filter is not None and w.vcpu != self.vcpu_filter:
             return
-        key = (w.tgid, w.vcpu if w.vcpu >= 0 else -1, -1 if w.vcpu >= 0 else w.tid)
+        key = row_key(w.tgid, w.vcpu, w.tid)
         row = self.rows.get(key)
         if row is None:
             row = self.rows[key] = VcpuRow(w.tgid, w.vcpu)
@@ -155,6 +184,7 @@ class Aggregate:
             c = row.counts
             c[INCONCLUSIVE] += c[OK] + c[VIOLATION] + c[SUSPECT]
             c[OK] = c[VIOLATION] = c[SUSPECT] = 0
+            row.meaningful_ok = 0
         for c in self.by_path.values():
             c[INCONCLUSIVE] += c[OK] + c[VIOLATION] + c[SUSPECT]
             c[OK] = c[VIOLATION] = c[SUSPECT] = 0
@@ -163,49 +193,67 @@ class Aggregate:
                 f["verdict"] = INCONCLUSIVE
                 f["reason"] = f"{reason} (the replay said: {f['reason']})"
 
-    def result(self, rep: "Replayer") -> "AnalysisResult":
-        notes: list[str] = []
-        lost_meta = rep.meta.lost_events
-        lost = max(lost_meta, rep.lost_markers)
-        if lost_meta > rep.lost_markers:
-            msg = (f"{lost_meta - rep.lost_markers} events were lost at unknown times "
-                   "(no LOST markers in the stream)")
+    def result(self, counters: ReplayCounters, meta: TraceMeta, source: str = "") -> "AnalysisResult":
+        """The verdicts, once the trace has ended (demotes every window the replay's doubts
+        leave untrusted)."""
+        lost = max(meta.lost_events, counters.lost_markers)
+        notes = self._doubt_notes(counters, meta) + _remarks(counters)
+        vms, total = self._vms()
+        verdict = verdict_of(total)
+        invalid = counters.invalid_markers
+        if verdict == NO_FLUSHES and (lost or invalid or self.doubts):
+            # A flush window may be among what was lost or misread: "none seen" is no answer.
+            verdict = INCONCLUSIVE
+            why = (f"{lost} events were lost" if lost else
+                   f"{invalid} events were invalid" if invalid else self.doubts[0])
+            notes.append(f"no flush window was seen, but {why}: a flush may have been missed")
+        return AnalysisResult(
+            verdict=verdict, pattern=trace_pattern(self.meaningful_patterns, self.observed_patterns),
+            windows=total, vms=vms, findings=list(self.findings),
+            findings_total=self.findings_total, lost_events=lost, events=counters.events,
+            handled=counters.handled, patterns=dict(self.meaningful_patterns), notes=notes,
+            meta=meta.to_dict(), sources=[source] if source else [],
+            by_path={k: dict(v) for k, v in sorted(self.by_path.items())})
+
+    def _doubt_notes(self, c: ReplayCounters, meta: TraceMeta) -> list[str]:
+        """Notes on what makes windows untrusted; demotes every window for each doubt."""
+        doubts = []
+        if meta.lost_events > c.lost_markers:
+            doubts.append(f"{meta.lost_events - c.lost_markers} events were lost at unknown "
+                          "times (no LOST markers in the stream)")
+        if c.late:
+            doubts.append(f"{c.late} events arrived out of time order across chunks")
+        if c.ambiguous:
+            doubts.append(f"{c.reordered} time-order inversions were re-sorted in chunks where "
+                          f"{c.ambiguous} events share a timestamp, so the order of simultaneous "
+                          "events is unknown")
+        notes = []
+        for msg in doubts:
             notes.append(msg + "; every window is inconclusive")
             self.demote_all(msg)
-        if rep.late:
-            msg = f"{rep.late} events arrived out of time order across chunks"
-            notes.append(msg + "; every window is inconclusive")
-            self.demote_all(msg)
-        if rep.ambiguous:
-            msg = (f"{rep.reordered} time-order inversions were re-sorted in chunks where "
-                   f"{rep.ambiguous} events share a timestamp, so the order of simultaneous "
-                   "events is unknown")
-            notes.append(msg + "; every window is inconclusive")
-            self.demote_all(msg)
-        elif rep.reordered:
-            notes.append(f"{rep.reordered} time-order inversions inside chunks were re-sorted")
-        if rep.incomplete:
-            msg = (f"{rep.incomplete} shadow-page or kvm_pv_tlb_flush events lack a field the "
+        if c.reordered and not c.ambiguous:
+            notes.append(f"{c.reordered} time-order inversions inside chunks were re-sorted")
+        if c.incomplete:
+            msg = (f"{c.incomplete} shadow-page or kvm_pv_tlb_flush events lack a field the "
                    "model needs (gfn, role or need_flush_tlb; libtraceevent's kvm plugin prints "
                    "no gfn: use `trace-cmd report -R`)")
             notes.append(msg + "; every window is inconclusive")
             self.demote_all(msg)
-        if rep.invalid_markers:
-            notes.append(f"{rep.invalid_markers} invalid events were not believed; the windows "
+        if c.invalid_markers:
+            notes.append(f"{c.invalid_markers} invalid events were not believed; the windows "
                          "they could change are inconclusive")
-        if any(n.startswith(SALVAGED_NOTE) for n in rep.meta.notes):
+        if any(n.startswith(SALVAGED_NOTE) for n in meta.notes):
             msg = "the trace was read only up to corruption (--salvage)"
             notes.append(msg + "; no window is better than inconclusive")
             self.demote_all(msg)
-        if rep.vm_filter is not None and rep.vm_filter not in rep.vms:
-            notes.append(f"no event of VM tgid {rep.vm_filter} is in this trace")
-        if rep.vcpu_conflicts:
-            notes.append(f"{rep.vcpu_conflicts} events named a different vCPU id than their "
-                         "thread had (vCPU moved between threads?)")
+        return notes
+
+    def _vms(self) -> tuple[list[dict], dict[str, int]]:
+        """Per-VM verdicts with their vCPU rows, and the trace's window counts."""
         vms = []
         total = empty_counts()
         by_vm: dict[int, list[VcpuRow]] = {}
-        for key in sorted(self.rows, key=lambda k: (k[0], k[1] < 0, k[1], k[2])):
+        for key in sorted(self.rows, key=row_order):
             by_vm.setdefault(key[0], []).append(self.rows[key])
         for tgid, rows in by_vm.items():
             counts = empty_counts()
@@ -216,22 +264,18 @@ class Aggregate:
                 total[k] += counts[k]
             vms.append({"tgid": tgid, "verdict": verdict_of(counts), "windows": counts,
                         "vcpus": [r.to_dict() for r in rows]})
-        pattern = trace_pattern(self.meaningful_patterns, self.observed_patterns)
-        verdict = verdict_of(total)
-        invalid = rep.invalid_markers
-        if verdict == NO_FLUSHES and (lost or invalid or self.doubts):
-            # A flush window may be among what was lost or misread: "none seen" is no answer.
-            verdict = INCONCLUSIVE
-            why = (f"{lost} events were lost" if lost else
-                   f"{invalid} events were invalid" if invalid else self.doubts[0])
-            notes.append(f"no flush window was seen, but {why}: a flush may have been missed")
-        return AnalysisResult(
-            verdict=verdict, pattern=pattern, windows=total, vms=vms,
-            findings=list(self.findings), findings_total=self.findings_total,
-            lost_events=lost, events=rep.events, handled=rep.handled,
-            patterns=dict(self.meaningful_patterns), notes=notes,
-            meta=rep.meta.to_dict(), sources=[rep.source] if rep.source else [],
-            by_path={k: dict(v) for k, v in sorted(self.by_path.items())})
+        return vms, total
+
+
+def _remarks(c: ReplayCounters) -> list[str]:
+    """Notes that change no verdict."""
+    notes = []
+    if c.absent_vm is not None:
+        notes.append(f"no event of VM tgid {c.absent_vm} is in this trace")
+    if c.vcpu_conflicts:
+        notes.append(f"{c.vcpu_conflicts} events named a different vCPU id than their "
+                     "thread had (vCPU moved between threads?)")
+    return notes
 
 
 @dataclass

@@ -77,7 +77,7 @@ class CheckReport:
 
     def windows(self) -> dict:
         return {**self.result.windows,
-                "meaningful_ok": meaningful_ok(self.result, self.snapshot)}
+                "meaningful_ok": self.snapshot.meaningful_ok}
 
     def to_dict(self) -> dict:
         out = {"verdict": self.verdict, "exit_code": self.exit_code,
@@ -163,21 +163,16 @@ class _Exercise:
         return d
 
 
-def meaningful_ok(result: AnalysisResult, snap: Snapshot) -> int:
-    """Meaningful windows that closed ok.  The final result may demote windows (losses or
-    disorder it could not place): never count more than the result still calls ok."""
-    return min(snap.meaningful_ok, result.windows.get("ok", 0))
-
-
 def evidence(result: AnalysisResult, snap: Snapshot, info: SourceInfo, min_windows: int,
              exercise: Optional[ExerciseOutcome]) -> Evidence:
-    """What the verdict depends on, from the analyser's result and the online tallies."""
+    """What the verdict depends on, from the analyser's result and its snapshot taken after
+    finish() (so demoted windows count as the result counts them)."""
     w = result.windows
     meta = info.meta
     tdp = meta.tdp
     if tdp is None and exercise is not None and exercise.exposed is not None:
         tdp = not exercise.exposed          # the guest's VM found out which MMU it got
-    return Evidence(windows=dict(w), meaningful_ok=meaningful_ok(result, snap),
+    return Evidence(windows=dict(w), meaningful_ok=snap.meaningful_ok,
                     lost_events=max(result.lost_events, snap.lost_events),
                     lost_windows=snap.lost_windows, tdp=tdp, backend=meta.kvm_backend,
                     shadow_vms=len(snap.shadow_vms), vms_seen=len(snap.vms),

@@ -10,8 +10,8 @@ closes it arrives.  It adds what a live view needs and the offline report does n
   thread reads ``snapshot()``;
 - listeners, called (in the feeding thread, outside the lock) with each batch of windows
   that just closed;
-- running per-vCPU tallies (``analysis.report.VcpuRow``, the analyser's own rows) and which
-  VMs showed shadow paging: an indirect shadow page (``role.direct`` clear) exists only when
+- snapshots of the model's own per-vCPU tallies (``Replayer.rows``, ``open_rows()``), and
+  which VMs showed shadow paging: an indirect shadow page (``role.direct`` clear) exists only when
   KVM shadows guest page tables, i.e. the VM runs on the shadow MMU (mmu.c
   ``kvm_mmu_get_child_sp``/``mmu_alloc_root`` with ``!tdp_enabled`` or a nested guest).
 """
@@ -27,7 +27,7 @@ import pandas as pd
 
 from kvmtrace.analysis import AnalysisResult, FlushWindow, Replayer
 from kvmtrace.analysis.replay import ReplayListener
-from kvmtrace.analysis.report import VcpuRow, empty_counts
+from kvmtrace.analysis.report import COUNT_KEYS, VcpuRow, empty_counts, row_order
 from kvmtrace.analysis.selection import NEEDED
 from kvmtrace.schema import ROLE_DIRECT, Chunk, Kind, TraceMeta, as_chunk
 
@@ -82,9 +82,15 @@ class Snapshot:
                         for t in self.vms]}
 
 
-def _row_key(w: FlushWindow) -> tuple[int, int, int]:
-    # The same key analysis.report.Aggregate uses: the vCPU id, or the thread until known.
-    return (w.tgid, w.vcpu if w.vcpu >= 0 else -1, -1 if w.vcpu >= 0 else w.tid)
+def _row_snapshot(key: tuple[int, int, int], row: Optional[VcpuRow], open_now: int) -> RowSnapshot:
+    """One per-vCPU row of the model's tally (None: only open windows so far)."""
+    return RowSnapshot(
+        tgid=key[0], vcpu=key[1] if key[1] >= 0 else None,
+        tids=sorted(row.tids) if row else ([key[2]] if key[2] >= 0 else []),
+        windows=dict(row.counts) if row else empty_counts(), open_now=open_now,
+        latency_mean_ns=row.lat_sum // row.lat_n if row and row.lat_n else None,
+        latency_max_ns=row.lat_max if row and row.lat_n else None,
+        lost_windows=row.lost if row else 0)
 
 
 class OnlineAnalysis:
@@ -106,11 +112,6 @@ class OnlineAnalysis:
         self._replayer: Optional[Replayer] = None
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
-        self._rows: dict[tuple[int, int, int], VcpuRow] = {}
-        self._totals = empty_counts()
-        self._meaningful_ok = 0
-        self._lost_windows = 0
-        self._lost_by_key: dict[tuple[int, int, int], int] = {}
         self._vms: set[int] = set()
         self._shadow_vms: set[int] = set()
         self._result: Optional[AnalysisResult] = None
@@ -146,8 +147,6 @@ class OnlineAnalysis:
                 raise RuntimeError("OnlineAnalysis.feed() after finish()")
             closed = self._replayer.feed(chunk)          # validates the columns
             self._observe_vms(chunk)
-            for w in closed:
-                self._tally(w)
         if closed:
             for listener in self._listeners:
                 listener(closed)
@@ -169,53 +168,27 @@ class OnlineAnalysis:
         if shadow.any():
             self._shadow_vms.update(int(t) for t in np.unique(tgid[shadow]))
 
-    def _tally(self, w: FlushWindow) -> None:
-        key = _row_key(w)
-        row = self._rows.get(key)
-        if row is None:
-            row = self._rows[key] = VcpuRow(w.tgid, w.vcpu)
-        row.add(w)
-        self._totals["total"] += 1
-        self._totals[w.verdict] += 1
-        if w.meaningful:
-            self._totals["meaningful"] += 1
-            if w.verdict == "ok":
-                self._meaningful_ok += 1
-        if w.lost or w.loss_demoted:
-            self._lost_windows += 1
-            self._lost_by_key[key] = self._lost_by_key.get(key, 0) + 1
-
     # ------------------------------------------------------------------ reading
     def snapshot(self) -> Snapshot:
+        """The model's own per-vCPU tallies and open windows, copied (after ``finish()``:
+        as the final result counts them)."""
         with self._lock:
             rep = self._replayer
-            open_by_key: dict[tuple[int, int, int], int] = {}
-            events = lost = 0
-            if rep is not None:
-                events, lost = rep.events, rep.lost_markers
-                for vm in rep.vms.values():
-                    for tkey in vm.open:
-                        th = vm.threads[tkey]
-                        w = th.window
-                        if w is None or w.tentative:
-                            continue
-                        key = (vm.tgid, th.vcpu if th.vcpu >= 0 else -1,
-                               -1 if th.vcpu >= 0 else th.tid)
-                        open_by_key[key] = open_by_key.get(key, 0) + 1
-            rows = []
-            for key in sorted(set(self._rows) | set(open_by_key),
-                              key=lambda k: (k[0], k[1] < 0, k[1], k[2])):
-                row = self._rows.get(key)
-                counts = dict(row.counts) if row else empty_counts()
-                rows.append(RowSnapshot(
-                    tgid=key[0], vcpu=key[1] if key[1] >= 0 else None,
-                    tids=sorted(row.tids) if row else ([key[2]] if key[2] >= 0 else []),
-                    windows=counts, open_now=open_by_key.get(key, 0),
-                    latency_mean_ns=row.lat_sum // row.lat_n if row and row.lat_n else None,
-                    latency_max_ns=row.lat_max if row and row.lat_n else None,
-                    lost_windows=self._lost_by_key.get(key, 0)))
-            return Snapshot(events=events, lost_events=lost, windows=dict(self._totals),
-                            meaningful_ok=self._meaningful_ok, lost_windows=self._lost_windows,
+            if rep is None:
+                return Snapshot(events=0, lost_events=0, windows=empty_counts(),
+                                meaningful_ok=0, lost_windows=0, open_now=0,
+                                vms=sorted(self._vms), shadow_vms=sorted(self._shadow_vms))
+            tallies, open_by_key = rep.rows, rep.open_rows()
+            rows = [_row_snapshot(key, tallies.get(key), open_by_key.get(key, 0))
+                    for key in sorted(set(tallies) | set(open_by_key), key=row_order)]
+            totals = empty_counts()
+            for row in tallies.values():
+                for k in COUNT_KEYS:
+                    totals[k] += row.counts[k]
+            return Snapshot(events=rep.events, lost_events=rep.counters.lost_markers,
+                            windows=totals,
+                            meaningful_ok=sum(r.meaningful_ok for r in tallies.values()),
+                            lost_windows=sum(r.lost for r in tallies.values()),
                             open_now=sum(open_by_key.values()), rows=rows,
                             vms=sorted(self._vms), shadow_vms=sorted(self._shadow_vms))
 
