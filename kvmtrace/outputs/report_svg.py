@@ -17,6 +17,7 @@ from __future__ import annotations
 from html import escape
 from typing import Optional
 
+from kvmtrace.analysis.report import row_key, row_order
 from kvmtrace.pipeline.visual import LATENCY_LABELS, TraceVisual, WindowMark
 
 STRIP_LEFT = 120              # px for the row labels
@@ -45,8 +46,8 @@ def row_label(tgid: int, vcpu: int, tid: int) -> str:
 
 def _rows(t: TraceVisual) -> list[tuple[int, int, int]]:
     """(tgid, vcpu, tid) rows: one per vCPU; per thread while the vCPU is unknown."""
-    keys = {(m.tgid, m.vcpu, m.tid if m.vcpu < 0 else -1) for m in t.windows}
-    return sorted(keys, key=lambda k: (k[0], k[1] < 0, k[1], k[2]))
+    keys = {row_key(m.tgid, m.vcpu, m.tid) for m in t.windows}
+    return sorted(keys, key=row_order)
 
 
 def _ticks(span: int) -> list[int]:
