@@ -168,15 +168,15 @@ def _sysmodule(tmp_path, module, params=None):
 
 def test_backend_detection(tmp_path):
     pvm = be.detect_backend(_sysmodule(tmp_path / "a", "kvm_pvm"))
-    assert (pvm.name, pvm.tdp, pvm.exposed) == ("pvm", False, True)
+    assert (pvm.vendor, pvm.tdp, pvm.exposed) == ("pvm", False, True)
     assert pvm.quirks.user_bit_everywhere and pvm.quirks.vif_page
     ept = be.detect_backend(_sysmodule(tmp_path / "b", "kvm_intel", {"ept": "Y"}))
-    assert (ept.name, ept.tdp, ept.exposed) == ("vmx", True, False)
+    assert (ept.vendor, ept.tdp, ept.exposed) == ("vmx", True, False)
     assert not ept.quirks.user_bit_everywhere and not ept.quirks.vif_page
     shadow = be.detect_backend(_sysmodule(tmp_path / "c", "kvm_amd", {"npt": "0"}))
-    assert (shadow.name, shadow.tdp, shadow.exposed) == ("svm", False, True)
+    assert (shadow.vendor, shadow.tdp, shadow.exposed) == ("svm", False, True)
     none = be.detect_backend(tmp_path / "d")
-    assert none.name == "unknown" and none.quirks is None and not none.exposed
+    assert none.vendor == "unknown" and none.quirks is None and not none.exposed
 
 
 # -- rounds ---------------------------------------------------------------------------

@@ -81,7 +81,8 @@ def build_guest(vcpus: int, tables: int, device: str = "/dev/kvm",
         pvm = _confirm_pvm(first)
         backend = be.detect_backend()
         if pvm and backend.name != be.PVM:
-            backend = be.Backend(be.PVM, backend.module, tdp=False)
+            backend = be.Backend(name=be.PVM, present=[be.PVM], kvm_present=True, tdp=False,
+                                 tdp_source="the vCPU answered the PVM signature")
         quirks = backend.quirks
         if quirks is None:
             raise GuestSetupError("no supported KVM backend (kvm_intel, kvm_amd or kvm_pvm) found")

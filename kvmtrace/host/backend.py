@@ -1,4 +1,6 @@
-"""The KVM vendor backend in use (kvm_intel, kvm_amd, kvm_pvm) and whether it uses TDP.
+"""The KVM vendor backend in use (kvm_intel, kvm_amd, kvm_pvm), whether it uses TDP, and
+what a guest of it must do beyond the standard KVM x86 API: one ``Backend`` for ``doctor``,
+the recorder's metadata and the built-in guest, named by its module.
 
 A backend shows up as ``/sys/module/<name>`` (loadable or built in, once it has
 parameters), as a line in ``/proc/modules`` (only with CONFIG_MODULES), and in
@@ -19,9 +21,28 @@ from pathlib import Path
 from kvmtrace.host.kallsyms import Kallsyms
 
 BACKENDS = ("kvm_intel", "kvm_amd", "kvm_pvm")
+# The vendor word the built-in guest's results use (``exercise --json`` "backend").
+VENDOR = {"kvm_intel": "vmx", "kvm_amd": "svm", "kvm_pvm": "pvm"}
 # A symbol every build of the backend has (its vcpu_run op), for built-in backends.
 RUN_SYMBOL = {"kvm_intel": "vmx_vcpu_run", "kvm_amd": "svm_vcpu_run", "kvm_pvm": "pvm_vcpu_run"}
 TDP_PARAM = {"kvm_intel": "ept", "kvm_amd": "npt"}
+
+
+@dataclass(frozen=True)
+class Quirks:
+    """What a guest of a backend needs beyond the standard KVM x86 API.
+
+    ``kvm_pvm`` (Pagetable-based VM) has no hardware virtualisation: a vCPU runs natively
+    only in 64-bit mode with a registered "VIF" page, and every present paging entry at
+    every level needs the User bit because the guest kernel really runs at CPL 3
+    (docs/design.md §5)."""
+
+    user_bit_everywhere: bool = False  # set U in every present paging entry
+    vif_page: bool = False             # register a VIF page with the PVM VIF MSR
+
+
+QUIRKS = {"kvm_pvm": Quirks(user_bit_everywhere=True, vif_page=True),
+          "kvm_intel": Quirks(), "kvm_amd": Quirks()}
 
 
 @dataclass
@@ -41,6 +62,20 @@ class Backend:
         if not self.name:
             return None
         return None if self.tdp is None else not self.tdp
+
+    @property
+    def vendor(self) -> str:
+        """vmx, svm, pvm, or unknown."""
+        return VENDOR.get(self.name, "unknown")
+
+    @property
+    def module(self) -> str | None:
+        return self.name or None
+
+    @property
+    def quirks(self) -> Quirks | None:
+        """What the built-in guest must do on this backend; None: not supported."""
+        return QUIRKS.get(self.name)
 
     @property
     def paging(self) -> str:
@@ -96,6 +131,18 @@ def detect(root: Path = Path("/"), kallsyms: Kallsyms | None = None) -> Backend:
     out.name = _choose(out.present, modules)
     out.tdp, out.tdp_source = _tdp(root, out.name)
     return out
+
+
+def from_sys_module(sys_module: Path = Path("/sys/module")) -> Backend:
+    """The backend from /sys/module alone (no kallsyms, no /proc), as the built-in guest
+    needs it; a PVM module wins (it is the one guests get when loaded)."""
+    for name in ("kvm_pvm", "kvm_intel", "kvm_amd"):
+        if (sys_module / name).is_dir():
+            tdp, source = ((False, "PVM has only the shadow MMU") if name == "kvm_pvm"
+                           else tdp_param(sys_module, name))
+            return Backend(name=name, present=[name], evidence={name: [str(sys_module / name)]},
+                           kvm_present=True, tdp=tdp, tdp_source=source)
+    return Backend()
 
 
 def _choose(present: list[str], modules: dict[str, int] | None) -> str:
