@@ -5,7 +5,7 @@ One table for every consumer: the text importers recognise a probe by the functi
 chooses its attach points from the same list.  Which of these symbols exist is a property of
 the running kernel: discover them in ``/proc/kallsyms`` / ``available_filter_functions``, never
 from the version number.  Versions below are where the function first/last appeared upstream
-(see DESIGN.md §2 for the flush paths they make up).
+(see docs/design.md §2 for the flush paths they make up).
 """
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ def test_check_without_a_vm_is_inconclusive_never_pass() -> None:
         idle.kill()
         idle.wait()
     if not shadow_paging():
-        # DESIGN §2: with EPT/NPT on and no VM on the shadow MMU the host is not exposed.
+        # docs/design.md §2: with EPT/NPT on and no VM on the shadow MMU the host is not exposed.
         assert (code, d["verdict"]) == (0, "not-exposed"), (d, err)
         assert d["windows"]["total"] == 0 and d["events"] == 0
         return

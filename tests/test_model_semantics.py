@@ -1,4 +1,4 @@
-"""Verdicts fixed by kernel semantics and DESIGN §3, each on a stream where only the
+"""Verdicts fixed by kernel semantics and docs/design.md §4, each on a stream where only the
 behaviour under test decides the answer (kvmmmu events present, an unsync page reachable
 from the vCPU's root), so the test fails when that behaviour breaks.
 
@@ -146,7 +146,7 @@ def test_evidence_mask_rejects_intr_and_errno_userspace_exits():
 # ----------------------------------------------------------------------------- ranking
 
 def test_violation_outranks_suspect_in_the_trace_verdict():
-    # DESIGN §3: a violation anywhere is the answer (exit 1), whatever else was unsure.
+    # docs/design.md §4: a violation anywhere is the answer (exit 1), whatever else was unsure.
     s = flush_without_sync()                 # vCPU1: violation
     s.pv(13, 3).unsync(13, 40).run(13)       # vCPU3 (no root seen): its unsync page ...
     s.pv(13, 3, need_flush=1).run(13)        # ... stays unsync across its flush: suspect

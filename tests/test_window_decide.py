@@ -1,5 +1,5 @@
 """window.decide(), branch by branch: the verdict, the reason that names its evidence (the
-text a user reads), and the flush pattern, for one closed window at a time (DESIGN §3)."""
+text a user reads), and the flush pattern, for one closed window at a time (docs/design.md §4)."""
 from __future__ import annotations
 
 import pytest

@@ -35,7 +35,7 @@ from kvmtrace.analysis.flushpaths import ADDRESS, obligation_of, opener_name
 from kvmtrace.analysis.window import SUSPECT, VIOLATION
 from kvmtrace.analysis.window import FlushWindow, Outstanding, decide, decide_address_refault
 
-# The function probe whose silence makes "no sync happened" observable (DESIGN §2): every
+# The function probe whose silence makes "no sync happened" observable (docs/design.md §2): every
 # fixed flush path runs kvm_mmu_sync_roots() before the guest does - 5.16+ directly in
 # kvm_vcpu_flush_tlb_guest(), 5.13-5.15 from the kvm_mmu_load() that follows
 # kvm_mmu_unload() (arch/x86/kvm/mmu/mmu.c, kvm_mmu_load: "kvm_mmu_sync_roots(vcpu);").

@@ -4,7 +4,7 @@ A guest asks KVM to flush its TLB (``kvm_flush_tlb_multi`` setting ``KVM_VCPU_FL
 steal time, ``KVM_REQ_TLB_FLUSH_GUEST``, Hyper-V flush hypercalls).  KVM services it in
 ``kvm_vcpu_flush_tlb_guest()`` (arch/x86/kvm/x86.c).  Under shadow paging that must sync
 every unsync ``struct kvm_mmu_page`` reachable from the vCPU's roots before the vCPU runs
-guest code again; how it does so is the kernel generation (DESIGN §2):
+guest code again; how it does so is the kernel generation (docs/design.md §2):
 
 - ``hardware-flush-only``: only the vendor flush (kvm_x86_ops.tlb_flush_guest).  4.16-5.12,
   and every 5.10.y / 5.4.y / 4.19.y stable kernel.  Buggy.
@@ -15,7 +15,7 @@ guest code again; how it does so is the kernel generation (DESIGN §2):
   flush.  5.16+ (commit 61b05a9fd4ae "KVM: X86: Don't unload MMU in
   kvm_vcpu_flush_tlb_guest()").
 
-``decide()`` gives a closed window its verdict exactly as DESIGN §3 defines them.
+``decide()`` gives a closed window its verdict exactly as docs/design.md §4 defines them.
 """
 from __future__ import annotations
 
@@ -171,7 +171,7 @@ def observed_pattern(w: FlushWindow, fn_mode: bool) -> str:
 
 def decide(w: FlushWindow, outstanding: list, *, tdp: Optional[bool], shadow_vm: bool,
            fn_mode: bool, sp_observed: bool = True, unchecked: int = 0) -> None:
-    """Give a closed window its verdict, reason and pattern (DESIGN §3).
+    """Give a closed window its verdict, reason and pattern (docs/design.md §4).
 
     ``fn_mode``: function probes show whether the sync path ran (kvm_mmu_sync_roots is
     probed: every fixed path calls it, see replay.SYNC_PROBE).  ``shadow_vm``: the VM runs on the shadow MMU

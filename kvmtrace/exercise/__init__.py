@@ -1,6 +1,6 @@
 """``kvmtrace exercise``: a built-in tiny guest that reproduces the flush-before-sync
 scenario on demand and checks, from inside the guest, that the hypervisor honoured every
-guest TLB flush (DESIGN.md §2).
+guest TLB flush (docs/design.md §2).
 
     from kvmtrace.exercise import run_exercise, ExerciseConfig
     result = run_exercise(ExerciseConfig(vcpus=2, rounds=20, pages=2, seed=1, flush=True))

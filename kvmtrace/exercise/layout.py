@@ -5,7 +5,7 @@ Everything is identity-mapped (GVA == GPA) with 4 KiB pages.  Memory is a *syste
 followed by a *test window* of ``tables`` 2 MiB regions, each mapped by its own last-level
 page table (PT).  Every vCPU has its own PML4/PDPT/PD and its own copy of the window's PTs,
 so a PTE rewrite in vCPU v's tables makes a shadow page of v's root unsync, and the flush
-KVM then services on v has something to sync (DESIGN.md §3: a *meaningful* window).  The
+KVM then services on v has something to sync (docs/design.md §4: a *meaningful* window).  The
 system region's PTs are shared.
 
 With ``address_spaces`` N > 1 every vCPU has N page-table trees (PML4/PDPT/PD each) that

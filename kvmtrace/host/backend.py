@@ -7,7 +7,7 @@ parameters), as a line in ``/proc/modules`` (only with CONFIG_MODULES), and in
 ``/proc/kallsyms`` either as a ``[name]`` module tag or, when built in, through its
 ``<vendor>_vcpu_run`` symbol.
 
-TDP (DESIGN §2): ``/sys/module/kvm_intel/parameters/ept`` and
+TDP (docs/design.md §2): ``/sys/module/kvm_intel/parameters/ept`` and
 ``/sys/module/kvm_amd/parameters/npt`` say whether two-dimensional paging is in effect (on
 4.19 ``npt`` is the requested value, not the effective one).  PVM (arch/x86/kvm/pvm/)
 supports only the shadow MMU, so a PVM host is always exposed to the shadow-paging bug
@@ -58,7 +58,7 @@ class Backend:
 
     @property
     def exposed(self) -> bool | None:
-        """True when guests run on the shadow MMU (DESIGN §2), None when unknown."""
+        """True when guests run on the shadow MMU (docs/design.md §2), None when unknown."""
         if not self.name:
             return None
         return None if self.tdp is None else not self.tdp

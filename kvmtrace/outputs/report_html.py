@@ -1,6 +1,6 @@
 """The self-contained HTML report: one file, no network, readable with JavaScript off.
 
-Sections: the verdict banner and flush pattern (the kernel generation, DESIGN §2), the
+Sections: the verdict banner and flush pattern (the kernel generation, docs/design.md §2), the
 windows-over-time strip, the per-VM / per-vCPU table, each finding with the shadow pages
 (``struct kvm_mmu_page``) it left unsync and the events around it, flush->sync latency
 histograms per vCPU, the trace's metadata and lost events, and how to open the timeline

@@ -1,7 +1,7 @@
 """The verdict of ``kvmtrace check``: is this host safe from guest TLB flushes that KVM
 completes before syncing its shadow page tables?  Pure logic, no I/O.
 
-Rules (issue 6; DESIGN §3 "a sanity check passes only with at least one meaningful window
+Rules (issue 6; docs/design.md §4 "a sanity check passes only with at least one meaningful window
 observed and no violation: seeing nothing is never a pass"), in this order:
 
 1. ``fail``: any flush window judged ``violation`` (the vCPU ran guest code with an unsync
@@ -9,7 +9,7 @@ observed and no violation: seeing nothing is never a pass"), in this order:
    all -- the pre-5.13 path, a violation even when nothing happened to be unsync), or, with
    ``--exercise``, any stale read by the built-in guest after a flush.
 2. ``not-exposed``: TDP (EPT/NPT) is on and no VM showed shadow paging: guest page tables
-   are not shadowed, so a guest flush has nothing to sync (DESIGN §2).
+   are not shadowed, so a guest flush has nothing to sync (docs/design.md §2).
 3. ``inconclusive``, when the evidence cannot carry a pass:
    - lost events: the recorder dropped records, and a dropped flush request or sync hides
      a whole window, so "no violation" is not established;
