@@ -24,7 +24,9 @@ TRACE_CMD = FIXTURES / "text" / "trace_cmd_report.txt"
 
 
 def _commands():
-    return sorted(cli.commands.items()) if isinstance(cli, click.Group) else []
+    """Every command, imported (the group loads a command only when it is used)."""
+    ctx = click.Context(cli)
+    return [(n, cli.get_command(ctx, n)) for n in sorted(cli.list_commands(ctx))]
 
 
 # ----------------------------------------------------------------------------- --help
