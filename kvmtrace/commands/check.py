@@ -11,7 +11,7 @@ import click
 
 from kvmtrace import exitcodes
 from kvmtrace.errors import fail_line
-from kvmtrace.commands.options import StatusLine, warn_absent_tgids
+from kvmtrace.commands.options import StatusLine, no_setup_option, prepare_host, warn_absent_tgids
 from kvmtrace.commands.writing import check_output_dir, report_option, write_session_report
 
 EPILOG = """\b
@@ -48,9 +48,10 @@ Examples:
 @click.option("--replay", "replay", metavar="TRACE",
               help="Judge a recorded trace instead of tracing live (same online analysis).")
 @report_option
+@no_setup_option
 def check(duration: float, tgids: tuple[int, ...], exercise: bool, min_windows: int,
           as_json: bool, prom_file: str | None, replay: str | None,
-          report_file: str | None) -> None:
+          report_file: str | None, no_setup: bool) -> None:
     """Check that this host's KVM syncs shadow page tables on every guest TLB flush.
 
     Traces KVM live (BPF on its tracepoints) and replays the events through the same
@@ -105,6 +106,8 @@ def _check(duration: float, tgids: tuple[int, ...], exercise: bool, min_windows:
     if exercise:
         _exercise_possible()
     warn_absent_tgids(tgids, "tracing")
+    if not replay:
+        prepare_host(no_setup)
     source = _source(replay, tgids, exercise)
     stop = threading.Event()
     if cfg.status is not None and not replay:

@@ -11,6 +11,7 @@ import click
 
 from kvmtrace import exitcodes
 from kvmtrace.errors import fail_line
+from kvmtrace.commands.options import no_setup_option, prepare_host
 from kvmtrace.exercise import (ExerciseConfig, ExerciseError, ExerciseResult, ExerciseUnavailable,
                         run_exercise)
 
@@ -154,8 +155,9 @@ def _sigterm_interrupts() -> None:
 @click.option("--record", "record_to", type=click.Path(dir_okay=False), metavar="FILE",
               help="Record the run with the live recorder (BPF) into FILE (.parquet, .jsonl[.gz]).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@no_setup_option
 def exercise(vcpus: int, rounds: int, pages: int, seed: int, address_spaces: int,
-             no_flush: bool, record_to: str | None, as_json: bool) -> None:
+             no_flush: bool, record_to: str | None, as_json: bool, no_setup: bool) -> None:
     """Run a tiny built-in guest that remaps pages and requests guest TLB flushes, and
     check from inside it that the host honoured every flush."""
     progress = _ProgressBar() if sys.stderr.isatty() and not as_json else None
@@ -170,6 +172,7 @@ def exercise(vcpus: int, rounds: int, pages: int, seed: int, address_spaces: int
     recording = None
     try:
         if record_to:
+            prepare_host(no_setup)
             result, recording = _run_recorded(config, record_to)
         else:
             result = run_exercise(config)

@@ -48,3 +48,18 @@ def warn_absent_tgids(tgids, verb: str) -> None:
     for tgid in tgids:
         if not os.path.exists(f"/proc/{tgid}"):
             click.echo(f"kvmtrace: warning: no process {tgid} now; {verb} it if it appears", err=True)
+
+
+no_setup_option = click.option(
+    "--no-setup", is_flag=True,
+    help="Do not mount tracefs or link kernel headers when they are missing (done by default "
+         "when run as root; each action is reported on one line).")
+
+
+def prepare_host(no_setup: bool) -> None:
+    """Mount tracefs and link kernel headers where missing (as root), one line per action."""
+    if no_setup:
+        return
+    from kvmtrace.host.setup import prepare
+    for line in prepare():
+        click.echo(f"kvmtrace: {line}", err=True)

@@ -8,7 +8,7 @@ import click
 
 from kvmtrace import exitcodes
 from kvmtrace.errors import fail_line
-from kvmtrace.commands.options import StatusLine, warn_absent_tgids
+from kvmtrace.commands.options import StatusLine, no_setup_option, prepare_host, warn_absent_tgids
 
 
 @click.command(epilog="""\b
@@ -34,13 +34,16 @@ Exit codes: 0 recorded, 2 usage, 4 this host cannot record (privileges, BPF, KVM
 @click.option("--probes", type=click.Choice(["auto", "exact", "tracepoints", "functions"]), default="auto",
               show_default=True, help="Which probe kinds to attach.")
 @click.option("--ebpf", is_flag=True, help="Print the generated BPF program and exit.")
+@no_setup_option
 def record(output: str | None, tgids: tuple[int, ...], duration: float | None, probes: str,
-           ebpf: bool) -> None:
+           ebpf: bool, no_setup: bool) -> None:
     """Record KVM guest-flush, shadow-page and guest-run events with BPF."""
     from kvmtrace.sources.live import LiveUnavailable, Recorder
     from kvmtrace.pipeline.session import stop_on_signals
     if not ebpf and not output:
         raise click.UsageError("-o/--output is required (or --ebpf)")
+    if not ebpf:
+        prepare_host(no_setup)
     stop = threading.Event()
     with stop_on_signals(stop):
         try:

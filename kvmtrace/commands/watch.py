@@ -9,6 +9,7 @@ import click
 from kvmtrace import exitcodes
 from kvmtrace.commands.writing import check_output_dir, report_option, write_session_report
 from kvmtrace.errors import fail_line
+from kvmtrace.commands.options import no_setup_option, prepare_host
 
 EPILOG = """\b
 On a terminal the table is refreshed in place and each violation is printed above it
@@ -39,8 +40,9 @@ Exit codes, by the final verdict as for kvmtrace analyze: 0 ok or no flushes see
 @click.option("--replay", "replay", type=click.Path(dir_okay=False), metavar="TRACE",
               help="Watch a recorded trace replayed through the same online path.")
 @report_option
+@no_setup_option
 def watch(tgids: tuple[int, ...], as_json: bool, output: str | None, interval: float | None,
-          replay: str | None, report_file: str | None) -> None:
+          replay: str | None, report_file: str | None, no_setup: bool) -> None:
     """Watch guest TLB flush windows live and report each violation as it happens."""
     from kvmtrace.sources.live import LiveUnavailable
     from kvmtrace.outputs.livetable import AnsiTable, JsonLines, PlainLines
@@ -54,6 +56,8 @@ def watch(tgids: tuple[int, ...], as_json: bool, output: str | None, interval: f
     view = JsonLines(out) if as_json else AnsiTable(out) if tty else PlainLines(out)
     if interval is None:
         interval = 0.5 if tty else 10.0
+    if not replay:
+        prepare_host(no_setup)
     source = FileSource(replay) if replay else LiveSource(tgids=tgids, output=output)
     stop = threading.Event()
     collector = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from kvmtrace.host import FormatError, HostFacts, gather
+from kvmtrace.host import FormatError, HostFacts, gather, setup
 from kvmtrace.host import exactlayout
 from kvmtrace.host.probepoints import OTHER_BACKEND, discover
 from kvmtrace.sources.live import capabilities
@@ -69,10 +69,22 @@ def diagnose(root: str = "/") -> Diagnosis:
     checks.append(_exact(bcc, facts, ok and hdr is not None))
     checks.append(_fentry(bcc, facts, ok and hdr is not None))
     checks.append(_functions(facts, kp.usable))
+    checks.append(_self_setup(facts))
     host = {"kernel_release": facts.kernel_release, "kvm_backend": facts.kvm_backend,
             "tdp": facts.tdp, "paging": facts.backend.paging, "exposed": facts.backend.exposed,
             "tracefs": str(facts.tracefs.path) if facts.tracefs else None}
     return Diagnosis(checks, host)
+
+
+def _self_setup(facts: HostFacts) -> Check:
+    actions = setup.plan(facts.root)
+    if not actions:
+        return Check("self-setup", INFO, "nothing to set up (tracefs and header links are in place "
+                                         "or cannot be provided without installing packages)")
+    todo = "; ".join(a.describe() for a in actions)
+    return Check("self-setup", INFO, f"kvmtrace doctor --fix (and record, check, watch, exercise "
+                                     f"--record as root, unless --no-setup) would: {todo}",
+                 items=[{"action": a.name, "command": a.describe(), "why": a.why} for a in actions])
 
 
 def _kernel(facts: HostFacts) -> Check:
@@ -105,7 +117,7 @@ def _paging(facts: HostFacts) -> Check:
 def _tracefs(facts: HostFacts) -> Check:
     if facts.tracefs is None:
         return Check("tracefs", MISSING, "tracefs is not mounted",
-                     "mount -t tracefs nodev /sys/kernel/tracing", True)
+                     "kvmtrace doctor --fix, or mount -t tracefs nodev /sys/kernel/tracing", True)
     problem = facts.tracefs.access_problem()
     if problem:
         return Check("tracefs", MISSING, f"mounted at {facts.tracefs.path} but not readable ({problem})",
