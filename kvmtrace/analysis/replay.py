@@ -77,6 +77,8 @@ class VMState:
     open: set = field(default_factory=set)               # thread keys with an open window
     # Guest page-table edges seen by walkers: (child table gfn, level) -> parent table gfns.
     guest_parents: dict = field(default_factory=dict)
+    # ... and the reverse: (parent table gfn, level) -> child table gfns one level down.
+    guest_children: dict = field(default_factory=dict)
     sp_seen: bool = False               # a kvmmmu shadow-page event of this VM fired
     sync_probe_seen: bool = False       # a kvm_mmu_sync_roots probe of this VM fired
     # The last LOST marker that may hold this VM's events: its replay sequence and time.
@@ -545,7 +547,10 @@ class Replayer:
         vm.sp_seen = True
         level = ev.level if ev.level > 0 else ev.role & 0xF
         shadow = vm.shadow
+        new = (ev.gfn, ev.role) not in shadow.pages
         sp = shadow.page(ev.gfn, ev.role, level, created=ev.created == 1)
+        if new:
+            self._adopt_guest_edges(vm, sp)
         if level >= 4 and not ev.role & ROLE_DIRECT and (level == 5 or th.root_level != 5):
             th.set_root(sp.key, level)
             # A root is looked up only by mmu_alloc_root() under kvm_mmu_load(), which then
@@ -591,8 +596,11 @@ class Replayer:
         vm.sp_seen = True
         self.seq += 1
         level = ev.level if ev.level > 0 else ev.role & 0xF
+        new = (ev.gfn, ev.role) not in vm.shadow.pages
         vm.shadow.mark_unsync(ev.gfn, ev.role, level, self.seq, ev.ts, ev.tid,
                               refresh_before=vm.loss_seq)
+        if new:
+            self._adopt_guest_edges(vm, vm.shadow.pages[(ev.gfn, ev.role)])
 
     def on_sp_sync(self, ev: Event) -> None:
         """kvmmmu:kvm_mmu_sync_page (kvm_sync_page; also fires for a zapped unsync SP)."""
@@ -653,9 +661,26 @@ class Replayer:
             parent_gfn = ev.aux
             parent = shadow.find(parent_gfn, level, like)
         vm.guest_parents.setdefault((child_gfn, level - 1), set()).add(parent_gfn)
+        vm.guest_children.setdefault((parent_gfn, level), set()).add(child_gfn)
         child = shadow.find(child_gfn, level - 1, like)
         if parent is not None and child is not None:
             shadow.link(parent, child)
+
+    @staticmethod
+    def _adopt_guest_edges(vm: VMState, sp) -> None:
+        """An SP the model did not know yet takes the links the guest walks already showed
+        for its table, up and down.  A walk repeated after the SP appeared would make the
+        same links; selection.py hands on each walk edge once, so the result must not
+        depend on whether it was repeated."""
+        shadow = vm.shadow
+        for parent_gfn in vm.guest_parents.get((sp.gfn, sp.level), ()):
+            parent = shadow.find(parent_gfn, sp.level + 1, sp.role)
+            if parent is not None:
+                shadow.link(parent, sp)
+        for child_gfn in vm.guest_children.get((sp.gfn, sp.level), ()):
+            child = shadow.find(child_gfn, sp.level - 1, sp.role)
+            if child is not None:
+                shadow.link(sp, child)
 
     # ------------------------------------------------------------------ exact state
     def on_sp_link(self, ev: Event) -> None:
