@@ -63,7 +63,8 @@ def check(duration: float, tgids: tuple[int, ...], exercise: bool, min_windows: 
     if prom_file:
         _check_prom_dir(prom_file)
     try:
-        _check(duration, tgids, exercise, min_windows, as_json, prom_file, replay, report_file)
+        _check(duration, tgids, exercise, min_windows, as_json, prom_file, replay, report_file,
+               no_setup)
     except click.exceptions.Exit as exc:
         if prom_file and exc.exit_code not in (0, 1, 3):
             _write_prom_error(prom_file, _FAILURE[0] or "the check could not run", exc.exit_code)
@@ -87,7 +88,7 @@ def _fail(message: str, code: int) -> None:
 
 def _check(duration: float, tgids: tuple[int, ...], exercise: bool, min_windows: int,
            as_json: bool, prom_file: str | None, replay: str | None,
-           report_file: str | None) -> None:
+           report_file: str | None, no_setup: bool) -> None:
     from kvmtrace.pipeline.check import CheckConfig, run_check
     from kvmtrace.sources.live import LiveUnavailable
     from kvmtrace.pipeline.session import stop_on_signals
