@@ -95,12 +95,10 @@ def _fresh_host_unavailable() -> str | None:
 
 
 @pytest.mark.live
+@pytest.mark.skipif(_fresh_host_unavailable() is not None, reason=str(_fresh_host_unavailable()))
 def test_check_exercise_on_a_fresh_host_needs_no_other_step(tmp_path):
     """In a private mount namespace, tracefs unmounted and /lib/modules/$(uname -r) empty:
     `kvmtrace check --exercise` sets both up itself, says so, and passes."""
-    reason = _fresh_host_unavailable()
-    if reason:
-        pytest.skip(reason)
     moddir = f"/lib/modules/{os.uname().release}"
     script = (f"umount /sys/kernel/tracing && mkdir -p {moddir} && mount -t tmpfs none {moddir} "
               f"&& exec {sys.executable} -m kvmtrace check --exercise --json")
