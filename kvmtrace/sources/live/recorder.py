@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,7 +274,7 @@ class Recorder:
             if self._reader is not None:
                 self._reader.close()
             if self._bpf is not None:
-                self._bpf.cleanup()
+                detach_all(self._bpf)
 
     def _attach_all(self, plan: ProbePlan, report: AttachReport) -> None:
         b = self._bpf
@@ -552,7 +553,7 @@ class Recorder:
                 if self._reader is not None:
                     self._reader.close()
                 if self._bpf is not None:
-                    self._bpf.cleanup()
+                    detach_all(self._bpf)
             return self.meta
 
     def _write_failed(self, exc: OSError) -> TraceFileError:
@@ -581,6 +582,29 @@ class Recorder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def detach_all(bpf) -> None:
+    """Detach every probe, the perf-event ones in parallel, then let BCC clean up.
+
+    Closing a tracepoint's or kprobe's perf event waits in the kernel for an RCU grace
+    period (perf_event_release_kernel; 72-88 ms each measured here), so BCC's one-by-one
+    cleanup() spent 1.3 s on 17 tracepoints.  The closes are ctypes calls that release the
+    GIL, so a thread each lets the grace periods overlap.  Raw-tracepoint links detach in
+    microseconds and are left to cleanup()."""
+    jobs = [(bpf.detach_tracepoint, k) for k in list(bpf.tracepoint_fds)]
+    jobs += [(bpf.detach_kprobe_event, k) for k in list(bpf.kprobe_fds)]
+
+    def run(job) -> None:
+        fn, key = job
+        try:
+            fn(key)
+        except Exception:            # cleanup() below retries whatever is still attached
+            pass
+    if jobs:
+        with ThreadPoolExecutor(max_workers=min(32, len(jobs))) as pool:
+            list(pool.map(run, jobs))
+    bpf.cleanup()
 
 
 def _comm_from_proc(tid: int) -> str:
