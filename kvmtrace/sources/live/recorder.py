@@ -592,8 +592,8 @@ def detach_all(bpf) -> None:
     cleanup() spent 1.3 s on 17 tracepoints.  The closes are ctypes calls that release the
     GIL, so a thread each lets the grace periods overlap.  Raw-tracepoint links detach in
     microseconds and are left to cleanup()."""
-    jobs = [(bpf.detach_tracepoint, k) for k in list(bpf.tracepoint_fds)]
-    jobs += [(bpf.detach_kprobe_event, k) for k in list(bpf.kprobe_fds)]
+    jobs = [(bpf.detach_tracepoint, k) for k in list(getattr(bpf, "tracepoint_fds", ()))]
+    jobs += [(bpf.detach_kprobe_event, k) for k in list(getattr(bpf, "kprobe_fds", ()))]
 
     def run(job) -> None:
         fn, key = job
