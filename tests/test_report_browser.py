@@ -22,7 +22,9 @@ SHIPPED = sorted(GEN.glob("*.jsonl")) + sorted((FIXTURES / "flushpaths").glob("*
     LAB, NOSYNC, FIXTURES / "real" / "exercise_2vcpu.parquet",
     FIXTURES / "real" / "exercise_2vcpu_noflush.parquet",
     FIXTURES / "real" / "exercise_4vcpu_stress.parquet",
-    FIXTURES / "real" / "exercise_4vcpu_3000flushes.parquet"]
+    FIXTURES / "real" / "exercise_4vcpu_3000flushes.parquet",
+    FIXTURES / "real" / "exercise_3space.parquet",
+    FIXTURES / "real" / "exercise_3space_nosync.parquet"]
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +120,23 @@ def test_every_shipped_fixture_renders_with_counts_that_match_analyze(
     assert facts["windows"] == result["windows"]["total"]
     assert facts["findings"] == len(result["findings"])
     assert facts["rows"] == sum(len(vm["vcpus"]) for vm in result["vms"])
+    # Every violation is red, on its vCPU's row, at its time.
+    found = {(f["ts"], f["vcpu"]) for f in result["findings"] if f["verdict"] == "violation"}
+    red = page.locator("rect.mark.v-violation")
+    assert red.count() == result["windows"]["violation"]
+    for i in range(red.count()):
+        mark = red.nth(i)
+        ts, vcpu = int(mark.get_attribute("data-ts")), int(mark.get_attribute("data-vcpu"))
+        assert (ts, vcpu) in found
+        assert mark.evaluate("el => getComputedStyle(el).fill") == "rgb(214, 39, 40)"
+        lane = page.locator(f'g.row[data-vcpu="{vcpu}"] rect.lane').bounding_box()
+        box = mark.bounding_box()
+        assert lane["y"] <= box["y"] and box["y"] + box["height"] <= lane["y"] + lane["height"]
+        svg = mark.locator("xpath=ancestor::*[local-name()='svg'][1]")
+        start, end = (int(svg.get_attribute(a)) for a in ("data-start-ns", "data-end-ns"))
+        want = float(svg.get_attribute("data-left")) + (ts - start) / max(end - start, 1) * \
+            float(svg.get_attribute("data-plot-width"))
+        assert float(mark.get_attribute("x")) == pytest.approx(want, abs=0.01)
     assert_clean(log)
     page.close()
 
