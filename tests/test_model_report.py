@@ -279,3 +279,64 @@ def test_windows_are_counted_per_flush_path_and_demoted_there_too():
     demoted = replay_frame(_two_vcpu_trace().frame(), TraceMeta(lost_events=5))
     assert demoted.to_dict()["windows_by_path"] == {"steal-time": {
         **counts, "ok": 0, "violation": 0, "inconclusive": 2}}
+
+
+def test_threads_without_a_vcpu_id_get_a_row_each_and_a_moved_vcpu_keeps_one():
+    s = unsynced()
+    for tid in (13, 14):
+        s.add(Kind.SP_GET, tid, gfn=1, role=0x3704, level=4, created=0).run(tid)
+        s.add(Kind.FLUSH_REQUEST_GUEST, tid).run(tid)
+    res = replay_frame(s.frame())
+    rows = res.vms[0]["vcpus"]
+    assert [(r["vcpu"], r["tids"]) for r in rows] == [(None, [13]), (None, [14])]
+    from kvmtrace.analysis.report import Aggregate
+    from kvmtrace.analysis.window import FlushWindow
+    agg = Aggregate()
+    for tid in (20, 21):                       # vCPU 0 run by two threads in turn
+        w = FlushWindow(tgid=1, tid=tid, vcpu=0, opened_ts=1, opener="x", open_seq=1,
+                        unsync_at_open=0)
+        w.verdict = "ok"
+        agg.add(w)
+    (row,) = agg.rows.values()
+    assert row.to_dict()["tids"] == [20, 21] and row.counts["total"] == 2 and row.tgid == 1
+
+
+def test_demotion_keeps_windows_already_inconclusive_per_path():
+    from kvmtrace.analysis.report import Aggregate
+    from kvmtrace.analysis.window import FlushWindow
+    agg = Aggregate()
+    for verdict in ("ok", "violation", "suspect", "suspect", "inconclusive"):
+        w = FlushWindow(tgid=1, tid=11, vcpu=1, opened_ts=1, opener="steal-time", open_seq=1,
+                        unsync_at_open=1)
+        w.verdict, w.reason = verdict, "r"
+        agg.add(w)
+    assert agg.by_path["steal-time"]["suspect"] == 2
+    agg.demote_all("why")
+    c = agg.by_path["steal-time"]
+    assert (c["inconclusive"], c["ok"], c["violation"], c["suspect"], c["total"]) == (5, 0, 0, 0, 5)
+
+
+def test_latency_mean_is_an_integer_number_of_nanoseconds():
+    from kvmtrace.analysis.report import VcpuRow
+    from kvmtrace.analysis.window import FlushWindow
+    row = VcpuRow(1, 1)
+    for sync in (110, 125):
+        w = FlushWindow(tgid=1, tid=11, vcpu=1, opened_ts=100, opener="x", open_seq=1,
+                        unsync_at_open=1)
+        w.verdict = "ok"
+        w.note_sync(sync)
+        row.add(w)
+    assert row.to_dict()["latency_ns"] == {"count": 2, "mean": 17, "max": 25}
+    assert isinstance(row.to_dict()["latency_ns"]["mean"], int)
+
+
+def test_function_probe_patterns_decide_when_no_window_was_meaningful():
+    from kvmtrace.schema import TraceMeta
+    meta = TraceMeta(probes=["kprobe:kvm_mmu_sync_roots", "kprobe:kvm_mmu_unload"])
+    s = built()
+    for _ in range(2):                       # two unload-reload flushes, nothing unsync
+        s.pv(V1, 1, need_flush=1).fn(Kind.MMU_UNLOAD, V1).run(V1, Kind.GUEST_ENTRY)
+    s.pv(V1, 1, need_flush=1).fn(Kind.HW_FLUSH, V1).run(V1, Kind.GUEST_ENTRY)  # one without
+    res = replay_frame(s.frame(), meta)
+    assert res.windows["meaningful"] == 0 and res.windows["total"] == 3
+    assert res.pattern == "unload-reload"

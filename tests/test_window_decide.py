@@ -242,3 +242,14 @@ def test_an_invlpg_window_shows_a_pattern_only_through_a_sync():
     w.outstanding = [page(True)]
     assert observed_pattern(w, False) == "unknown"
     assert observed_pattern(win(obligation="address", saw_unload=True), True) == "unload-reload"
+
+
+def test_a_cr_write_that_asked_no_flush_is_not_softened():
+    w = judge(win(opener_event="flush_cr3", need_flush=0), [page(True)])
+    assert w.verdict == "violation"
+
+
+def test_a_refault_at_address_0_counts():
+    from kvmtrace.analysis.window import decide_address_refault
+    w = win(obligation="address", address=0)
+    assert decide_address_refault(w, 0) and w.verdict == "ok"
