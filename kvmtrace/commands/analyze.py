@@ -11,7 +11,7 @@ import click
 from kvmtrace import exitcodes
 from kvmtrace.outputs.text import render
 from kvmtrace.pipeline.offline import analyze_paths
-from kvmtrace.commands.options import StatusLine, tgid_map_option
+from kvmtrace.commands.options import StatusLine, pid_filter_option, tgid_map_option
 
 
 class _Progress:
@@ -37,7 +37,7 @@ def report_command(traces, vm: int | None, vcpu: int | None,
     """The `kvmtrace report` command line for the same selection."""
     args = ["kvmtrace", "report"]
     if vm is not None:
-        args += ["--vm", str(vm)]
+        args += ["-p", str(vm)]
     if vcpu is not None:
         args += ["--vcpu", str(vcpu)]
     for tid, tgid in (tgid_map or {}).items():
@@ -49,16 +49,16 @@ def report_command(traces, vm: int | None, vcpu: int | None,
 Examples:
   kvmtrace analyze fixtures/lab_two_vcpu_flush.ftrace.txt
   kvmtrace analyze --json recording.parquet
-  kvmtrace analyze --vm 4242 --vcpu 1 part1.parquet part2.parquet
+  kvmtrace analyze -p 4242 --vcpu 1 part1.parquet part2.parquet
   ssh host cat /sys/kernel/tracing/trace | kvmtrace analyze -
 Exit codes: 0 ok or no flushes seen, 1 violation, 2 bad input (unreadable
-            or corrupt file, a --vm/--vcpu that selects nothing),
+            or corrupt file, a -p/--vcpu that selects nothing),
             3 suspect or inconclusive.
 On a violation it prints the `kvmtrace report` command that draws it.
 """)
 @click.argument("traces", nargs=-1, required=True, metavar="TRACE...")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--vm", "vm", type=int, metavar="TGID", help="Only the VM whose VMM process is TGID.")
+@pid_filter_option
 @click.option("--vcpu", "vcpu", type=click.IntRange(min=0), metavar="N",
               help="Only report windows of vCPU N.")
 @tgid_map_option

@@ -34,6 +34,7 @@ Examples:
 
 @click.command(epilog=EPILOG)
 @click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True), default=30.0,
+              metavar="SECONDS",
               show_default=True, help="Trace for at most this many seconds.")
 @click.option("-p", "--pid", "tgids", multiple=True, type=click.IntRange(1, 2**22 - 1),
               metavar="TGID", help="Trace only this VM process (repeatable). With --exercise "

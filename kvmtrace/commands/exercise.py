@@ -139,15 +139,15 @@ def _sigterm_interrupts() -> None:
 
 
 @click.command(epilog=EPILOG)
-@click.option("--vcpus", default=2, show_default=True, type=click.IntRange(2, 64),
+@click.option("--vcpus", metavar="N", default=2, show_default=True, type=click.IntRange(2, 64),
               help="vCPUs: one writer, the rest readers.")
-@click.option("--rounds", default=300, show_default=True, type=click.IntRange(1, None),
+@click.option("--rounds", metavar="N", default=300, show_default=True, type=click.IntRange(1, None),
               help="Remap-and-flush rounds.")
-@click.option("--pages", default=4, show_default=True, type=click.IntRange(1, 64),
+@click.option("--pages", metavar="N", default=4, show_default=True, type=click.IntRange(1, 64),
               help="Addresses remapped per round, each in its own last-level page table.")
 @click.option("--seed", default=1, show_default=True, type=int,
               help="Seed for which tables and pages each round uses.")
-@click.option("--address-spaces", "address_spaces", default=1, show_default=True,
+@click.option("--address-spaces", "address_spaces", metavar="N", default=1, show_default=True,
               type=click.IntRange(1, 16),
               help="Page-table trees per vCPU, switched by CR3 loads between passes.")
 @click.option("--no-flush", "no_flush", is_flag=True,

@@ -63,3 +63,24 @@ def prepare_host(no_setup: bool) -> None:
     from kvmtrace.host.setup import prepare
     for line in prepare():
         click.echo(f"kvmtrace: {line}", err=True)
+
+
+pid_filter_option = click.option(
+    "-p", "--pid", "--vm", "vm", type=click.IntRange(min=0), metavar="TGID",
+    help="Only the VM whose VMM process is TGID (--vm is the same option).")
+vcpu_filter_option = click.option(
+    "--vcpu", "vcpu", type=click.IntRange(min=0), metavar="N",
+    help="Only vCPU N: the events of its host threads.")
+
+
+def selected(trace, loaded, vm: int | None, vcpu: int | None):
+    """``loaded.events`` narrowed by -p/--vcpu; a filter that matches nothing exits 2."""
+    if vm is None and vcpu is None:
+        return loaded.events
+    from kvmtrace.errors import fail_line
+    from kvmtrace.sources.frame import SelectionError, select_events
+    try:
+        return select_events(loaded.events, vm=vm, vcpu=vcpu, source=str(trace))
+    except SelectionError as exc:
+        fail_line(str(exc))
+        raise click.exceptions.Exit(2)

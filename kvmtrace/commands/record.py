@@ -20,16 +20,17 @@ Examples:
 Probe modes: exact reads KVM's shadow-MMU state (SP links, the vCPU's roots) through
 raw tracepoints at BTF offsets; auto takes it where BTF and raw tracepoints allow
 (kvmtrace doctor says), else the tracepoints (and kprobes where they exist).
-Exit codes: 0 recorded, 4 live tracing unavailable here (what to install is printed).
 Ctrl-C or SIGTERM stop the recording and finish the file; a killed recorder leaves
 FILE.part, which every kvmtrace command reads.
-Exit codes: 0 recorded, 2 usage, 4 this host cannot record (privileges, BPF, KVM).
+Exit codes: 0 recorded, 2 usage, 4 this host cannot record (privileges, BPF, KVM:
+            the message says what to install or enable).
 """)
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="Output file: .parquet (default choice), .jsonl or .jsonl.gz.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Output file: .parquet (default choice), .jsonl or .jsonl.gz.  [required "
+                   "unless --ebpf]")
 @click.option("-p", "--pid", "tgids", multiple=True, type=click.IntRange(1, 2**22 - 1),
               metavar="TGID", help="Record only this VM process (repeatable); filtered in the kernel.")
-@click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True),
+@click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop after this many seconds (default: until Ctrl-C).")
 @click.option("--probes", type=click.Choice(["auto", "exact", "tracepoints", "functions"]), default="auto",
               show_default=True, help="Which probe kinds to attach.")

@@ -15,6 +15,7 @@ from kvmtrace.analysis.replay import ReplayListener, Replayer
 from kvmtrace.analysis.report import AnalysisResult, merge
 from kvmtrace.analysis.selection import NEEDED
 from kvmtrace.schema import SchemaError
+from kvmtrace.sources.frame import SelectionError
 from kvmtrace.sources.native import TraceFileError
 from kvmtrace.sources.stream import CHUNK_ROWS, EventStream, open_events
 
@@ -62,10 +63,6 @@ def _run(rep: Replayer, path: str, stream: EventStream, progress: Optional[Progr
     except SchemaError as exc:
         raise TraceFileError(path, str(exc)) from None
     return rows
-
-
-class SelectionError(ValueError):
-    """--vm / --vcpu select nothing in the traces: one line naming what exists."""
 
 
 def _check_selection(paths: list[str], results: list[AnalysisResult], vm: Optional[int],

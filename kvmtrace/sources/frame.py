@@ -6,7 +6,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from kvmtrace.schema import COLUMNS, COLUMN_NAMES, KIND_NAMES, SchemaError, empty_columns
+from kvmtrace.schema import COLUMNS, COLUMN_NAMES, KIND_NAMES, Kind, SchemaError, empty_columns
 
 
 def empty_frame() -> pd.DataFrame:
@@ -62,3 +62,33 @@ def concat(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     if not frames:
         return empty_frame()
     return pd.concat(frames, ignore_index=True)
+
+
+class SelectionError(ValueError):
+    """A VM or vCPU filter that selects nothing in a trace (exit 2, naming what exists)."""
+
+
+def select_events(df: pd.DataFrame, *, vm: int | None = None, vcpu: int | None = None,
+                  source: str = "the trace") -> pd.DataFrame:
+    """The rows of VM ``vm`` and of the threads that ran vCPU ``vcpu``, and every LOST
+    marker (a loss may have held the selected events).  A filter that matches no event is
+    an error naming what the trace holds, never an empty (and so "nothing found") trace."""
+    kind = df["kind"].to_numpy()
+    lost = kind == int(Kind.LOST)
+    keep = ~lost
+    if vm is not None:
+        tgid = df["tgid"].to_numpy()
+        if not (keep & (tgid == vm)).any():
+            vms = ", ".join(map(str, sorted(set(tgid[keep].tolist())))) or "none"
+            raise SelectionError(f"no VM {vm} in {source}; VMs: {vms}")
+        keep &= tgid == vm
+    if vcpu is not None:
+        vcpus, tids = df["vcpu"].to_numpy(), df["tid"].to_numpy()
+        named = keep & (vcpus == vcpu)
+        if not named.any():
+            seen = ", ".join(map(str, sorted(set(vcpus[keep & (vcpus >= 0)].tolist())))) or "none"
+            raise SelectionError(f"no vCPU {vcpu} in {source}"
+                                 + (f" VM {vm}" if vm is not None else "") + f"; vCPUs: {seen}")
+        # The vCPU's host threads: its shadow-page events carry no vCPU id (see schema).
+        keep &= np.isin(tids, np.unique(tids[named])) | (vcpus == vcpu)
+    return df[keep | lost].reset_index(drop=True)

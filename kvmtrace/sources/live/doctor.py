@@ -149,6 +149,17 @@ def _tracepoints(facts: HostFacts) -> Check:
     if facts.tracefs is None:
         return Check("kvm-tracepoints", MISSING, "cannot read tracepoints without tracefs",
                      "mount tracefs", True, items)
+    unreadable = facts.tracefs.access_problem()
+    if unreadable:
+        # tracefs is mode 0700 (fs/tracefs/inode.c): unprivileged, a present tracepoint
+        # cannot be told from an absent one.
+        for i in items:
+            if not i["present"]:
+                i["present"] = None
+                i["why"] = f"not readable without root ({unreadable})"
+        return Check("kvm-tracepoints", MISSING,
+                     f"{len(items)} tracepoints not readable without root ({unreadable})",
+                     "run as root", True, items)
     absent = [i["name"] for i in items if not i["present"]]
     detail = f"{usable} of {len(items)} usable" + (f"; absent: {', '.join(absent)}" if absent else "")
     key = [i for i in items if i["name"] in REQUIRED]
@@ -232,7 +243,8 @@ def render(d: Diagnosis) -> str:
         if c.name == "kvm-tracepoints":
             for i in c.items:
                 state = ("ok  " if i["usable"] else "--  ")
-                desc = i.get("fields", "") if i["present"] else "absent"
+                desc = (i.get("fields", "") if i["present"] else
+                        "not readable without root" if i["present"] is None else "absent")
                 why = "" if i["usable"] or not i["present"] else f"  ({i['why']})"
                 out.append(f"         {state}{i['name']:34} {desc}{why}")
         if c.name == "exact-mode":
