@@ -196,6 +196,25 @@ KINDS: tuple[KindRow, ...] = (
     KindRow(Kind.FLUSH_PVM_LOAD_PGTBL, GATE, "PVM_HC_LOAD_PGTBL (kvm_pvm backend)"),
     # Integrity (kinds 50-54).
     KindRow(Kind.INVALID, STATE, "kvmtrace/sources/validate.py: an event refused as impossible"),
+    # Events after which the vCPU's root may have changed without any kvmmmu event (kinds
+    # 55-59): the model forgets the root it inferred (analysis/replay.py _forget_root).
+    KindRow(Kind.CR_WRITE, STATE,
+            "a guest CR0 write: kvm:kvm_cr cr_write 0 (VMX handle_cr(), SVM cr_interception())"),
+    KindRow(Kind.NESTED_ENTER, STATE, "nested VMLAUNCH/VMRESUME/VMRUN emulated (vmx/nested.c, "
+            "svm/nested.c)", (
+        _tp("kvm:kvm_nested_vmenter", ALWAYS, {"value": ("{guest_pgd}", "{rip}")}),)),
+    KindRow(Kind.NESTED_EXIT, STATE, "an L2 exit reflected to L1 (nested_vmx_vmexit, "
+            "nested_svm_vmexit)", (
+        _tp("kvm:kvm_nested_vmexit_inject", ALWAYS, {"value": ("{exit_code}",)}),)),
+    KindRow(Kind.SMM_TRANSITION, STATE, "kvm_smm_changed() (arch/x86/kvm/smm.c, 6.2+; x86.c "
+            "before)", (
+        _tp("kvm:kvm_smm_transition", ALWAYS,
+            {"vcpu": ("{vcpu_id}",), "value": ("{entering} != 0",)}),)),
+    # kvm:kvm_msr fires for every emulated MSR access (rdmsr/wrmsr exits); only EFER writes
+    # matter, and a live probe would emit them all.
+    KindRow(Kind.EFER_WRITE, STATE, "kvm_set_efer() via an EFER wrmsr (x86.c)", (
+        _tp("kvm:kvm_msr", None, not_live="fires for every MSR access; read from text traces "
+            "(EFER writes only)"),)),
 )
 
 KIND_ROWS: dict[Kind, KindRow] = {row.kind: row for row in KINDS}

@@ -62,7 +62,10 @@ class Kind(enum.IntEnum):
                               # in that slot; gfn -1 with unsync -1 = a valid root whose SP
                               # is not identified (unknown, never "clean").  The rows of one
                               # snapshot share (tid, ts) and precede the guest-run evidence
-                              # event that triggered them.
+                              # event that triggered them.  A snapshot decides a
+                              # flush window when it follows every flush-path and
+                              # shadow-page event of that thread in the window
+                              # (analysis/exact.py).
 
     # Guest-run evidence: the vCPU executed guest code at or just before this event.
     GUEST_ENTRY = 30          # kvm:kvm_entry; value = rip
@@ -91,6 +94,16 @@ class Kind(enum.IntEnum):
                               # wrapped uint64 gfn, a time outside the trace): refused by
                               # sources/validate.py, kept as a marker at its place; value = 1.
                               # The model treats it as a lost event of its VM (tgid, or -1).
+    # Events after which the vCPU's shadow root (vcpu->arch.mmu->root) may have changed
+    # without any kvmmmu event: the model forgets the root it inferred.  Kinds 55-59.
+    # (FLUSH_CR3, FLUSH_CR4 and FLUSH_PVM_LOAD_PGTBL above switch roots too.)
+    CR_WRITE = 55             # a CR0 write: kvm:kvm_cr cr_write 0, or an emulated mov to CR0 /
+                              # lmsw decoded from kvm_emulate_insn (CR3/CR4 writes are
+                              # FLUSH_CR3/FLUSH_CR4); level = CR number, value = value (-1 unknown)
+    NESTED_ENTER = 56         # kvm:kvm_nested_vmenter (VMLAUNCH/VMRESUME/VMRUN emulated: L2 runs)
+    NESTED_EXIT = 57          # kvm:kvm_nested_vmexit_inject (an L2 exit reflected to L1)
+    SMM_TRANSITION = 58       # kvm:kvm_smm_transition; value = 1 entering, 0 leaving SMM
+    EFER_WRITE = 59           # kvm:kvm_msr write of MSR_EFER (0xc0000080); value = data
 
 
 KIND_NAMES: dict[int, str] = {k.value: k.name.lower() for k in Kind}
@@ -106,6 +119,10 @@ FUNCTION_KINDS = frozenset({Kind.FLUSH_GUEST_ENTRY, Kind.FLUSH_GUEST_RETURN, Kin
                             Kind.HW_FLUSH, Kind.MMU_UNLOAD, Kind.MMU_LOAD_ENTRY,
                             Kind.MMU_LOAD_RETURN, Kind.SYNC_ROOTS, Kind.SYNC_PREV_ROOTS})
 SP_KINDS = frozenset({Kind.SP_GET, Kind.SP_UNSYNC, Kind.SP_SYNC, Kind.SP_ZAP})
+# Events that can switch a vCPU's root without a kvmmmu event (see Kind.CR_WRITE); the
+# CR3/CR4/PVM load-page-table flush openers do as well.
+ROOT_SWITCH_KINDS = frozenset({Kind.CR_WRITE, Kind.NESTED_ENTER, Kind.NESTED_EXIT,
+                               Kind.SMM_TRANSITION, Kind.EFER_WRITE})
 EVIDENCE_KINDS = frozenset({Kind.GUEST_ENTRY, Kind.GUEST_EXIT, Kind.SPTE_INSTALL, Kind.EMULATE,
                             Kind.PIO, Kind.MMIO, Kind.HYPERCALL, Kind.USERSPACE_EXIT,
                             Kind.PAGE_FAULT, Kind.WALK_START})

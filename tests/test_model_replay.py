@@ -137,12 +137,16 @@ def test_suspect_when_the_vcpu_root_is_unknown():
     assert w.outstanding[0].reachable is None
 
 
-def test_ok_when_the_unsync_page_is_known_unreachable():
+def test_inferred_unreachability_is_never_ok():
+    # Every link the trace shows says gfn 4 hangs only under root 1, not under vCPU2's root
+    # 9.  But nothing synced vCPU2's root, and the trace cannot show its real root or its
+    # prev_roots (a CR3 load served from prev_roots emits no kvmmmu event): suspect.
     s = unsynced()
     s.pv(12, 2).get(12, 9, 4).run(12)        # vCPU2, a different guest CR3: its own root
     s.pv(12, 2, need_flush=1).run(12)
-    w, _ = only_window(s)
-    assert w.verdict == "ok" and w.outstanding[0].reachable is False
+    w, res = only_window(s)
+    assert w.verdict == "suspect" and w.outstanding[0].reachable is False
+    assert w.evidence == "none" and res.findings[0]["evidence"] == "none"
 
 
 def test_root_zap_makes_reachability_unknown():

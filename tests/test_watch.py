@@ -87,7 +87,7 @@ def test_plain_view_prints_each_violation_with_context_and_the_table(capsys) -> 
     result = Watch(FileSource(GEN / "tp-violation.jsonl"), PlainLines(out), interval=60).run()
     text = out.getvalue()
     assert result.verdict == "violation"
-    assert re.search(r"VIOLATION  VM 5000 vCPU 1: the vCPU ran guest code", text)
+    assert re.search(r"VIOLATION \[evidence inferred\]  VM 5000 vCPU 1: the vCPU ran guest code", text)
     assert "left unsync: gfn 0x1003" in text and "reachable" in text
     assert "flush_request_pv" in text                   # the events around it
     row = [l for l in text.splitlines() if l.split()[:2] == ["5000", "1"]]

@@ -13,7 +13,13 @@ Kernel objects modelled (arch/x86/kvm/mmu/mmu.c, arch/x86/kvm/x86.c):
 - per vCPU (``struct kvm_vcpu``): ``vcpu->arch.mmu->root`` as last seen, and the open flush
   window between servicing a guest TLB flush (``kvm_vcpu_flush_tlb_guest``, requested via
   ``KVM_VCPU_FLUSH_TLB`` / ``KVM_REQ_TLB_FLUSH_GUEST`` / Hyper-V) and the next guest run
-  (vcpu.py, window.py).
+  (vcpu.py, window.py);
+- exact evidence: ``vcpu->arch.mmu`` root slots read by raw-tracepoint probes (exact.py) and
+  ``sp->parent_ptes`` links.
+
+The root the replay infers is forgotten at every event that can switch it without a kvmmmu
+event (``schema.ROOT_SWITCH_KINDS``, a new vCPU id on the thread): a root that is unknown
+proves nothing, and a violation needs a path from a root known to be current.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import pandas as pd
 
 from kvmtrace.schema import (COLUMN_NAMES, KIND_NAMES, KVM_EXIT_INTR, ROLE_DIRECT, Chunk, Kind,
                              TraceMeta, as_chunk)
+from kvmtrace.analysis.exact import Reading, RootSlot, Snapshot, counts_for
 from kvmtrace.analysis.report import (AnalysisResult, Aggregate, ReplayCounters, VcpuRow,
                                      row_key)
 from kvmtrace.analysis.selection import (NEEDED, PTE_ADDR, PTE_PRESENT, PTE_PSE, WALK_FROM_ROOT,
@@ -64,6 +71,7 @@ class Event(NamedTuple):
     parent_gfn: int = -1
     parent_role: int = -1
     unsync_children: int = -1
+    unsync: int = -1
     aux: int = -1        # selection.py: a walker edge's parent table gfn (-1: the root)
 
 
@@ -84,6 +92,8 @@ class VMState:
     # The last LOST marker that may hold this VM's events: its replay sequence and time.
     loss_seq: int = 0
     loss_ts: Optional[int] = None
+    five_level: bool = False            # a level-5 SP was seen: level-4 SPs are no roots
+    sync_tick: int = 0                  # Replayer.tick of the latest sync_page / zap
 
 
 class ReplayListener(Protocol):
@@ -120,6 +130,7 @@ class Replayer:
         self.vms: dict[int, VMState] = {}
         self.seq = 0
         self.counters = ReplayCounters()     # what the report reads besides the windows
+        self.tick = 0          # one per handled event: orders snapshots against the rest
         self.tgids_seen: set = set()     # every VM of the input (kept only under a --vm filter)
         self._loss: tuple[int, Optional[int]] = (0, None)    # last VM-less loss: (seq, ts)
         self.agg = Aggregate(max_findings=max_findings, vcpu=vcpu)
@@ -247,20 +258,41 @@ class Replayer:
             th = vm.threads[tkey] = VcpuState(tgid, tkey)
         return th
 
-    def _of(self, ev: Event, remember: bool = True) -> tuple[VMState, VcpuState]:
+    def _of(self, ev: Event, remember: bool = True, stamp: bool = True) -> tuple[VMState, VcpuState]:
         """The VM and vCPU of an event.  ``remember`` keeps it as context for findings:
         only for events every chunking hands over (not evidence or walker events, which
-        select.py thins out), so results do not depend on chunk boundaries."""
+        select.py thins out), so results do not depend on chunk boundaries.  Those events
+        also stamp the thread's ``state_tick`` (a root snapshot older than it no longer
+        describes the roots the vCPU enters with), except the exact ones (``stamp``)."""
         key = (ev.tgid, ev.tid if ev.tid >= 0 else -2 - ev.vcpu)
         pair = self._pairs.get(key)
         if pair is None:
             pair = self._pairs[key] = (self._vm(ev.tgid), self._thread(*key))
         th = pair[1]
+        self.tick += 1
         if ev.vcpu >= 0 and th.vcpu != ev.vcpu and not th.learn_vcpu(ev.vcpu):
-            self.counters.vcpu_conflicts += 1
+            self._vcpu_switch(th, ev)
         if remember:
             th.recent.append(ev)
+            if stamp:
+                th.state_tick = self.tick
         return pair
+
+    def _vcpu_switch(self, th: VcpuState, ev: Event) -> None:
+        """Another vCPU on this thread (a VMM may run several vCPUs on one thread): what
+        was known of the thread's root belongs to the other vCPU (select.py hands over
+        every row where a thread's vCPU id changes)."""
+        self.counters.vcpu_conflicts += 1
+        th.vcpu = ev.vcpu
+        self._forget_root(th, ev)
+
+    def _forget_root(self, th: VcpuState, ev: Event) -> None:
+        th.drop_root()
+        th.snap = None
+        w = th.window
+        if w is not None:
+            w.root_switched = True
+            w.add_event(ev)
 
     def _open(self, vm: VMState, th: VcpuState, ev: Event, *, tentative: bool = False,
               started_inside: bool = False) -> FlushWindow:
@@ -278,7 +310,8 @@ class Replayer:
                         started_inside=started_inside, opener_event=KIND_NAMES[ev.kind],
                         obligation=obligation, need_flush=ev.need_flush,
                         address=ev.value if obligation == ADDRESS else -1,
-                        lost_before_ts=vm.loss_ts if vm.loss_seq > th.clean_seq else None)
+                        lost_before_ts=vm.loss_ts if vm.loss_seq > th.clean_seq else None,
+                        open_tick=self.tick)
         for before in list(th.recent)[-3:-1]:
             w.add_event(before)
         w.add_event(ev)
@@ -302,7 +335,8 @@ class Replayer:
             return          # kvm_service_local_tlb_flush_requests for a non-guest flush
         w.closed_ts = ev.ts
         w.closer = KIND_NAMES[ev.kind]
-        w.vcpu = th.vcpu
+        if w.vcpu < 0:
+            w.vcpu = th.vcpu
         w.add_event(ev)
         tdp = self.meta.tdp
         shadow_vm = tdp is False or (tdp is None and vm.sp_seen)
@@ -318,13 +352,19 @@ class Replayer:
                 unchecked += 1        # the cap bounds the reachability walks, not the count
                 continue
             sp = shadow.pages.get(key)
-            reach = None if settled else shadow.reachable(key, th.root)
+            # SPs printing alike: which of them is left is unknown, so no path proves it.
+            reach = None if settled or rec.ambiguous else shadow.reachable(key, th.root)
             outstanding.append(Outstanding(key[0], key[1], sp.level if sp else key[1] & 0xF,
                                            rec.ts, rec.tid, reach,
-                                           doubtful=rec.seq < vm.loss_seq))
+                                           doubtful=rec.seq < vm.loss_seq,
+                                           ambiguous=rec.ambiguous))
         w.last_loss_ts = vm.loss_ts
+        reading = None
+        if counts_for(th.snap, w.open_tick, th.state_tick):
+            explained = not shadow.fresh_since(w.open_seq) and vm.sync_tick < th.snap.tick
+            reading = Reading(th.snap, explained)
         decide(w, outstanding, tdp=tdp, shadow_vm=shadow_vm, fn_mode=fn_mode,
-               sp_observed=vm.sp_seen or self.sp_probed, unchecked=unchecked)
+               sp_observed=vm.sp_seen or self.sp_probed, unchecked=unchecked, reading=reading)
         if (w.verdict in (VIOLATION, SUSPECT) and ev.kind in (Kind.WALK_START, Kind.PAGE_FAULT)):
             decide_address_refault(w, ev.value)
         self._closed.append(w)
@@ -405,8 +445,10 @@ class Replayer:
     # One opener per row of flushpaths.PATHS beyond steal time and Hyper-V; the row gives the
     # window its name and its sync obligation.
 
-    def _flush_path(self, ev: Event) -> None:
+    def _flush_path(self, ev: Event, switches_root: bool = False) -> None:
         vm, th = self._of(ev)
+        if switches_root:
+            self._forget_root(th, ev)
         if ev.need_flush == 0:
             return          # the action asked for no flush (CR3 no-flush bit, no PGE toggle)
         self._open(vm, th, ev)
@@ -416,8 +458,10 @@ class Replayer:
         self._flush_path(ev)
 
     def on_flush_cr3(self, ev: Event) -> None:
-        """MOV to CR3 (kvm_set_cr3): without the no-flush bit the new root must be synced."""
-        self._flush_path(ev)
+        """MOV to CR3 (kvm_set_cr3): without the no-flush bit the new root must be synced.
+        With or without it the root switches, from prev_roots without a kvmmmu event when
+        cached (kvm_mmu_new_pgd -> fast_pgd_switch): the root the replay knew is gone."""
+        self._flush_path(ev, switches_root=True)
 
     def on_flush_cr4(self, ev: Event) -> None:
         """MOV to CR4 (kvm_post_set_cr4): a PGE toggle or PCIDE 1->0 is a full guest flush.
@@ -431,7 +475,9 @@ class Replayer:
                 toggled = ((old ^ ev.value) & CR4_PGE
                            or (old & CR4_PCIDE and not ev.value & CR4_PCIDE))
                 ev = ev._replace(need_flush=1 if toggled else 0)
-        self._flush_path(ev)
+        # CR4 bits are in the MMU role (SMEP, SMAP, PKE, LA57 ...): kvm_post_set_cr4 ->
+        # kvm_mmu_reset_context when they change; the root may be another one.
+        self._flush_path(ev, switches_root=True)
 
     def on_flush_invlpg(self, ev: Event) -> None:
         """INVLPG (kvm_mmu_invlpg): only the SPTEs mapping ``value`` (the address)."""
@@ -443,8 +489,9 @@ class Replayer:
         self._flush_path(ev)
 
     def on_flush_pvm_load_pgtbl(self, ev: Event) -> None:
-        """PVM_HC_LOAD_PGTBL; flags bit 0 asks for a flush of the new CR3's PCID."""
-        self._flush_path(ev)
+        """PVM_HC_LOAD_PGTBL; flags bit 0 asks for a flush of the new CR3's PCID.  It loads
+        a new CR3 (kvm_mmu_new_pgd): the root switches."""
+        self._flush_path(ev, switches_root=True)
 
     # ------------------------------------------------------------------ flush path functions
     def on_flush_guest_entry(self, ev: Event) -> None:
@@ -488,6 +535,7 @@ class Replayer:
         w = self._confirm(th, ev)
         if w is not None:
             w.saw_unload = True
+            w.root_switched = False
             w.note_sync(ev.ts)
 
     def on_mmu_load_entry(self, ev: Event) -> None:
@@ -517,6 +565,7 @@ class Replayer:
         self._reestablish(th)
         if w is not None:
             w.saw_sync_roots = True
+            w.root_switched = False
             w.note_sync(ev.ts)
 
     def on_sync_prev_roots(self, ev: Event) -> None:
@@ -551,7 +600,9 @@ class Replayer:
         sp = shadow.page(ev.gfn, ev.role, level, created=ev.created == 1)
         if new:
             self._adopt_guest_edges(vm, sp)
-        if level >= 4 and not ev.role & ROLE_DIRECT and (level == 5 or th.root_level != 5):
+        if level == 5 and not vm.five_level:
+            self._five_level(vm)
+        if self._is_root(vm, level, ev.role):
             th.set_root(sp.key, level)
             # A root is looked up only by mmu_alloc_root() under kvm_mmu_load(), which then
             # calls kvm_mmu_sync_roots() (arch/x86/kvm/mmu/mmu.c): a full sync follows.
@@ -559,6 +610,7 @@ class Replayer:
             w = th.window
             if w is not None:
                 w.saw_reload_root = True
+                w.root_switched = False      # kvm_mmu_load syncs the root it loads
                 w.note_sync(ev.ts)
                 w.add_event(ev)
             return
@@ -568,6 +620,22 @@ class Replayer:
         for lower in [lv for lv in th.path if lv < level]:
             del th.path[lower]
         th.path[level] = sp.key
+
+    @staticmethod
+    def _is_root(vm: VMState, level: int, role: int) -> bool:
+        """A get_page that allocates a root (mmu_alloc_root): not direct, at the guest's
+        top level.  Under 5-level paging a level-4 SP is a child of the level-5 root, which
+        FNAME(fetch) fetches mid-life like any other table."""
+        if role & ROLE_DIRECT:
+            return False
+        return level == 5 or (level == 4 and not vm.five_level)
+
+    def _five_level(self, vm: VMState) -> None:
+        """The VM uses 5-level paging: roots taken from level-4 SPs were not roots."""
+        vm.five_level = True
+        for th in vm.threads.values():
+            if th.root_level == 4:
+                th.drop_root()
 
     @staticmethod
     def _parent_of(vm: VMState, th: VcpuState, gfn: int, level: int, role: int):
@@ -606,6 +674,7 @@ class Replayer:
         """kvmmmu:kvm_mmu_sync_page (kvm_sync_page; also fires for a zapped unsync SP)."""
         vm, th = self._of(ev)
         vm.sp_seen = True
+        vm.sync_tick = self.tick
         rec = vm.shadow.mark_sync((ev.gfn, ev.role))
         w = th.window
         if w is not None and not w.tentative and w.lost_before_ts is not None:
@@ -622,12 +691,20 @@ class Replayer:
                 w.note_sync(ev.ts)
                 if tkey == th.tid:
                     w.add_event(ev)
+        w = th.window
+        if w is not None:
+            # A sync on the vCPU's own thread inside its window: kvm_mmu_sync_roots ran, on
+            # the root current then (so also after any root switch before it).
+            w.synced_here = True
+            w.root_switched = False
+            w.note_sync(ev.ts)
 
     def on_sp_zap(self, ev: Event) -> None:
         """kvmmmu:kvm_mmu_prepare_zap_page, from any thread of the VM (MMU notifiers,
         kvm-nx-lpage-recovery): the SP and its links go; a zapped root is reloaded."""
         vm, th = self._of(ev)
         vm.sp_seen = True
+        vm.sync_tick = self.tick
         key = (ev.gfn, ev.role)
         rec = vm.shadow.unsync.get(key)
         vm.shadow.zap(key)
@@ -686,7 +763,7 @@ class Replayer:
     def on_sp_link(self, ev: Event) -> None:
         """A link read from the child's ``parent_ptes`` (exact probes): the parent SP's
         ``spt`` page holds the SPTE that points at the child."""
-        vm, _ = self._of(ev)
+        vm, _ = self._of(ev, stamp=False)
         vm.sp_seen = True
         shadow = vm.shadow
         child = shadow.page(ev.gfn, ev.role, ev.role & 0xF)
@@ -698,15 +775,58 @@ class Replayer:
 
     def on_root_state(self, ev: Event) -> None:
         """One slot of ``vcpu->arch.mmu`` read at this moment (exact probes): slot 0 is the
-        vCPU's real current root."""
-        _, th = self._of(ev)
-        if ev.value == 0:
+        vCPU's real current root.  Rows sharing (tid, ts) make one snapshot (exact.py)."""
+        _, th = self._of(ev, stamp=False)
+        snap = th.snap
+        slot = int(ev.value)
+        if snap is None or snap.ts != ev.ts or slot in snap.slots:
+            snap = th.snap = Snapshot(ev.ts, self.tick)
+        snap.add(RootSlot(slot, ev.gfn, ev.role, ev.unsync, max(ev.unsync_children, 0)))
+        if slot == 0:
             if ev.gfn >= 0:
                 th.set_root((ev.gfn, ev.role), ev.role & 0xF)
             else:
                 th.drop_root()
             if ev.gfn < 0 or ev.unsync_children == 0:
                 self._reestablish(th)   # exact: nothing unsync below the real root
+
+    # ------------------------------------------------------------------ silent root switches
+    def on_cr_write(self, ev: Event) -> None:
+        """A CR0/CR3/CR4 write (kvm:kvm_cr, or an emulated mov to CR / lmsw).  A CR3 load
+        whose root is cached in ``prev_roots`` switches the root with no kvmmmu event
+        (arch/x86/x86.c kvm_set_cr3 -> arch/x86/kvm/mmu/mmu.c kvm_mmu_new_pgd ->
+        fast_pgd_switch); CR0/CR4 writes change the MMU role (kvm_post_set_cr0/cr4 ->
+        kvm_mmu_reset_context).  CR2/CR8 writes switch nothing."""
+        if ev.level in (2, 8):
+            self._of(ev, stamp=False)
+            return
+        _, th = self._of(ev)
+        self._forget_root(th, ev)
+
+    def on_nested_enter(self, ev: Event) -> None:
+        """kvm:kvm_nested_vmenter: L2 runs on its own root (guest_mode role; with nested
+        shadow paging the L2 CR3 is loaded through kvm_mmu_new_pgd, arch/x86/kvm/vmx/nested.c
+        nested_vmx_load_cr3), possibly a cached one: no kvmmmu event."""
+        _, th = self._of(ev)
+        self._forget_root(th, ev)
+
+    def on_nested_exit(self, ev: Event) -> None:
+        """kvm:kvm_nested_vmexit_inject: back to L1 (nested_vmx_vmexit loads L1's CR3 with
+        nested_vmx_load_cr3 -> kvm_mmu_new_pgd), usually L1's root cached in prev_roots."""
+        _, th = self._of(ev)
+        self._forget_root(th, ev)
+
+    def on_smm_transition(self, ev: Event) -> None:
+        """kvm:kvm_smm_transition (arch/x86/kvm/smm.c kvm_smm_changed): SMM roots carry
+        role.smm, which KVM_MMU_PAGE_PRINTK does not print; kvm_mmu_reset_context follows."""
+        _, th = self._of(ev)
+        self._forget_root(th, ev)
+
+    def on_efer_write(self, ev: Event) -> None:
+        """An EFER write (kvm:kvm_msr): LMA/NX change the MMU mode (kvm_set_efer ->
+        kvm_mmu_reset_context)."""
+        _, th = self._of(ev)
+        self._forget_root(th, ev)
 
     # ------------------------------------------------------------------ guest-run evidence
     def on_guest_entry(self, ev: Event) -> None:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from kvmtrace.schema import KIND_NAMES, SALVAGED_NOTE, Kind, TraceMeta
-from kvmtrace.analysis.window import (GENERATIONS, INCONCLUSIVE, OK, OPEN, PATTERNS, SUSPECT, UNKNOWN,
-                     VIOLATION, FlushWindow)
+from kvmtrace.analysis.window import (EVIDENCE, GENERATIONS, INCONCLUSIVE, NONE, OK, OPEN, PATTERNS,
+                     SUSPECT, UNKNOWN, VIOLATION, FlushWindow)
 
 
 NO_FLUSHES = "no-flushes"
@@ -22,6 +22,11 @@ FINDING_VERDICTS = (VIOLATION, SUSPECT, INCONCLUSIVE)
 
 def empty_counts() -> dict[str, int]:
     return {k: 0 for k in COUNT_KEYS}
+
+
+def empty_evidence() -> dict[str, int]:
+    """Windows by the evidence that decided them (window.EVIDENCE)."""
+    return {k: 0 for k in EVIDENCE}
 
 
 PRECEDENCE = (VIOLATION, SUSPECT, OK, INCONCLUSIVE, NO_FLUSHES)
@@ -80,6 +85,7 @@ class VcpuRow:
     vcpu: int
     tids: set = field(default_factory=set)
     counts: dict = field(default_factory=empty_counts)
+    evidence: dict = field(default_factory=empty_evidence)
     lat_n: int = 0
     lat_sum: int = 0
     lat_max: int = 0
@@ -91,6 +97,7 @@ class VcpuRow:
         self.counts["total"] += 1
         self.counts[w.verdict] += 1
         self.lost += int(w.lost)
+        self.evidence[w.evidence] += 1
         if w.meaningful:
             self.counts["meaningful"] += 1
             self.meaningful_ok += int(w.verdict == OK)
@@ -103,6 +110,7 @@ class VcpuRow:
     def to_dict(self) -> dict:
         return {"vcpu": self.vcpu if self.vcpu >= 0 else None, "tids": sorted(self.tids),
                 "verdict": verdict_of(self.counts), "windows": dict(self.counts),
+                "evidence": dict(self.evidence),
                 "latency_ns": {"count": self.lat_n,
                                "mean": self.lat_sum // self.lat_n if self.lat_n else None,
                                "max": self.lat_max if self.lat_n else None}}
@@ -128,8 +136,9 @@ def finding_dict(w: FlushWindow) -> dict:
     """A closed window as `analyze --json` lists it under `findings` (watch prints the same)."""
     return {"ts": w.opened_ts, "closed_ts": w.closed_ts, "tgid": w.tgid,
             "vcpu": w.vcpu if w.vcpu >= 0 else None, "tid": w.tid, "verdict": w.verdict,
-            "reason": w.reason, "pattern": w.pattern, "harmless": w.harmless,
-            "meaningful": w.meaningful, "opener": w.opener, "obligation": w.obligation,
+            "reason": w.reason, "evidence": w.evidence, "pattern": w.pattern,
+            "harmless": w.harmless, "meaningful": w.meaningful, "opener": w.opener,
+            "obligation": w.obligation, "root_state": [r.to_dict() for r in w.root_state],
             "outstanding": [o.to_dict() for o in w.outstanding if o.reachable is not False][:32],
             "events": [_event_dict(e) for e in w.events]}
 
@@ -185,10 +194,12 @@ class Aggregate:
             c[INCONCLUSIVE] += c[OK] + c[VIOLATION] + c[SUSPECT]
             c[OK] = c[VIOLATION] = c[SUSPECT] = 0
             row.meaningful_ok = 0
+            row.evidence = {**empty_evidence(), NONE: sum(row.evidence.values())}
         for c in self.by_path.values():
             c[INCONCLUSIVE] += c[OK] + c[VIOLATION] + c[SUSPECT]
             c[OK] = c[VIOLATION] = c[SUSPECT] = 0
         for f in self.findings:
+            f["evidence"] = NONE
             if f["verdict"] != INCONCLUSIVE:
                 f["verdict"] = INCONCLUSIVE
                 f["reason"] = f"{reason} (the replay said: {f['reason']})"
@@ -198,7 +209,7 @@ class Aggregate:
         leave untrusted)."""
         lost = max(meta.lost_events, counters.lost_markers)
         notes = self._doubt_notes(counters, meta) + _remarks(counters)
-        vms, total = self._vms()
+        vms, total, evidence = self._vms()
         verdict = verdict_of(total)
         invalid = counters.invalid_markers
         if verdict == NO_FLUSHES and (lost or invalid or self.doubts):
@@ -213,7 +224,7 @@ class Aggregate:
             findings_total=self.findings_total, lost_events=lost, events=counters.events,
             handled=counters.handled, patterns=dict(self.meaningful_patterns), notes=notes,
             meta=meta.to_dict(), sources=[source] if source else [],
-            by_path={k: dict(v) for k, v in sorted(self.by_path.items())})
+            by_path={k: dict(v) for k, v in sorted(self.by_path.items())}, evidence=evidence)
 
     def _doubt_notes(self, c: ReplayCounters, meta: TraceMeta) -> list[str]:
         """Notes on what makes windows untrusted; demotes every window for each doubt."""
@@ -248,23 +259,30 @@ class Aggregate:
             self.demote_all(msg)
         return notes
 
-    def _vms(self) -> tuple[list[dict], dict[str, int]]:
-        """Per-VM verdicts with their vCPU rows, and the trace's window counts."""
+    def _vms(self) -> tuple[list[dict], dict[str, int], dict[str, int]]:
+        """Per-VM verdicts with their vCPU rows, the trace's window counts, and its windows
+        by deciding evidence."""
         vms = []
         total = empty_counts()
+        evidence = empty_evidence()
         by_vm: dict[int, list[VcpuRow]] = {}
         for key in sorted(self.rows, key=row_order):
             by_vm.setdefault(key[0], []).append(self.rows[key])
         for tgid, rows in by_vm.items():
             counts = empty_counts()
+            by_evidence = empty_evidence()
             for row in rows:
                 for k in COUNT_KEYS:
                     counts[k] += row.counts[k]
+                for k in EVIDENCE:
+                    by_evidence[k] += row.evidence[k]
             for k in COUNT_KEYS:
                 total[k] += counts[k]
+            for k in EVIDENCE:
+                evidence[k] += by_evidence[k]
             vms.append({"tgid": tgid, "verdict": verdict_of(counts), "windows": counts,
-                        "vcpus": [r.to_dict() for r in rows]})
-        return vms, total
+                        "evidence": by_evidence, "vcpus": [r.to_dict() for r in rows]})
+        return vms, total, evidence
 
 
 def _remarks(c: ReplayCounters) -> list[str]:
@@ -295,10 +313,12 @@ class AnalysisResult:
     sources: list = field(default_factory=list)
     by_path: dict = field(default_factory=dict)   # flush path (opener) -> window counts
     population: dict = field(default_factory=dict)   # tgid -> vCPU ids seen (the sources fill it)
+    evidence: dict = field(default_factory=empty_evidence)    # windows by deciding evidence
 
     def to_dict(self) -> dict:
         return {"verdict": self.verdict, "pattern": self.pattern,
                 "pattern_kernels": GENERATIONS[self.pattern], "windows": self.windows,
+                "evidence": self.evidence,
                 "vms": self.vms, "findings": self.findings,
                 "findings_total": self.findings_total, "lost_events": self.lost_events,
                 "events": self.events, "patterns": self.patterns, "notes": self.notes,
@@ -310,6 +330,7 @@ def merge(results: list[AnalysisResult]) -> AnalysisResult:
     if len(results) == 1:
         return results[0]
     total = empty_counts()
+    evidence = empty_evidence()
     vms, findings, notes, sources = [], [], [], []
     patterns: Counter = Counter()
     by_path: dict[str, dict[str, int]] = {}
@@ -320,6 +341,8 @@ def merge(results: list[AnalysisResult]) -> AnalysisResult:
                 into[k] += c[k]
         for k in COUNT_KEYS:
             total[k] += r.windows[k]
+        for k in EVIDENCE:
+            evidence[k] += r.evidence.get(k, 0)
         for vm in r.vms:
             vms.append({**vm, "trace": r.sources[0] if r.sources else ""})
         findings += [{**f, "trace": r.sources[0] if r.sources else ""} for f in r.findings]
@@ -334,4 +357,4 @@ def merge(results: list[AnalysisResult]) -> AnalysisResult:
                           sum(r.findings_total for r in results),
                           sum(r.lost_events for r in results), sum(r.events for r in results),
                           sum(r.handled for r in results), dict(patterns), notes, {}, sources,
-                          dict(sorted(by_path.items())))
+                          dict(sorted(by_path.items())), evidence=evidence)

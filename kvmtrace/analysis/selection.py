@@ -12,6 +12,8 @@ The model changes state only at:
 - evidence: only the first evidence on a thread after a gate (where a window closes),
   and each thread's first evidence in the chunk (a window carried over from the previous
   chunk closes there);
+- rows naming a vCPU id other than the previous one on their thread (and each thread's
+  first row naming one): a thread that runs another vCPU has another root;
 - walker events: each is turned into a guest page-table edge "table P at level L points
   at table C" (P = the previous element's table in the same walk, or the thread's root
   for the top level); only the first occurrence of each distinct edge in the chunk is kept.
@@ -33,7 +35,7 @@ from kvmtrace.schema import (COLUMN_BY_NAME, KIND_NAMES, KVM_EXIT_INTR, SP_KINDS
 
 # The columns the model reads (cpu, root_count and unsync are not needed to decide).
 NEEDED = ("ts", "tgid", "tid", "vcpu", "kind", "gfn", "role", "level", "created",
-          "need_flush", "value", "parent_gfn", "parent_role", "unsync_children")
+          "need_flush", "value", "parent_gfn", "parent_role", "unsync_children", "unsync")
 # Columns appended by later schema versions: a chunk from an older file may lack them.
 OPTIONAL = columns_added_after(1)
 
@@ -186,13 +188,12 @@ class ChunkSelector:
                             aux, None)
             cols["aux"] = aux
             return np.arange(len(kind)), self._new_threads(codes, uniques, vcpu, comm)
-        keep = [np.flatnonzero(state | gate), _first_evidence(tcodes, gate, ev)]
+        keep = [np.flatnonzero(state | gate), *_thread_scan(tcodes, gate, ev, vcpu)]
         if walk.any():
             keep.append(_walk_edges(tcodes, combined, walk, cols["level"], cols["value"],
                                     cols["tgid"], aux, self.edges))
         cols["aux"] = aux
-        rows = np.concatenate(keep)
-        rows.sort()
+        rows = np.unique(np.concatenate(keep))     # sorted; a row may be kept twice
         return rows, self._new_threads(codes, uniques, vcpu, comm)
 
     def _new_threads(self, codes, uniques, vcpu, comm) -> list:
@@ -247,19 +248,46 @@ def _first_per_code(codes: np.ndarray, mask: np.ndarray) -> dict[int, int]:
     return dict(zip(ucodes[sub[first]].tolist(), idx[first].tolist()))
 
 
-def _first_evidence(codes, gate, ev) -> np.ndarray:
-    """Evidence rows that follow a gate on their thread, or open their thread's chunk."""
-    sel = np.flatnonzero(gate | ev)
+def _thread_scan(codes, gate, ev, vcpu) -> tuple[np.ndarray, np.ndarray]:
+    """One stable sort by thread, two answers:
+
+    - evidence rows that follow a gate on their thread, or open their thread's chunk;
+    - rows whose vCPU id differs from the previous row of their thread that named one, and
+      each thread's first row naming one (the replay compares it with what it knows).
+    """
+    named = vcpu >= 0
+    sel = np.flatnonzero(gate | ev | named)
     if not len(sel):
-        return sel
+        return sel, sel
     order = np.argsort(codes[sel], kind="stable")
-    ks = codes[sel][order]
-    gs = gate[sel][order]
-    keep = np.empty(len(sel), dtype=bool)
+    rows = sel[order]
+    ks = codes[rows]
+    return _first_evidence(rows, ks, gate[rows], ev[rows]), _vcpu_changes(rows, ks, vcpu[rows])
+
+
+def _first_evidence(rows, ks, gs, es) -> np.ndarray:
+    """Among thread-sorted rows: evidence that follows a gate or opens its thread."""
+    m = gs | es
+    rows, ks, gs = rows[m], ks[m], gs[m]
+    if not len(rows):
+        return rows
+    keep = np.empty(len(rows), dtype=bool)
     keep[0] = True
     keep[1:] = (ks[1:] != ks[:-1]) | gs[:-1]
     keep &= ~gs
-    return sel[order[keep]]
+    return rows[keep]
+
+
+def _vcpu_changes(rows, ks, vs) -> np.ndarray:
+    """Among thread-sorted rows: those naming a vCPU other than the thread's previous one."""
+    m = vs >= 0
+    rows, ks, vs = rows[m], ks[m], vs[m]
+    if not len(rows):
+        return rows
+    keep = np.empty(len(rows), dtype=bool)
+    keep[0] = True
+    keep[1:] = (ks[1:] != ks[:-1]) | (vs[1:] != vs[:-1])
+    return rows[keep]
 
 
 def _walk_edges(codes, thread, walk, level, value, tgid, aux, seen: Optional[set]) -> np.ndarray:

@@ -64,6 +64,13 @@ class UnsyncRecord:
     seq: int          # replay-wide sequence number: orders unsync against window opens
     ts: int
     tid: int
+    # SPs under this key that went unsync and were not synced since.  More than one means
+    # SPs that print alike (KVM_MMU_PAGE_PRINTK omits cr0_wp, smep/smap_andnot_wp,
+    # guest_mode, smm, passthrough): mmu_try_to_unsync_pages() unsyncs every SP shadowing
+    # the written gfn, and kvm_unsync_page() fires only for an SP not yet unsync.
+    count: int = 1
+    ambiguous: bool = False   # had count > 1: which SP a later sync was of is unknown
+    last_seq: int = 0         # seq of its latest unsync event
 
 
 class ShadowMMU:
@@ -74,6 +81,7 @@ class ShadowMMU:
         # Insertion-ordered by seq: an SP that is synced and goes unsync again is re-inserted
         # at the end, so "unsync since before seq S" is a prefix scan.
         self.unsync: dict[SPKey, UnsyncRecord] = {}
+        self.alias_seq = -1          # seq of the latest unsync of a key already unsync
         self._by_gfn_level: dict[tuple[int, int], set] = {}
 
     # ------------------------------------------------------------------ pages
@@ -118,7 +126,13 @@ class ShadowMMU:
 
         Returns whether it was unsync (the kernel then also fires sync_page for it).
         """
-        was_unsync = self.unsync.pop(key, None) is not None
+        rec = self.unsync.get(key)
+        was_unsync = rec is not None
+        if rec is not None and rec.count <= 1:
+            del self.unsync[key]
+        # With SPs that print alike still unsync, the zapped one may not be among them:
+        # the kvm_mmu_sync_page that kvm_mmu_prepare_zap_page fires for an unsync SP
+        # (kvm_unlink_unsync_page) takes it off instead.
         sp = self.pages.pop(key, None)
         if sp is not None:
             self._unlink_all(sp)
@@ -153,10 +167,30 @@ class ShadowMMU:
             del self.unsync[key]          # re-inserted at the end: the dict stays seq-ordered
             old = None
         if old is None:
-            self.unsync[key] = UnsyncRecord(seq, ts, tid)
+            self.unsync[key] = UnsyncRecord(seq, ts, tid, last_seq=seq)
+        else:
+            # A second unsync_page for a key still unsync: two SPs print alike.
+            old.count += 1
+            old.ambiguous = True
+            old.last_seq = seq
+            self.alias_seq = seq
 
     def mark_sync(self, key: SPKey) -> Optional[UnsyncRecord]:
-        return self.unsync.pop(key, None)
+        """One SP of ``key`` synced: its record (popped when no SP of it is left unsync)."""
+        rec = self.unsync.get(key)
+        if rec is None:
+            return None
+        rec.count -= 1
+        if rec.count <= 0:
+            del self.unsync[key]
+        return rec
+
+    def fresh_since(self, seq: int) -> bool:
+        """Did an SP still unsync go unsync at or after ``seq``?"""
+        if self.alias_seq >= seq:
+            return True
+        last = next(reversed(self.unsync.values()), None)
+        return last is not None and last.seq >= seq
 
     def unsync_before(self, seq: int) -> Iterator[tuple[SPKey, UnsyncRecord]]:
         """SPs unsync now that were already unsync before ``seq`` (oldest first)."""

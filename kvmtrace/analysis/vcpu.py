@@ -12,6 +12,11 @@ State kept per vCPU:
 - ``path``: this thread's latest SP per level, which is how a fault's ``get_page`` chain
   (FNAME(fetch) -> kvm_mmu_get_child_sp) gives parent->child links.
 - ``window``: the open flush window, if a guest TLB flush is being serviced.
+- ``snap``: the latest snapshot of ``vcpu->arch.mmu``'s roots read by the exact probes.
+
+``root`` is None (unknown) at trace start and after anything that can switch the root
+without a kvmmmu event (replay.py ``_forget_root``); only a root-level get_page on this
+thread or a ROOT_STATE slot 0 sets it again.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional
 
+from kvmtrace.analysis.exact import Snapshot
 from kvmtrace.analysis.shadow import SPKey
 from kvmtrace.analysis.window import FlushWindow
 
@@ -55,6 +61,10 @@ class VcpuState:
     # vCPU's shadow state after losses (kvm_mmu_sync_roots, a root reload in kvm_mmu_load,
     # an exact root snapshot): a loss on the VM with a later sequence taints it.
     clean_seq: int = 0
+    # Replayer.tick of this thread's latest flush-path / shadow-page / root-switch event,
+    # and its latest ROOT_STATE snapshot (exact.py decides when one counts for a window).
+    state_tick: int = 0
+    snap: Optional[Snapshot] = None
 
     def learn_vcpu(self, vcpu: int) -> bool:
         """Record the vCPU id; False when it contradicts what was already learnt."""

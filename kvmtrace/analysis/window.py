@@ -15,12 +15,26 @@ guest code again; how it does so is the kernel generation (docs/design.md §2):
   flush.  5.16+ (commit 61b05a9fd4ae "KVM: X86: Don't unload MMU in
   kvm_vcpu_flush_tlb_guest()").
 
-``decide()`` gives a closed window its verdict exactly as docs/design.md §4 defines them.
+``decide()`` gives a closed window its verdict exactly as docs/design.md §4 defines them, and says
+which evidence decided it (``evidence``):
+
+- ``exact``: KVM's own root state read at re-entry (exact.py);
+- ``inferred``: the event stream - sync, zap and unsync events, function probes, links the
+  replay inferred, the trace's TDP flag;
+- ``none``: nothing could decide (inconclusive, open and suspect windows).
+
+Inferred *unreachability* never gives ok: links guessed from event order miss links
+(``FNAME(fetch)`` emits ``kvm_mmu_get_page`` only for absent SPTEs), a root switches without
+any event (a CR3 load served from ``prev_roots``, nested entry/exit), and printed SPs alias.
+Without exact evidence a window with SPs still unsync is ok only when the kernel is seen
+syncing this vCPU's current root in the window (see ``_decide_tracepoints``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional
+
+from kvmtrace.analysis.exact import Reading
 
 OK = "ok"
 VIOLATION = "violation"
@@ -45,6 +59,11 @@ GENERATIONS = {
     UNKNOWN: "no meaningful flush window showed how this kernel services a guest flush",
 }
 
+EXACT = "exact"
+INFERRED = "inferred"
+NONE = "none"
+EVIDENCE = (EXACT, INFERRED, NONE)
+
 MAX_WINDOW_EVENTS = 10
 
 
@@ -59,11 +78,12 @@ class Outstanding:
     unsync_tid: int
     reachable: Optional[bool]      # from this vCPU's root: True / False / None = unknown
     doubtful: bool = False         # went unsync before a later loss: may have been synced since
+    ambiguous: bool = False        # printed key shared by SPs (see ShadowMMU.mark_unsync)
 
     def to_dict(self) -> dict:
         return {"gfn": self.gfn, "role": self.role, "level": self.level,
                 "unsync_ts": self.unsync_ts, "unsync_tid": self.unsync_tid,
-                "reachable": self.reachable}
+                "reachable": self.reachable, "ambiguous": self.ambiguous}
 
 
 @dataclass
@@ -101,6 +121,9 @@ class FlushWindow:
     saw_load: bool = False
     saw_reload_root: bool = False    # a root-level get_page on this vCPU (a reload)
     synced: int = 0                  # SPs unsync at open that were synced in the window
+    synced_here: bool = False        # ... by this vCPU's own thread (kvm_mmu_sync_roots ran)
+    root_switched: bool = False      # an event that can switch the root silently, in the window
+    open_tick: int = 0               # Replayer.tick at open (orders it against snapshots)
     zapped: int = 0                  # ... or zapped
     first_sync_ts: Optional[int] = None
     events: list = field(default_factory=list)
@@ -113,6 +136,8 @@ class FlushWindow:
     harmless: bool = False
     function_probes: bool = False
     outstanding: list = field(default_factory=list)
+    evidence: str = NONE
+    root_state: list = field(default_factory=list)     # exact slots that decided it
 
     @property
     def meaningful(self) -> bool:
@@ -143,6 +168,8 @@ class FlushWindow:
             "obligation": self.obligation, "closer": self.closer,
             "unsync_at_open": self.unsync_at_open, "latency_ns": self.latency_ns,
             "outstanding": [o.to_dict() for o in self.outstanding],
+            "evidence": self.evidence,
+            "root_state": [r.to_dict() for r in self.root_state],
         }
 
 
@@ -170,8 +197,9 @@ def observed_pattern(w: FlushWindow, fn_mode: bool) -> str:
 
 
 def decide(w: FlushWindow, outstanding: list, *, tdp: Optional[bool], shadow_vm: bool,
-           fn_mode: bool, sp_observed: bool = True, unchecked: int = 0) -> None:
-    """Give a closed window its verdict, reason and pattern (docs/design.md §4).
+           fn_mode: bool, sp_observed: bool = True, unchecked: int = 0,
+           reading: Optional[Reading] = None) -> None:
+    """Give a closed window its verdict, reason, evidence and pattern (docs/design.md §4).
 
     ``fn_mode``: function probes show whether the sync path ran (kvm_mmu_sync_roots is
     probed: every fixed path calls it, see replay.SYNC_PROBE).  ``shadow_vm``: the VM runs on the shadow MMU
@@ -179,26 +207,37 @@ def decide(w: FlushWindow, outstanding: list, *, tdp: Optional[bool], shadow_vm:
     kvmmmu shadow-page tracepoints are known to be in the trace (one fired for this VM, or
     the recorder attached kvm_mmu_unsync_page); without them "nothing was unsync" is not
     known.  ``unchecked``: SPs unsync at the flush that were left out of ``outstanding``.
+    ``reading``: KVM's own root state at re-entry, when a snapshot counts (exact.py).
     """
     w.outstanding = outstanding
     w.function_probes = fn_mode
     fn_mode = fn_mode and shadow_vm and tdp is not True
+    w.evidence = INFERRED
     if w.started_inside:
         w.verdict, w.reason = INCONCLUSIVE, "the trace started inside this flush window"
     elif w.lost:
         w.verdict, w.reason = INCONCLUSIVE, "events were lost while this window was open"
     elif tdp is True:
         w.verdict, w.reason = OK, "TDP (EPT/NPT) is in use: a guest flush needs no shadow sync"
+    elif reading is not None and reading.dirty and reading.explained:
+        _decide_exact(w, outstanding, reading)
+    elif fn_mode and not (w.saw_sync_roots or w.saw_unload):
+        _decide_functions(w, outstanding, reading)
+    elif reading is not None and reading.clean:
+        _decide_exact(w, outstanding, reading)
     elif fn_mode:
-        _decide_functions(w, outstanding)
+        _decide_functions(w, outstanding, reading)
     elif not sp_observed:
         w.verdict, w.reason = INCONCLUSIVE, ("no kvmmmu shadow-page event was recorded for this "
                                              "VM, so whether anything was unsync is unknown")
     else:
         _decide_tracepoints(w, outstanding, unchecked)
         _soften(w)
-    if not fn_mode and tdp is not True and w.verdict in (OK, VIOLATION, SUSPECT):
+    # KVM's own root state at re-entry does not depend on events lost before the window.
+    if not fn_mode and tdp is not True and w.evidence != EXACT and w.verdict in (OK, VIOLATION, SUSPECT):
         _discount_losses(w, outstanding)
+    if w.verdict in (INCONCLUSIVE, OPEN, SUSPECT):
+        w.evidence = NONE
     if tdp is not True:
         w.pattern = observed_pattern(w, fn_mode)
 
@@ -233,6 +272,7 @@ def decide_address_refault(w: FlushWindow, fault_address: int) -> bool:
     if (w.address >> 12) != (fault_address >> 12):
         return False
     w.verdict = OK
+    w.evidence = INFERRED
     w.reason = (f"the guest's next access to the flushed address {w.address:#x} faulted into "
                 "KVM: no stale SPTE mapped it")
     return True
@@ -275,7 +315,21 @@ def _discount_losses(w: FlushWindow, outstanding: list) -> None:
     w.loss_demoted = True
 
 
-def _decide_functions(w: FlushWindow, outstanding: list) -> None:
+def _decide_exact(w: FlushWindow, outstanding: list, reading: Reading) -> None:
+    w.evidence = EXACT
+    w.root_state = [s for _, s in sorted(reading.snapshot.slots.items())]
+    if reading.clean:
+        w.verdict, w.reason = OK, reading.describe()
+        return
+    w.verdict = VIOLATION
+    named = [o for o in outstanding if o.reachable is not False]
+    which = (f"; {_plural(len(named), 'shadow page')} unsync since before the flush"
+             if named else "; the unsync SPs beneath were not seen in this trace")
+    w.reason = (f"{reading.describe()}: the vCPU ran guest code with shadow pages left unsync "
+                f"under its roots by this flush{which}")
+
+
+def _decide_functions(w: FlushWindow, outstanding: list, reading: Optional[Reading] = None) -> None:
     if w.saw_sync_roots:
         w.verdict, w.reason = OK, "kvm_mmu_sync_roots ran before the guest ran again"
     elif w.saw_unload:
@@ -283,14 +337,29 @@ def _decide_functions(w: FlushWindow, outstanding: list) -> None:
                                    "them before the guest ran again")
     else:
         w.verdict = VIOLATION
-        w.harmless = not w.meaningful
-        left = (f"{_plural(len(outstanding), 'shadow page')} left unsync" if outstanding
-                else "harmless this time: nothing was unsync")
+        clean = reading is not None and reading.clean
+        w.harmless = not w.meaningful or clean
+        if outstanding and not clean:
+            left = f"{_plural(len(outstanding), 'shadow page')} left unsync"
+        elif clean:
+            left = "harmless this time: " + reading.describe()
+        else:
+            left = "harmless this time: nothing was unsync"
         w.reason = ("guest flush completed with no shadow sync (no kvm_mmu_sync_roots, no "
                     f"kvm_mmu_unload+load), the pre-5.13 path; {left}")
 
 
 def _decide_tracepoints(w: FlushWindow, outstanding: list, unchecked: int = 0) -> None:
+    """Tracepoint evidence only.
+
+    ok needs no SP left: every SP unsync at the flush was synced or zapped (no root is
+    involved), or the kernel synced this vCPU's current root inside the window.  The latter
+    is read from ``kvm_mmu_sync_page`` on the vCPU's own thread (or a root reload): those
+    come from ``kvm_mmu_sync_roots()`` (directly on 5.16+, from ``kvm_mmu_load()`` on
+    5.13-5.15), whose ``mmu_sync_children()`` loops until ``mmu_unsync_walk()`` finds no
+    unsync SP under the root (arch/x86/kvm/mmu/mmu.c), so nothing under the root it
+    entered with was left - unless an event that can switch the root came in between.
+    """
     if not outstanding and not unchecked:
         w.verdict = OK
         w.reason = ("every SP unsync at the flush was synced or zapped" if w.meaningful
@@ -300,23 +369,29 @@ def _decide_tracepoints(w: FlushWindow, outstanding: list, unchecked: int = 0) -
     if known:
         w.verdict = VIOLATION
         w.reason = (f"the vCPU ran guest code with {_plural(len(known), 'unsync shadow page')} "
-                    "reachable from its root, neither synced nor zapped after the flush")
+                    "reachable from its root (through links seen in the trace), neither synced "
+                    "nor zapped after the flush")
         return
-    synced_any = w.synced or w.saw_reload_root or w.saw_sync_roots or w.saw_unload
+    n = len(outstanding) + unchecked
+    root_synced = (w.synced_here or w.saw_reload_root or w.saw_sync_roots or w.saw_unload)
     if unchecked:
         # Any of the SPs not looked at may be reachable: nothing here can say ok.
         w.verdict = SUSPECT
-        w.reason = (f"{_plural(len(outstanding) + unchecked, 'shadow page')} stayed unsync; "
+        w.reason = (f"{_plural(n, 'shadow page')} stayed unsync; "
                     f"{unchecked} of them were not checked for reachability from this "
                     "vCPU's root")
-    elif synced_any:
+    elif root_synced and not w.root_switched:
         w.verdict = OK
-        w.reason = ("the kernel synced in this window; the SPs still unsync are not known "
-                    "to be reachable from this vCPU's root")
-    elif all(o.reachable is False for o in outstanding):
-        w.verdict = OK
-        w.reason = "the SPs still unsync are not reachable from this vCPU's root"
+        w.reason = ("the kernel synced this vCPU's root in the window (kvm_mmu_sync_roots "
+                    "leaves nothing unsync under it); the "
+                    f"{_plural(n, 'SP')} still unsync are under other roots")
+    elif root_synced:
+        w.verdict = SUSPECT
+        w.reason = (f"{_plural(n, 'shadow page')} stayed unsync; the kernel synced a root in "
+                    "this window, but the vCPU's root may have switched after it (a CR, "
+                    "nested, SMM or EFER event, or another vCPU on this thread)")
     else:
         w.verdict = SUSPECT
-        w.reason = (f"{_plural(len(outstanding), 'shadow page')} stayed unsync and nothing was "
-                    "synced; whether they are reachable from this vCPU's root is unknown")
+        w.reason = (f"{_plural(n, 'shadow page')} stayed unsync and nothing synced this vCPU's "
+                    "root; links inferred from the trace cannot show they are unreachable "
+                    "from its real root")

@@ -218,6 +218,9 @@ def render(report) -> str:
                  f"({w['meaningful_ok']} ok, {d['min_windows']} needed); {w['ok']} ok, "
                  f"{w['violation']} violation, {w['suspect']} suspect, {w['inconclusive']} "
                  f"inconclusive, {w['open']} open")
+    e = d["evidence"]
+    lines.append(f"  evidence  {e['exact']} exact (KVM's own root state), {e['inferred']} "
+                 f"inferred (the event stream), {e['none']} none")
     lines.append(f"  pattern   {d['pattern']}")
     ex = d.get("exercise")
     if ex is not None:

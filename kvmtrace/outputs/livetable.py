@@ -27,7 +27,9 @@ def header(snap: Snapshot, elapsed: float) -> str:
     rate = snap.events / elapsed if elapsed > 0 else 0.0
     return (f"kvmtrace watch  {elapsed:6.1f} s  {snap.events} events ({rate:.0f}/s)  "
             f"lost {snap.lost_events}  windows {w['total']} ({w['meaningful']} meaningful)  "
-            f"violations {w['violation']}  open {snap.open_now}")
+            f"violations {w['violation']}  open {snap.open_now}  evidence "
+            f"{snap.evidence['exact']} exact / {snap.evidence['inferred']} inferred / "
+            f"{snap.evidence['none']} none")
 
 
 COLUMNS = (f"{'VM':>8} {'vCPU':<9}{'windows':>8}{'meaningful':>11}{'ok':>7}{'viol':>6}"

@@ -36,8 +36,13 @@ def finding_lines(f: dict) -> list[str]:
     """One finding (a closed non-ok window): verdict, reason, what was left unsync, context."""
     lines = [f"{seconds(f['ts'])}  {f['verdict'].upper()}"
              + (" (harmless)" if f["harmless"] else "")
+             + f" [evidence {f.get('evidence', 'none')}]"
              + f"  VM {f['tgid']} {who(f)}: {f['reason']}"
              + (f" [flush path: {f['opener']}]" if f.get("opener") else "")]
+    for r in f.get("root_state", []):
+        slot = "root" if r["slot"] == 0 else f"prev root {r['slot']}"
+        lines.append(f"    {slot}: gfn {r['gfn']:#x} role {r['role']:#x} unsync {r['unsync']} "
+                     f"unsync_children {r['unsync_children']}")
     for o in f["outstanding"]:
         lines.append(f"    left unsync: gfn {o['gfn']:#x} role {o['role']:#x} level "
                      f"{o['level']}, unsync since {seconds(o['unsync_ts'])} (tid "
@@ -49,6 +54,12 @@ def finding_lines(f: dict) -> list[str]:
     return lines
 
 
+def evidence_line(by: dict) -> str:
+    """Windows by the evidence that decided them (window.EVIDENCE)."""
+    return (f"evidence: {by.get('exact', 0)} exact (KVM's own root state), "
+            f"{by.get('inferred', 0)} inferred (the event stream), {by.get('none', 0)} none")
+
+
 def render(result: AnalysisResult, max_findings: int = HUMAN_FINDINGS) -> str:
     d = result.to_dict()
     w = d["windows"]
@@ -56,6 +67,7 @@ def render(result: AnalysisResult, max_findings: int = HUMAN_FINDINGS) -> str:
              f"meaningful; {w['violation']} violation, {w['suspect']} suspect, {w['ok']} ok, "
              f"{w['inconclusive']} inconclusive, {w['open']} open; lost events "
              f"{d['lost_events']})",
+             evidence_line(d.get("evidence", {})),
              f"pattern: {d['pattern']}: {d['pattern_kernels']}"]
     if w["total"] and not w["meaningful"]:
         lines.append("note: no window had anything unsync when its flush was serviced, so none "

@@ -82,7 +82,8 @@ class CheckReport:
     def to_dict(self) -> dict:
         out = {"verdict": self.verdict, "exit_code": self.exit_code,
                "reasons": self.check.reasons, "next_steps": self.check.next_steps,
-               "windows": self.windows(), "min_windows": self.min_windows,
+               "windows": self.windows(), "evidence": self.result.evidence,
+               "min_windows": self.min_windows,
                "pattern": self.result.pattern, "pattern_kernels": GENERATIONS[self.result.pattern],
                "host": self.host(), "probes": self.info.probes_dict(),
                "duration_s": round(self.duration_s, 3), "events": self.result.events,

@@ -27,7 +27,7 @@ import pandas as pd
 
 from kvmtrace.analysis import AnalysisResult, FlushWindow, Replayer
 from kvmtrace.analysis.replay import ReplayListener
-from kvmtrace.analysis.report import COUNT_KEYS, VcpuRow, empty_counts, row_order
+from kvmtrace.analysis.report import COUNT_KEYS, VcpuRow, empty_counts, empty_evidence, row_order
 from kvmtrace.analysis.selection import NEEDED
 from kvmtrace.schema import ROLE_DIRECT, Chunk, Kind, TraceMeta, as_chunk
 
@@ -68,10 +68,12 @@ class Snapshot:
     rows: list[RowSnapshot] = field(default_factory=list)
     vms: list[int] = field(default_factory=list)
     shadow_vms: list[int] = field(default_factory=list)
+    evidence: dict[str, int] = field(default_factory=empty_evidence)   # closed, by evidence
 
     def to_dict(self) -> dict:
         return {"events": self.events, "lost_events": self.lost_events,
-                "windows": dict(self.windows), "meaningful_ok": self.meaningful_ok,
+                "windows": dict(self.windows), "evidence": dict(self.evidence),
+                "meaningful_ok": self.meaningful_ok,
                 "lost_windows": self.lost_windows, "open_now": self.open_now,
                 "vms": [{"tgid": t, "shadow_paging": t in self.shadow_vms,
                          "vcpus": [{"vcpu": r.vcpu, "tids": r.tids, "windows": r.windows,
@@ -190,7 +192,9 @@ class OnlineAnalysis:
                             meaningful_ok=sum(r.meaningful_ok for r in tallies.values()),
                             lost_windows=sum(r.lost for r in tallies.values()),
                             open_now=sum(open_by_key.values()), rows=rows,
-                            vms=sorted(self._vms), shadow_vms=sorted(self._shadow_vms))
+                            vms=sorted(self._vms), shadow_vms=sorted(self._shadow_vms),
+                            evidence={k: sum(r.evidence[k] for r in tallies.values())
+                                      for k in empty_evidence()})
 
     @property
     def shadow_vms(self) -> list[int]:

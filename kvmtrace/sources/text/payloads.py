@@ -229,7 +229,10 @@ CR3_PCID_NOFLUSH = 1 << 63         # arch/x86/include/asm/processor-flags.h X86_
 
 
 def cr_write_row(cr: int, val: int) -> Payload | None:
-    """A guest MOV to CR3 / CR4 as a flush-path row (other CRs: None)."""
+    """A guest MOV to CR3 / CR4 as a flush-path row; CR0 as a CR_WRITE (its PG/WP bits are
+    in the MMU role: kvm_post_set_cr0 -> kvm_mmu_reset_context); other CRs: None."""
+    if cr == 0:
+        return row(Kind.CR_WRITE, level=0, value=s64(val))
     if cr == 3:
         return row(Kind.FLUSH_CR3, need_flush=0 if val & CR3_PCID_NOFLUSH else 1, value=s64(val))
     if cr == 4:
@@ -278,6 +281,8 @@ def insn_flush(insn: bytes) -> tuple[Kind, int] | None:
     mod, reg = modrm >> 6, ((modrm >> 3) & 7) | rex_r << 3
     if op == 0x22 and mod == 3 and reg in (3, 4):
         return (Kind.FLUSH_CR3 if reg == 3 else Kind.FLUSH_CR4), -1
+    if (op == 0x22 and mod == 3 and reg == 0) or (op == 0x01 and (modrm >> 3) & 7 == 6):
+        return Kind.CR_WRITE, -1            # MOV to CR0, LMSW (0f 01 /6): CR0 changes
     if op == 0x01 and mod != 3 and (modrm >> 3) & 7 == 7:
         return Kind.FLUSH_INVLPG, -1
     if op == 0x38 and modrm == 0x82 and opsize:
@@ -303,8 +308,77 @@ def _emulate_printed(body: str) -> Decoded:
     if flush is None:
         return row(Kind.EMULATE, value=rip)
     kind, need = flush
+    if kind == Kind.CR_WRITE:
+        return [row(Kind.EMULATE, value=rip), row(Kind.CR_WRITE, level=0, value=-1)]
     # The instruction ran in the guest up to here (evidence), then KVM emulated the flush.
     return [row(Kind.EMULATE, value=rip), row(kind, need_flush=need, value=-1)]
+
+
+# ----------------------------------------------------------------------- silent root switches
+# Events after which the vCPU's root may change without a kvmmmu event (schema kinds 55-59).
+
+# kvm_nested_vmenter (arch/x86/kvm/trace.h): 6.x "rip: 0x%016llx vmcs|vmcb: 0x%016llx
+# nested_rip: ... nested_ept|npt=y|n guest_cr3|nested_eptp|nested_cr3: 0x%016llx"; before
+# 6.2 "rip: 0x%016llx vmcb: 0x%016llx nested_rip: ... npt: %s" (no page-table root).
+_NESTED_ENTER = re.compile(r"rip: 0x([0-9a-f]+) ")
+_NESTED_PGD = re.compile(r"(?:guest_cr3|nested_eptp|nested_cr3): 0x([0-9a-f]+)")
+
+
+def _nested_enter_printed(body: str) -> Decoded:
+    m = _NESTED_ENTER.match(body)
+    if m is None:
+        return None
+    pgd = _NESTED_PGD.search(body, m.end())
+    return row(Kind.NESTED_ENTER, value=s64(int((pgd or m).group(1), 16)))
+
+
+def _nested_enter_fields(f: dict[str, str], hex_or_dec) -> Decoded:
+    return row(Kind.NESTED_ENTER, value=s64(hex_or_dec(f.get("guest_pgd", f["rip"]))))
+
+
+# kvm_nested_vmexit_inject: "reason: %s%s%s ext_inf1: 0x%016llx ..." (the reason symbolic).
+def _nested_exit_printed(body: str) -> Decoded:
+    return row(Kind.NESTED_EXIT) if body.startswith("reason: ") else None
+
+
+def _nested_exit_fields(f: dict[str, str], _hex) -> Decoded:
+    return row(Kind.NESTED_EXIT, value=num(f["exit_code"]))
+
+
+# kvm_smm_transition: "vcpu %u: %s SMM, smbase 0x%llx" (entering / leaving).
+_SMM = re.compile(r"vcpu (\d+): (entering|leaving) SMM")
+
+
+def _smm_printed(body: str) -> Decoded:
+    m = _SMM.match(body)
+    if m is None:
+        return None
+    return row(Kind.SMM_TRANSITION, vcpu=int(m.group(1)), value=int(m.group(2) == "entering"))
+
+
+def _smm_fields(f: dict[str, str], _hex) -> Decoded:
+    return row(Kind.SMM_TRANSITION, vcpu=num(f["vcpu_id"]), value=int(num(f["entering"]) != 0))
+
+
+# kvm_msr: "msr_%s %x = 0x%llx%s" (read/write, ecx, data, " (#GP)").  Only a successful
+# write of MSR_EFER (arch/x86/include/asm/msr-index.h 0xc0000080) is kept.
+_MSR = re.compile(r"msr_(read|write) ([0-9a-f]+) = 0x([0-9a-f]+)( \(#GP\))?")
+MSR_EFER = 0xC0000080
+
+
+def _msr_printed(body: str) -> Decoded:
+    m = _MSR.match(body)
+    if m is None:
+        return None
+    if m.group(1) != "write" or m.group(4) or int(m.group(2), 16) != MSR_EFER:
+        return []
+    return row(Kind.EFER_WRITE, value=s64(int(m.group(3), 16)))
+
+
+def _msr_fields(f: dict[str, str], hex_or_dec) -> Decoded:
+    if num(f["write"]) == 0 or num(f.get("failed", "0")) or hex_or_dec(f["ecx"]) != MSR_EFER:
+        return []
+    return row(Kind.EFER_WRITE, value=s64(hex_or_dec(f["data"])))
 
 
 # ----------------------------------------------------------------------- guest-run evidence
@@ -416,6 +490,10 @@ TRACEPOINTS: dict[str, tuple[Decoder, Decoder]] = {
     # "%x:%llx:%s (%s)%s" = csbase:rip:insn; the kvm plugin prints "csbase:rip: disasm".
     "kvm_emulate_insn": (_emulate_printed, _emulate_simple[1]),
     "kvm_cr": _with_fields(_cr_printed, _cr_fields),
+    "kvm_nested_vmenter": _with_fields(_nested_enter_printed, _nested_enter_fields),
+    "kvm_nested_vmexit_inject": _with_fields(_nested_exit_printed, _nested_exit_fields),
+    "kvm_smm_transition": _with_fields(_smm_printed, _smm_fields),
+    "kvm_msr": _with_fields(_msr_printed, _msr_fields),
     "kvm_pio": _simple(Kind.PIO, r"pio_(?:read|write) at 0x(?P<v>[0-9a-f]+)", "port"),
     "kvm_mmio": _simple(Kind.MMIO, r"mmio \S+ len \d+ gpa 0x(?P<v>[0-9a-f]+)", "gpa"),
     "kvm_hypercall": _simple(Kind.HYPERCALL, r"nr 0x(?P<v>[0-9a-f]+)", "nr"),
