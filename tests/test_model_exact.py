@@ -178,30 +178,44 @@ def test_exact_links_give_a_violation_its_named_pages():
 
 # ============================================================================ silent root switches
 
-def test_cr3_load_served_from_prev_roots_makes_the_root_unknown():
+def test_cr3_load_served_from_prev_roots():
     """arch/x86/kvm/x86.c kvm_set_cr3 -> arch/x86/kvm/mmu/mmu.c kvm_mmu_new_pgd ->
     fast_pgd_switch -> cached_root_find_and_keep_current (v6.6): the root becomes the cached
     prev root 1 with no kvmmmu event.  Before the CR3 write vCPU1 ran on root 9 (gfn 4 is
     not below it); after it, on root 1, whose gfn 4 is unsync.  Nothing syncs: a buggy
-    kernel leaves the guest on stale gfn 4, a fixed one would have synced it."""
-    s = unsynced()
-    s.pv(V1, 1).get(V1, 9, 4).run(V1)        # a second address space: root 9, 1 cached
-    cr_write(s, V1, 3, 0x1000 - (1 << 63))    # CR3 with bit 63 (PCID-NOFLUSH) -> root 1, no get_page
-    s.pv(V1, 1, need_flush=1).run(V1)
-    w, _ = only(s)
-    assert w.verdict == "suspect" and w.evidence == "none"
-    # Without the CR write the replay believes root 9 and calls gfn 4 unreachable: still
-    # never ok (inferred unreachability).
-    s2 = unsynced()
-    s2.pv(V1, 1).get(V1, 9, 4).run(V1)
-    s2.pv(V1, 1, need_flush=1).run(V1)
-    assert only(s2)[0].verdict == "suspect"
-    # With exact evidence the cached root is seen for what it is.
-    snapshot(s, V1, (1, 4, 1), (9, 4, 0))
-    s.pv(V1, 1, need_flush=1)
+    kernel leaves the guest on stale gfn 4, a fixed one would have synced it (sync_page)."""
+    def story(cr3: int | None) -> Stream:
+        s = unsynced()
+        s.pv(V1, 1).get(V1, 9, 4).run(V1)    # a second address space: root 9, root 1 cached
+        if cr3 is not None:                  # PCID-NOFLUSH load of CR3 -> root 1, no get_page
+            s.add(Kind.FLUSH_CR3, V1, value=cr3, need_flush=0)
+        s.pv(V1, 1, need_flush=1).run(V1)
+        return s
+    # The CR3 value names the frame: is_root_usable() matches pgd and role, so the new root
+    # is the SP of frame 1 with the old root's role.
+    w, _ = only(story(0x1000 - (1 << 63)))
+    assert (w.verdict, w.evidence) == ("violation", "inferred")
+    # Emulated mov cr3 (PVM): the value is not in the event; the root is unknown.
+    w, _ = only(story(-1))
+    assert (w.verdict, w.evidence) == ("suspect", "none")
+    # No CR event recorded: the replay believes root 9, where gfn 4 is not: never ok.
+    w, _ = only(story(None))
+    assert w.verdict == "suspect" and w.outstanding[0].reachable is False
+    # With exact evidence KVM's own root slots say it.
+    s = story(-1)
+    s.rows.pop()                             # the run: re-enter with a snapshot first
     snapshot(s, V1, (1, 4, 1), (9, 4, 0)).run(V1)
+    w, _ = only(s)
+    assert (w.verdict, w.evidence) == ("violation", "exact")
+
+
+def test_cr3_write_of_the_current_cr3_keeps_the_root():
+    """kvm_set_cr3: a CR3 equal to the current one skips kvm_mmu_new_pgd (the root stays)."""
+    s = unsynced()
+    s.add(Kind.FLUSH_CR3, V1, value=0x1000, need_flush=1).run(V1)
+    s.pv(V1, 1, need_flush=1).run(V1)
     closed, _ = windows(s)
-    assert (closed[-1].verdict, closed[-1].evidence) == ("violation", "exact")
+    assert [(w.verdict, w.evidence) for w in closed] == [("violation", "inferred")] * 2
 
 
 def test_unsync_page_only_under_a_cached_prev_root():

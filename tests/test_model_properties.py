@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, assume, example, given, settings, strategies
 
 from kvmtrace.analysis import Replayer, replay_frame
 from kvmtrace.sources.frame import concat
-from kvmtrace.schema import EVIDENCE_KINDS, FLUSH_PATH_KINDS, FUNCTION_KINDS, KVM_EXIT_INTR, Kind
+from kvmtrace.schema import EVIDENCE_KINDS, FLUSH_PATH_KINDS, FUNCTION_KINDS, KVM_EXIT_INTR, ROOT_SWITCH_KINDS, Kind
 
 from model_scenarios import built, role
 
@@ -40,6 +40,11 @@ op = st.one_of(
     st.tuples(st.just("unlink"), st.integers(0, 2), st.sampled_from([4, 5, 6])),
     st.tuples(st.just("root"), st.integers(0, 2), st.sampled_from([1, 9, -1])),
     st.tuples(st.just("invalid"), st.integers(0, 2), st.just(0)),
+    # A whole snapshot (root 1 with unsync_children n, prev root 9) at one timestamp.
+    st.tuples(st.just("snap"), st.integers(0, 2), st.sampled_from([0, 1])),
+    # Events that can switch the root silently; a thread that runs another vCPU.
+    st.tuples(st.just("switch"), st.integers(0, 2), st.sampled_from(sorted(ROOT_SWITCH_KINDS))),
+    st.tuples(st.just("move"), st.integers(0, 2), st.integers(0, 2)),
 )
 
 
@@ -85,6 +90,14 @@ def stream_of(ops) -> pd.DataFrame:
             s.add(Kind.INVALID, tid, value=1)
         elif name == "root":
             s.add(Kind.ROOT_STATE, tid, gfn=arg, role=role(4) if arg >= 0 else -1, value=0)
+        elif name == "snap":
+            s.add(Kind.ROOT_STATE, tid, gfn=1, role=role(4), value=0, unsync=0,
+                  unsync_children=arg)
+            s.rows.append({**s.rows[-1], "gfn": 9, "value": 1, "unsync_children": 0})
+        elif name == "switch":
+            s.add(arg, tid, **({"level": 3} if arg == Kind.CR_WRITE else {}))
+        elif name == "move":
+            s.pv(tid, arg, need_flush=0)
     return s.frame()
 
 
@@ -148,7 +161,9 @@ def test_the_grammar_covers_every_kind_the_model_handles():
     # One op of each form; together they must emit every Kind (each has an on_<kind> handler).
     ops = [("build", 1, 4), ("unsync", 0, 4), ("sync", 0, 4), ("zap", 0, 5), ("flush", 1, 0),
            ("load", 1, 0), ("lost", 0, 0), ("walk", 1, 4), ("uexit", 1, 2), ("link", 1, 4),
-           ("root", 1, 1), ("invalid", 1, 0)]
+           ("root", 1, 1), ("invalid", 1, 0),
+           ("snap", 1, 1), ("move", 1, 2)]
+    ops += [("switch", 1, k) for k in ROOT_SWITCH_KINDS]
     ops += [("request", 1, k) for k in (Kind.FLUSH_REQUEST_GUEST, Kind.FLUSH_REQUEST_HYPERV,
                                         *FLUSH_PATH_KINDS)]
     ops += [("fn", 1, k) for k in FUNCTION_KINDS] + [("run", 1, k) for k in EVIDENCE_KINDS]

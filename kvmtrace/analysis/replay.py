@@ -51,6 +51,8 @@ SYNC_PROBE = "kvm_mmu_sync_roots"
 # arch/x86/include/uapi/asm/processor-flags.h
 CR4_PGE = 1 << 7
 CR4_PCIDE = 1 << 17
+# arch/x86/kvm/mmu.h KVM_MMU_CR4_ROLE_BITS (6.x): PSE, PAE, LA57, SMEP, SMAP, PKE.
+CR4_ROLE_BITS = (1 << 4) | (1 << 5) | (1 << 12) | (1 << 20) | (1 << 21) | (1 << 22)
 MAX_OUTSTANDING_SCAN = 4096
 
 
@@ -445,9 +447,12 @@ class Replayer:
     # One opener per row of flushpaths.PATHS beyond steal time and Hyper-V; the row gives the
     # window its name and its sync obligation.
 
-    def _flush_path(self, ev: Event, switches_root: bool = False) -> None:
+    def _flush_path(self, ev: Event, switches_root: bool = False,
+                    new_root: Optional[tuple] = None) -> None:
         vm, th = self._of(ev)
-        if switches_root:
+        if new_root is not None and new_root in vm.shadow.pages:
+            th.set_root(new_root, new_root[1] & 0xF)
+        elif switches_root:
             self._forget_root(th, ev)
         if ev.need_flush == 0:
             return          # the action asked for no flush (CR3 no-flush bit, no PGE toggle)
@@ -459,9 +464,18 @@ class Replayer:
 
     def on_flush_cr3(self, ev: Event) -> None:
         """MOV to CR3 (kvm_set_cr3): without the no-flush bit the new root must be synced.
-        With or without it the root switches, from prev_roots without a kvmmmu event when
-        cached (kvm_mmu_new_pgd -> fast_pgd_switch): the root the replay knew is gone."""
-        self._flush_path(ev, switches_root=True)
+
+        The root switches, from prev_roots without a kvmmmu event when cached
+        (arch/x86/kvm/x86.c kvm_set_cr3 -> mmu/mmu.c kvm_mmu_new_pgd -> fast_pgd_switch,
+        v6.6).  With the value known and the old root known, the new root is the SP of the
+        new CR3's frame with the old root's role (is_root_usable matches pgd and role word;
+        a CR3 write changes no role bit): the same root for the same CR3 (kvm_set_cr3
+        skips kvm_mmu_new_pgd), a known SP otherwise.  Else the root is unknown."""
+        _, th = self._of(ev, remember=False)
+        new_root = None
+        if ev.value != -1 and th.root is not None and th.root_level >= 4:
+            new_root = ((ev.value & PTE_ADDR) >> 12, th.root[1])
+        self._flush_path(ev, switches_root=True, new_root=new_root)
 
     def on_flush_cr4(self, ev: Event) -> None:
         """MOV to CR4 (kvm_post_set_cr4): a PGE toggle or PCIDE 1->0 is a full guest flush.
@@ -469,15 +483,18 @@ class Replayer:
         the trace has it, tells whether this one toggles."""
         key = (ev.tgid, ev.tid)
         old = self._cr4.get(key)
+        role_kept = False
         if ev.value >= 0:
             self._cr4[key] = ev.value
             if old is not None:
                 toggled = ((old ^ ev.value) & CR4_PGE
                            or (old & CR4_PCIDE and not ev.value & CR4_PCIDE))
                 ev = ev._replace(need_flush=1 if toggled else 0)
-        # CR4 bits are in the MMU role (SMEP, SMAP, PKE, LA57 ...): kvm_post_set_cr4 ->
-        # kvm_mmu_reset_context when they change; the root may be another one.
-        self._flush_path(ev, switches_root=True)
+                role_kept = not (old ^ ev.value) & CR4_ROLE_BITS
+        # CR4 bits in the MMU role (arch/x86/kvm/mmu.h KVM_MMU_CR4_ROLE_BITS) changing make
+        # kvm_post_set_cr4 reset the MMU context: unknown root until the reload's get_page.
+        # (PGE was one of them in 5.13-5.14: that reset reloads the root visibly too.)
+        self._flush_path(ev, switches_root=not role_kept)
 
     def on_flush_invlpg(self, ev: Event) -> None:
         """INVLPG (kvm_mmu_invlpg): only the SPTEs mapping ``value`` (the address)."""
