@@ -33,7 +33,8 @@ from kvmtrace.kinds import EVIDENCE, GATE, STATE, WALK, kinds_with
 from kvmtrace.schema import (COLUMN_BY_NAME, KIND_NAMES, KVM_EXIT_INTR, SP_KINDS, Chunk,
                              CommColumn, Kind, SchemaError, columns_added_after)
 
-# The columns the model reads (cpu, root_count and unsync are not needed to decide).
+# The columns the model reads (cpu and root_count are not needed to decide; unsync is
+# read for ROOT_STATE).
 NEEDED = ("ts", "tgid", "tid", "vcpu", "kind", "gfn", "role", "level", "created",
           "need_flush", "value", "parent_gfn", "parent_role", "unsync_children", "unsync")
 # Columns appended by later schema versions: a chunk from an older file may lack them.
