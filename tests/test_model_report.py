@@ -22,7 +22,7 @@ def test_a_finding_lists_the_events_around_its_window():
     ]
     assert (f["vcpu"], f["tid"], f["verdict"], f["meaningful"], f["harmless"]) == (1, V1, "violation", True, False)
     assert f["outstanding"] == [{"gfn": 4, "role": ROLE1, "level": 1, "unsync_ts": 1110,
-                                 "unsync_tid": 10, "reachable": True}]
+                                 "unsync_tid": 10, "reachable": True, "ambiguous": False}]
     assert f["closed_ts"] == 1140 and f["ts"] == 1130 and f["tgid"] == 1
     assert f["reason"].startswith("the vCPU ran guest code with 1 unsync shadow page")
     assert f["pattern"] == "hardware-flush-only"

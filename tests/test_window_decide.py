@@ -101,8 +101,9 @@ def test_nothing_unsync():
 def test_reachable_unsync_pages_are_a_violation(n, text):
     w = judge(win(), [page(True, g) for g in range(n)] + [page(None, 9)])
     assert (w.verdict, w.pattern) == ("violation", "hardware-flush-only")
-    assert w.reason == (f"the vCPU ran guest code with {text} reachable from its root, neither "
-                        "synced nor zapped after the flush")
+    assert w.reason == (f"the vCPU ran guest code with {text} reachable from its root (through "
+                        "links seen in the trace), neither synced nor zapped after the flush")
+    assert w.evidence == "inferred"
 
 
 def test_unchecked_pages_are_suspect_even_after_a_sync():
@@ -119,8 +120,85 @@ def test_unchecked_pages_are_suspect_even_after_a_sync():
 def test_unknown_reachability_and_no_sync_is_suspect(n, text):
     w = judge(win(), [page(None, g) for g in range(n)])
     assert (w.verdict, w.pattern) == ("suspect", "unknown")
-    assert w.reason == (f"{text} stayed unsync and nothing was synced; whether they are "
-                        "reachable from this vCPU's root is unknown")
+    assert w.reason == (f"{text} stayed unsync and nothing synced this vCPU's root; links "
+                        "inferred from the trace cannot show they are unreachable from its real "
+                        "root")
+    assert w.evidence == "none"
+
+
+def test_known_unreachable_pages_and_no_sync_are_suspect_not_ok():
+    w = judge(win(), [page(False)])
+    assert (w.verdict, w.evidence) == ("suspect", "none")
+
+
+def test_a_sync_of_this_vcpus_root_leaves_the_rest_under_other_roots():
+    for kw in ({"synced_here": True}, {"saw_reload_root": True}, {"saw_sync_roots": True},
+               {"saw_unload": True}):
+        w = judge(win(**kw), [page(False), page(None, 5)])
+        assert (w.verdict, w.evidence) == ("ok", "inferred"), kw
+        assert w.reason == ("the kernel synced this vCPU's root in the window (kvm_mmu_sync_roots "
+                            "leaves nothing unsync under it); the 2 SPs still unsync are under "
+                            "other roots")
+    # Another vCPU's syncs (synced without synced_here) say nothing of this vCPU's root.
+    assert judge(win(synced=1), [page(None)]).verdict == "suspect"
+
+
+def test_a_root_switch_after_the_sync_is_suspect():
+    w = judge(win(synced_here=True, root_switched=True), [page(None)])
+    assert (w.verdict, w.evidence) == ("suspect", "none")
+    assert w.reason == ("1 shadow page stayed unsync; the kernel synced a root in this window, "
+                        "but the vCPU's root may have switched after it (a CR, nested, SMM or "
+                        "EFER event, or another vCPU on this thread)")
+
+
+def _reading(*slots, explained=True):
+    from kvmtrace.analysis.exact import Reading, RootSlot, Snapshot
+    snap = Snapshot(ts=130, tick=9)
+    for i, (gfn, unsync, children) in enumerate(slots):
+        snap.add(RootSlot(i, gfn, 0x3704, unsync, children))
+    return Reading(snap, explained)
+
+
+def test_exact_clean_roots_are_ok_whatever_the_links_say():
+    w = win()
+    decide(w, [page(True)], tdp=None, shadow_vm=True, fn_mode=False,
+           reading=_reading((1, 0, 0), (9, 0, 0)))
+    assert (w.verdict, w.evidence) == ("ok", "exact")
+    assert w.reason == ("KVM's own state at re-entry: root gfn 0x1 role 0x3704 and 1 previous "
+                        "root, none unsync and none with unsync children")
+    assert [r.gfn for r in w.root_state] == [1, 9]
+
+
+def test_exact_dirty_root_is_a_violation_when_only_old_pages_explain_it():
+    w = win()
+    decide(w, [page(True)], tdp=None, shadow_vm=True, fn_mode=False,
+           reading=_reading((1, 0, 0), (9, 0, 2)))
+    assert (w.verdict, w.evidence) == ("violation", "exact")
+    assert w.reason == ("KVM's own state at re-entry: prev root 1 gfn 0x9 role 0x3704 "
+                        "unsync_children 2: the vCPU ran guest code with shadow pages left "
+                        "unsync under its roots by this flush; 1 shadow page unsync since "
+                        "before the flush")
+    w = win()
+    decide(w, [page(None)], tdp=None, shadow_vm=True, fn_mode=False,
+           reading=_reading((1, 0, 1), explained=False))
+    assert (w.verdict, w.evidence) == ("suspect", "none")      # the event stream decides
+
+
+def test_exact_unidentified_slot_is_never_clean():
+    w = win()
+    decide(w, [page(None)], tdp=None, shadow_vm=True, fn_mode=False,
+           reading=_reading((1, 0, 0), (-1, -1, 0)))
+    assert w.evidence != "exact" and w.verdict == "suspect"
+
+
+def test_function_probes_without_a_sync_but_clean_roots_are_harmless():
+    w = win()
+    decide(w, [page(None)], tdp=None, shadow_vm=True, fn_mode=True,
+           reading=_reading((1, 0, 0)))
+    assert (w.verdict, w.harmless, w.evidence) == ("violation", True, "inferred")
+    assert w.reason.endswith("harmless this time: KVM's own state at re-entry: root gfn 0x1 "
+                             "role 0x3704 and 0 previous roots, none unsync and none with "
+                             "unsync children")
 
 
 def test_a_sync_in_the_window_is_no_pass_for_a_reachable_page():
@@ -183,7 +261,8 @@ def test_window_to_dict_carries_the_window():
         "obligation": w.obligation, "closer": "guest_entry", "unsync_at_open": 1,
         "latency_ns": 20,
         "outstanding": [{"gfn": 4, "role": 0x3701, "level": 1, "unsync_ts": 50,
-                         "unsync_tid": 10, "reachable": True}]}
+                         "unsync_tid": 10, "reachable": True, "ambiguous": False}],
+        "evidence": "inferred", "root_state": []}
 
 
 # ----------------------------------------------------------------------------- flush obligations
