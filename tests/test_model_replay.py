@@ -424,3 +424,21 @@ def test_no_sync_violation_needs_kvm_mmu_sync_roots_probed():
     assert (w.verdict, w.function_probes) == ("ok", False)
     w, _ = only_window(s, FN_META)           # sync_roots probed and silent: the pre-5.13 path
     assert w.verdict == "violation" and w.function_probes
+
+
+def test_a_walk_cut_by_a_chunk_boundary_still_links():
+    # The walk 1 -> 2 -> 3 -> 4 is what makes gfn 4 reachable; every cut gives the same.
+    s = Stream()
+    s.get(V0, 2, 3, created=0).get(V0, 3, 2, created=0)
+    s.unsync(V0, 4).run(V0)
+    s.pv(V1, 1).get(V1, 1, 4, created=0).run(V1)
+    s.walk(V1, [2, 3, 4], leaf=0x50)
+    s.pv(V1, 1, need_flush=1).run(V1)
+    frame = s.frame()
+    whole = replay_frame(frame).to_dict()
+    assert whole["verdict"] == "violation"
+    for cut in range(1, len(frame)):
+        r = Replayer()
+        r.feed(frame.iloc[:cut])
+        r.feed(frame.iloc[cut:])
+        assert r.finish().to_dict() == whole, cut

@@ -132,6 +132,7 @@ class ChunkSelector:
         self.last_ts: Optional[int] = None
         self.known: dict[int, tuple[int, str]] = {}     # combined key -> (vcpu, comm)
         self.edges: set = set()                         # walker edges already handed on
+        self.walk_tails: dict = {}                      # thread -> (level, table) of its last walker row
 
     def select(self, chunk: Chunk) -> Selection:
         cols, comm = chunk.cols, chunk.comm
@@ -186,13 +187,13 @@ class ChunkSelector:
         if self.select_all:
             if walk.any():
                 _walk_edges(tcodes, combined, walk, cols["level"], cols["value"], cols["tgid"],
-                            aux, None)
+                            aux, None, self.walk_tails)
             cols["aux"] = aux
             return np.arange(len(kind)), self._new_threads(codes, uniques, vcpu, comm)
         keep = [np.flatnonzero(state | gate), *_thread_scan(tcodes, gate, ev, vcpu)]
         if walk.any():
             keep.append(_walk_edges(tcodes, combined, walk, cols["level"], cols["value"],
-                                    cols["tgid"], aux, self.edges))
+                                    cols["tgid"], aux, self.edges, self.walk_tails))
         cols["aux"] = aux
         rows = np.unique(np.concatenate(keep))     # sorted; a row may be kept twice
         return rows, self._new_threads(codes, uniques, vcpu, comm)
@@ -291,12 +292,15 @@ def _vcpu_changes(rows, ks, vs) -> np.ndarray:
     return rows[keep]
 
 
-def _walk_edges(codes, thread, walk, level, value, tgid, aux, seen: Optional[set]) -> np.ndarray:
+def _walk_edges(codes, thread, walk, level, value, tgid, aux, seen: Optional[set],
+                tails: dict) -> np.ndarray:
     """Walker rows giving a guest page-table edge never handed on before.
 
     The replay records each edge once (replay.py keeps them per VM, and get_page uses them
     for SPs created later), so repeats carry nothing new.  Sets aux[row] to the parent
-    table's gfn (WALK_FROM_ROOT for the top level)."""
+    table's gfn (WALK_FROM_ROOT for the top level).  ``tails``: per thread, the (level,
+    table) of its last walker row of the previous chunks, so a walk cut by a chunk boundary
+    chains on (chunk boundaries must not change the result)."""
     w = np.flatnonzero(walk)
     order = np.argsort(codes[w], kind="stable")
     rows = w[order]
@@ -307,6 +311,14 @@ def _walk_edges(codes, thread, walk, level, value, tgid, aux, seen: Optional[set
     same = np.r_[False, codes[rows][1:] == codes[rows][:-1]]
     chained = same & np.r_[False, lv[:-1] == lv[1:] + 1]
     parent = np.where(chained, np.r_[-1, child[:-1]], WALK_FROM_ROOT)
+    owners = thread[rows]
+    for i in np.flatnonzero(~same).tolist():          # each thread's first row here
+        tail = tails.get(int(owners[i]))
+        if tail is not None and tail[0] == lv[i] + 1:
+            parent[i] = tail[1]
+    last = np.r_[~same[1:], True]
+    for i in np.flatnonzero(last).tolist():
+        tails[int(owners[i])] = (int(lv[i]), int(child[i]))
     ok = ~leaf
     rows, lv, child, parent = rows[ok], lv[ok], child[ok], parent[ok]
     if seen is None:                         # every row (the per-event reference)
