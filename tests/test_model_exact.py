@@ -356,3 +356,30 @@ def test_sync_on_the_vcpus_thread_covers_its_root_unless_it_switched_after():
     s.pv(V1, 1, need_flush=1).sync(V1, 4).add(Kind.NESTED_EXIT, V1).run(V1)
     w, _ = only(s)
     assert w.verdict == "suspect"
+
+
+# ============================================================================ real fixtures
+
+def test_real_multi_address_space_run_is_ok_on_exact_evidence_alone():
+    """fixtures/real/exercise_3space: three page-table trees per vCPU, CR3 switches hitting
+    prev_roots, recorded with the exact probes; its no-sync copy has one window's syncs
+    moved after the guest ran (the root's unsync_children says so)."""
+    from pathlib import Path
+    from kvmtrace.pipeline.offline import analyze_path
+    real = Path(__file__).resolve().parent.parent / "fixtures" / "real"
+    ok = analyze_path(real / "exercise_3space.parquet")
+    assert ok.verdict == "ok" and ok.windows["meaningful"] > 0
+    assert ok.evidence == {"exact": ok.windows["total"], "inferred": 0, "none": 0}
+    bad = analyze_path(real / "exercise_3space_nosync.parquet")
+    assert bad.verdict == "violation" and bad.windows["violation"] == 1
+    assert bad.windows["ok"] == ok.windows["total"] - 1
+    (finding,) = bad.findings
+    assert finding["evidence"] == "exact" and finding["root_state"][0]["unsync_children"] >= 1
+    # The same runs as tracefs text (no exact evidence): never ok where the sync is missing,
+    # and no violation claimed from guessed links.
+    for name in ("exercise_3space.ftrace.txt.gz", "exercise_3space_nosync.ftrace.txt.gz"):
+        text = analyze_path(real / name)
+        assert text.windows["total"] == ok.windows["total"] and text.evidence["exact"] == 0
+        assert text.verdict != "ok" and text.windows["violation"] == 0, name
+    nosync_text = analyze_path(real / "exercise_3space_nosync.ftrace.txt.gz")
+    assert nosync_text.windows["ok"] < analyze_path(real / "exercise_3space.ftrace.txt.gz").windows["ok"]
