@@ -33,6 +33,7 @@ from kvmtrace import __version__
 from kvmtrace.host import FormatError, HostFacts, gather
 from kvmtrace.host import exactlayout
 from kvmtrace.schema import KIND_NAMES, TraceMeta
+from kvmtrace.sources.live.background import BackgroundWriter
 from kvmtrace.sources.native import (ARROW_SCHEMA, PART_BATCH_AGE_S, PART_BATCH_ROWS, PART_MAX_AGE_S,
                                      PART_MIN_ROWS, OutputLock, TraceFileError, TraceWriter,
                                      native_format)
@@ -134,6 +135,7 @@ class Recorder:
         self._bpf = None
         self._reader: RingbufReader | None = None
         self._writer: TraceWriter | None = None
+        self._background: BackgroundWriter | None = None     # feeds _writer from a thread
         self._pending: list[np.ndarray] = []
         self._last_ts = 0
         self._first_ts = 0
@@ -239,6 +241,7 @@ class Recorder:
             self.meta = self._initial_meta(report)
             if self.output is not None:
                 self._writer = TraceWriter(self.output, self.meta, lock=self._output_lock)
+                self._background = BackgroundWriter(self._writer)
         except BaseException:
             # Failed or interrupted (Ctrl-C) half way: nothing was recorded, so detach what
             # is attached, give the memory back and leave no output file behind.
@@ -268,6 +271,8 @@ class Recorder:
         self._closed = True
         try:
             if self._writer is not None:         # interrupted right after creating it
+                if self._background is not None:
+                    self._background.close()
                 self._writer.close(self.meta)
                 self._writer.path.unlink(missing_ok=True)
         finally:
@@ -473,18 +478,9 @@ class Recorder:
             return
         frame = self._out[0] if len(self._out) == 1 else pd.concat(self._out, ignore_index=True)
         self._out, self._out_rows = [], 0
+        assert self._background is not None
         try:
-            batch = None
-            if self._writer.fmt == "parquet":
-                # The recorder's frames have the schema's dtypes: skip the writer's conform().
-                try:
-                    batch = pa.RecordBatch.from_pandas(frame, schema=ARROW_SCHEMA, preserve_index=False)
-                except (pa.ArrowException, TypeError):
-                    batch = None
-            if batch is not None:
-                self._writer.write_batch(batch)
-            else:
-                self._writer.write(frame)
+            self._background.put(frame)          # encoded and written in the writer thread
         except OSError as exc:
             raise self._write_failed(exc) from None
 
@@ -544,8 +540,8 @@ class Recorder:
                 if self.meta is not None and self._bpf is not None:
                     self._finish_meta()
                 if self._writer is not None:
+                    self._finish_writing()
                     try:
-                        self._write_out(force=True)
                         self._writer.close(self.meta)
                     except OSError as exc:
                         raise self._write_failed(exc) from None
@@ -555,6 +551,15 @@ class Recorder:
                 if self._bpf is not None:
                     detach_all(self._bpf)
             return self.meta
+
+    def _finish_writing(self) -> None:
+        """Queue what is gathered and wait until the writer thread has written it all."""
+        self._write_out(force=True)
+        assert self._background is not None
+        try:
+            self._background.close()
+        except OSError as exc:
+            raise self._write_failed(exc) from None
 
     def _write_failed(self, exc: OSError) -> TraceFileError:
         assert self._writer is not None

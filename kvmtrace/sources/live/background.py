@@ -1,0 +1,74 @@
+"""The recording's file writer in a thread of its own, so draining never waits on encoding.
+
+Draining the BPF ring buffer is numpy work between epoll waits; turning a chunk into an
+Arrow batch and compressing it into the crash-safe part file is not, and when both ran in
+the drain loop a one-core producer overflowed the ring while Parquet was written.  Here
+the drain loop only queues finished frames.  The queue is bounded: when the disk cannot
+keep up, ``put`` blocks, the ring buffer fills, and the kernel counts every record it
+drops (the LOST markers say so) — memory never grows without bound and nothing is lost
+silently.  May import: the sources layer.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Optional
+
+import pandas as pd
+import pyarrow as pa
+
+from kvmtrace.sources.native import ARROW_SCHEMA, TraceWriter
+
+QUEUED_CHUNKS = 8          # at most this many chunks (each <= a few MB) wait for the disk
+
+
+class BackgroundWriter:
+    """Feeds a TraceWriter from a bounded queue in a daemon thread."""
+
+    def __init__(self, writer: TraceWriter, max_chunks: int = QUEUED_CHUNKS) -> None:
+        self.writer = writer
+        self._queue: queue.Queue = queue.Queue(max_chunks)
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="kvmtrace-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, frame: pd.DataFrame) -> None:
+        """Queue one chunk (blocks while the queue is full); re-raises a write error."""
+        self._raise()
+        self._queue.put(frame)
+
+    def close(self) -> None:
+        """Write what is queued, stop the thread, re-raise a write error.  Idempotent."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        while True:
+            frame = self._queue.get()
+            if frame is None:
+                return
+            if self._error is not None:
+                continue                  # a write failed: drop the rest, the caller raises
+            try:
+                self._write(frame)
+            except BaseException as exc:  # OSError (ENOSPC ...), reported by put()/close()
+                self._error = exc
+
+    def _write(self, frame: pd.DataFrame) -> None:
+        if self.writer.fmt == "parquet":
+            # The recorder's frames have the schema's dtypes: skip the writer's conform().
+            try:
+                batch = pa.RecordBatch.from_pandas(frame, schema=ARROW_SCHEMA, preserve_index=False)
+            except (pa.ArrowException, TypeError):
+                batch = None
+            if batch is not None:
+                self.writer.write_batch(batch)
+                return
+        self.writer.write(frame)
