@@ -176,17 +176,15 @@ def test_a_full_disk_is_one_clear_error_naming_the_partial_file(monkeypatch, tmp
     from kvmtrace.sources.live.records import lost_frame
     from kvmtrace.schema import TraceMeta
     from kvmtrace.sources.native import TraceFileError, TraceWriter
-    from kvmtrace.sources.live.background import BackgroundWriter
     monkeypatch.setattr(recorder_mod, "gather", lambda root: gather(HOSTS / "pvm_6_18"))
     out = tmp_path / "x.parquet"
     rec = recorder_mod.Recorder(out)
     rec._writer = TraceWriter(out, TraceMeta(source="recorded"))
-    rec._background = BackgroundWriter(rec._writer)
     full = os.open("/dev/full", os.O_WRONLY)
     os.dup2(full, rec._writer._raw.fileno())
     os.close(full)
     rec._emit(lost_frame(1, {0: 3}))              # gathered for a compressible chunk ...
     with pytest.raises(TraceFileError) as err:
-        rec._finish_writing()                        # ... which the full disk refuses
+        rec._write_out(force=True)                   # ... which the full disk refuses
     assert str(err.value) == (f"{out}: cannot write: No space left on device; the chunks "
                               f"written before are readable from {out}.part")

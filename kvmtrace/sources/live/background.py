@@ -37,6 +37,11 @@ class BackgroundWriter:
         self._raise()
         self._queue.put(frame)
 
+    def flush(self) -> None:
+        """Wait until every queued chunk is written; re-raises a write error."""
+        self._queue.join()
+        self._raise()
+
     def close(self) -> None:
         """Write what is queued, stop the thread, re-raise a write error.  Idempotent."""
         if self._thread.is_alive():
@@ -52,14 +57,15 @@ class BackgroundWriter:
     def _run(self) -> None:
         while True:
             frame = self._queue.get()
-            if frame is None:
-                return
-            if self._error is not None:
-                continue                  # a write failed: drop the rest, the caller raises
             try:
-                self._write(frame)
-            except BaseException as exc:  # OSError (ENOSPC ...), reported by put()/close()
+                if frame is None:
+                    return
+                if self._error is None:   # after a failed write the rest is dropped
+                    self._write(frame)
+            except BaseException as exc:  # OSError (ENOSPC ...), reported by put()/flush()
                 self._error = exc
+            finally:
+                self._queue.task_done()
 
     def _write(self, frame: pd.DataFrame) -> None:
         if self.writer.fmt == "parquet":

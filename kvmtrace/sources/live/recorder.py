@@ -478,9 +478,12 @@ class Recorder:
             return
         frame = self._out[0] if len(self._out) == 1 else pd.concat(self._out, ignore_index=True)
         self._out, self._out_rows = [], 0
-        assert self._background is not None
+        if self._background is None:
+            self._background = BackgroundWriter(self._writer)
         try:
             self._background.put(frame)          # encoded and written in the writer thread
+            if force:
+                self._background.flush()         # on disk before the caller goes on
         except OSError as exc:
             raise self._write_failed(exc) from None
 
@@ -553,13 +556,13 @@ class Recorder:
             return self.meta
 
     def _finish_writing(self) -> None:
-        """Queue what is gathered and wait until the writer thread has written it all."""
+        """Write what is gathered and stop the writer thread."""
         self._write_out(force=True)
-        assert self._background is not None
-        try:
-            self._background.close()
-        except OSError as exc:
-            raise self._write_failed(exc) from None
+        if self._background is not None:
+            try:
+                self._background.close()
+            except OSError as exc:
+                raise self._write_failed(exc) from None
 
     def _write_failed(self, exc: OSError) -> TraceFileError:
         assert self._writer is not None
