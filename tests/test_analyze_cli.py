@@ -134,8 +134,12 @@ def test_text_trace_without_any_model_event_is_exit_2(tmp_path, capsys, name, te
     path = tmp_path / name
     path.write_text(text)
     code, out, err = run_main(["analyze", "--json", str(path)], capsys)
-    assert code == 2 and out == "" and err.strip().count("\n") == 0
+    # --json: still one JSON object on stdout, and the one line on stderr.
+    assert code == 2 and err.strip().count("\n") == 0
     assert str(path) in err and "no events to analyse" in err
+    assert json.loads(out) == {"error": err.strip().removeprefix("kvmtrace: "), "verdict": None}
+    code, out, err = run_main(["analyze", str(path)], capsys)
+    assert code == 2 and out == "" and "no events to analyse" in err
 
 
 def test_native_trace_without_events_is_exit_2(tmp_path, capsys):

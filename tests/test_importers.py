@@ -389,18 +389,29 @@ def test_unparsable_last_line_with_newline_is_skipped(tmp_path):
     assert any("partial last line 195" in w for w in trace.warnings)
 
 
-def test_unparsable_line_in_the_middle_is_an_error_naming_it(tmp_path):
+def test_unparsable_line_in_the_middle_is_skipped_and_counted(tmp_path):
     lines = _lab_events_text().splitlines(keepends=True)
     lines.insert(40, "this is not a trace line\n")
-    with pytest.raises(TraceFileError, match=r"line 41: not a ftrace event line"):
-        load(write(tmp_path, "bad.txt", "".join(lines)))
+    path = write(tmp_path, "bad.txt", "".join(lines))
+    trace = load(path)
+    assert trace.events.equals(load(LAB).events)
+    skipped = trace.skipped_lines
+    assert skipped["total"] == 1 and skipped["decisive"] == 0
+    assert skipped["by_reason"][0]["examples"][0]["line"] == 41
+    with pytest.raises(TraceFileError, match=r"line 41: not an event line"):
+        load(path, strict=True)
 
 
-def test_undecodable_known_event_in_the_middle_is_an_error(tmp_path):
+def test_undecodable_known_event_in_the_middle_is_skipped_and_decisive(tmp_path):
     lines = _lab_events_text().splitlines(keepends=True)
     lines[50] = "   pvmvcpu1-13939   [000] .....  2252.595555: kvm_pv_tlb_flush: vcpu one\n"
+    path = write(tmp_path, "bad.txt", "".join(lines))
+    trace = load(path)
+    assert trace.skipped_lines["decisive"] == 1
+    assert trace.skipped_lines["by_reason"][0]["reason"] == "cannot decode the kvm_pv_tlb_flush payload"
+    assert any("could change the verdict" in n for n in trace.meta.notes)
     with pytest.raises(TraceFileError, match=r"line 51: cannot decode the kvm_pv_tlb_flush"):
-        load(write(tmp_path, "bad.txt", "".join(lines)))
+        load(path, strict=True)
 
 
 @pytest.mark.parametrize("content", [
@@ -430,8 +441,11 @@ def test_cli_show_bad_input_exits_2_with_one_line(tmp_path, content):
 def test_number_too_big_for_its_column_is_a_trace_file_error(tmp_path):
     text = ("# tracer: nop\n"
             "   a-10   [000] .....   5.000100: kvm_pv_tlb_flush: vcpu 99999999999 need_flush_tlb true\n")
-    with pytest.raises(TraceFileError, match="vcpu value does not fit"):
-        load(write(tmp_path, "big.txt", text))
+    path = write(tmp_path, "big.txt", text)
+    with pytest.raises(TraceFileError, match="no line decoded.*vcpu value out of range"):
+        load(path)
+    with pytest.raises(TraceFileError, match="line 2: vcpu value out of range"):
+        load(path, strict=True)
 
 
 def test_header_only_ftrace_is_an_empty_trace(tmp_path):

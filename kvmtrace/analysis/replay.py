@@ -204,6 +204,13 @@ class Replayer:
         closed, self._closed = self._closed, []
         return closed
 
+    def distrust(self, reason: str) -> None:
+        """The source could not deliver everything (e.g. undecodable model events were
+        skipped): no window verdict can be trusted; ``reason`` says why."""
+        if self._finished is not None:
+            raise RuntimeError("distrust() after finish()")
+        self.counters.doubts.append(reason)
+
     def finish(self) -> AnalysisResult:
         """End of trace: open windows stay "open"; returns the aggregated result."""
         if self._finished is None:
@@ -218,6 +225,7 @@ class Replayer:
                 vm.open.clear()
             if self.vm_filter is not None and self.vm_filter not in self.vms:
                 self.counters.absent_vm = self.vm_filter
+            self.counters.vms_seen = sorted(self.vms)
             self._finished = self.agg.result(self.counters, self.meta, self.source)
         return self._finished
 

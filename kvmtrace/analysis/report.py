@@ -77,6 +77,8 @@ class ReplayCounters:
     incomplete: int = 0          # rows lacking a field their kind needs
     vcpu_conflicts: int = 0      # rows naming another vCPU id than their thread had
     absent_vm: Optional[int] = None   # --vm named a VM without events in the trace
+    doubts: list = field(default_factory=list)    # the source says no window can be trusted
+    vms_seen: list = field(default_factory=list)  # every VM with events (after --vm)
 
 
 @dataclass
@@ -209,7 +211,10 @@ class Aggregate:
         leave untrusted)."""
         lost = max(meta.lost_events, counters.lost_markers)
         notes = self._doubt_notes(counters, meta) + _remarks(counters)
-        vms, total, evidence = self._vms()
+        for reason in counters.doubts:
+            notes.append(reason + "; every window is inconclusive")
+            self.demote_all(reason)
+        vms, total, evidence = self._vms(counters.vms_seen)
         verdict = verdict_of(total)
         invalid = counters.invalid_markers
         if verdict == NO_FLUSHES and (lost or invalid or self.doubts):
@@ -259,7 +264,7 @@ class Aggregate:
             self.demote_all(msg)
         return notes
 
-    def _vms(self) -> tuple[list[dict], dict[str, int], dict[str, int]]:
+    def _vms(self, seen: list) -> tuple[list[dict], dict[str, int], dict[str, int]]:
         """Per-VM verdicts with their vCPU rows, the trace's window counts, and its windows
         by deciding evidence."""
         vms = []
@@ -268,7 +273,11 @@ class Aggregate:
         by_vm: dict[int, list[VcpuRow]] = {}
         for key in sorted(self.rows, key=row_order):
             by_vm.setdefault(key[0], []).append(self.rows[key])
-        for tgid, rows in by_vm.items():
+        for tgid in seen:
+            # A VM whose events opened no window is still a VM the trace shows.
+            if tgid >= 0 and tgid not in by_vm:
+                by_vm[tgid] = []
+        for tgid, rows in sorted(by_vm.items()):
             counts = empty_counts()
             by_evidence = empty_evidence()
             for row in rows:
@@ -312,6 +321,7 @@ class AnalysisResult:
     meta: dict = field(default_factory=dict)
     sources: list = field(default_factory=list)
     by_path: dict = field(default_factory=dict)   # flush path (opener) -> window counts
+    skipped_lines: dict = field(default_factory=dict)   # text lines a reader could not decode
     population: dict = field(default_factory=dict)   # tgid -> vCPU ids seen (the sources fill it)
     evidence: dict = field(default_factory=empty_evidence)    # windows by deciding evidence
 
@@ -322,7 +332,8 @@ class AnalysisResult:
                 "vms": self.vms, "findings": self.findings,
                 "findings_total": self.findings_total, "lost_events": self.lost_events,
                 "events": self.events, "patterns": self.patterns, "notes": self.notes,
-                "traces": self.sources, "windows_by_path": self.by_path}
+                "traces": self.sources, "windows_by_path": self.by_path,
+                "skipped_lines": self.skipped_lines or {"total": 0, "decisive": 0, "by_reason": []}}
 
 
 def merge(results: list[AnalysisResult]) -> AnalysisResult:
@@ -357,4 +368,21 @@ def merge(results: list[AnalysisResult]) -> AnalysisResult:
                           sum(r.findings_total for r in results),
                           sum(r.lost_events for r in results), sum(r.events for r in results),
                           sum(r.handled for r in results), dict(patterns), notes, {}, sources,
-                          dict(sorted(by_path.items())), evidence=evidence)
+                          dict(sorted(by_path.items())), evidence=evidence,
+                          skipped_lines=merge_skipped([r.skipped_lines for r in results]))
+
+
+def merge_skipped(parts: list[dict]) -> dict:
+    """The skipped-line tallies of several traces as one (per-reason counts added)."""
+    parts = [p for p in parts if p]
+    if not parts:
+        return {}
+    by_reason: dict[str, dict] = {}
+    for p in parts:
+        for r in p["by_reason"]:
+            into = by_reason.setdefault(r["reason"], {"reason": r["reason"], "count": 0,
+                                                      "examples": []})
+            into["count"] += r["count"]
+            into["examples"] = (into["examples"] + r["examples"])[:3]
+    return {"total": sum(p["total"] for p in parts), "decisive": sum(p["decisive"] for p in parts),
+            "by_reason": sorted(by_reason.values(), key=lambda r: -r["count"])}

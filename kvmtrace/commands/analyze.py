@@ -10,7 +10,10 @@ import click
 
 from kvmtrace import exitcodes
 from kvmtrace.outputs.text import render
-from kvmtrace.pipeline.offline import analyze_paths
+from kvmtrace.errors import fail_line
+from kvmtrace.pipeline.offline import SelectionError, analyze_paths
+from kvmtrace.schema import SchemaError
+from kvmtrace.sources.native import TraceFileError
 from kvmtrace.commands.options import StatusLine, pid_filter_option, tgid_map_option
 
 
@@ -64,8 +67,12 @@ On a violation it prints the `kvmtrace report` command that draws it.
 @tgid_map_option
 @click.option("--salvage", is_flag=True, help="Read what precedes corruption instead of "
               "refusing the file; the verdict is then at best inconclusive.")
+@click.option("--strict", is_flag=True,
+              help="Reject a text trace at its first line that cannot be decoded (default: "
+                   "skip and count such lines; the verdict is inconclusive if they could "
+                   "change it).")
 def analyze(traces: tuple[str, ...], as_json: bool, vm: int | None, vcpu: int | None,
-            tgid_map: dict[int, int] | None, salvage: bool) -> None:
+            tgid_map: dict[int, int] | None, salvage: bool, strict: bool = False) -> None:
     """Find guest TLB flushes completed before the shadow page tables were synced.
 
     Replays each TRACE (kvmtrace Parquet / JSON Lines, ftrace, trace-cmd or perf text)
@@ -76,7 +83,14 @@ def analyze(traces: tuple[str, ...], as_json: bool, vm: int | None, vcpu: int | 
     progress = _Progress()
     try:
         result = analyze_paths(traces, vm=vm, vcpu=vcpu, progress=progress, tgid_map=tgid_map,
-                               salvage=salvage)
+                               salvage=salvage, strict=strict)
+    except (TraceFileError, SchemaError, SelectionError) as exc:
+        if not as_json:
+            raise
+        # --json promises one JSON object on stdout, also when the input is bad.
+        click.echo(json.dumps({"error": str(exc), "verdict": None}, indent=2))
+        fail_line(str(exc))
+        raise click.exceptions.Exit(exitcodes.BAD_INPUT) from None
     finally:
         progress.done()
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else render(result))

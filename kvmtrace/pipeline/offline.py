@@ -27,16 +27,20 @@ def analyze_path(path: str | os.PathLike, *, vm: Optional[int] = None,
                  progress: Optional[Progress] = None, tgid_map: Optional[dict] = None,
                  max_findings: int = 100,
                  listener: Optional[ReplayListener] = None,
-                 salvage: bool = False) -> AnalysisResult:
+                 salvage: bool = False, strict: bool = False) -> AnalysisResult:
     """Replay one trace file of any supported format; return its result.  ``listener``
-    (the timeline and report) is told of every window and of the events it asks for."""
+    (the timeline and report) is told of every window and of the events it asks for.
+    ``strict``: a text line that cannot be decoded is an error instead of a counted skip
+    (a skipped line of a model event makes every window inconclusive)."""
     path = str(path)
     stream = open_events(path, columns=NEEDED, chunk_rows=chunk_rows, tgid_map=tgid_map,
-                         salvage=salvage)
+                         salvage=salvage, strict=strict)
     meta = stream.meta
     rep = Replayer(meta, vm=vm, vcpu=vcpu, source=path, max_findings=max_findings,
                    listener=listener)
     rows = _run(rep, path, stream, progress)
+    for reason in stream.doubts():
+        rep.distrust(reason)
     if rows == 0:
         # Nothing recognisable at all (a header, or only events outside the model): the
         # trace cannot say whether a flush happened, so it gets no verdict.
@@ -44,6 +48,7 @@ def analyze_path(path: str | os.PathLike, *, vm: Optional[int] = None,
         raise TraceFileError(path, "no events to analyse" + (f" ({ignored[0]})" if ignored else ""))
     result = rep.finish()
     result.notes = list(dict.fromkeys(meta.notes + result.notes))
+    result.skipped_lines = stream.skipped()
     result.population = {tgid: sorted({th.vcpu for th in vm.threads.values() if th.vcpu >= 0})
                          for tgid, vm in rep.vms.items() if vm.threads}
     for tgid in rep.tgids_seen:

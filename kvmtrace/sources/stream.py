@@ -49,6 +49,10 @@ class EventStream:
     recovery: Optional[Recovery] = None
     # The whole event table, when the reader had it in memory anyway (load() uses it).
     table: Optional[pd.DataFrame] = None
+    # What a streaming reader learned on the way, valid once ``chunks`` is exhausted (text):
+    # why no window can be trusted, and the lines it could not decode.
+    doubts: Callable[[], list] = field(default=lambda: [])
+    skipped: Callable[[], dict] = field(default=lambda: {})
 
 
 Reader = Callable[..., EventStream]
@@ -57,7 +61,7 @@ Reader = Callable[..., EventStream]
 def open_events(path: str | os.PathLike, columns: Optional[Sequence[str]] = None,
                 chunk_rows: int = CHUNK_ROWS,
                 tgid_map: Optional[dict[int, int]] = None,
-                salvage: bool = False) -> EventStream:
+                salvage: bool = False, strict: bool = False) -> EventStream:
     """Open a trace of any supported format for reading in chunks.
 
     ``columns``: the numeric columns the consumer needs (default: all); each chunk also
@@ -66,8 +70,9 @@ def open_events(path: str | os.PathLike, columns: Optional[Sequence[str]] = None
     validation layer (``sources.validate``): impossible events become INVALID markers.
     Raises TraceFileError naming the file (and where in it), for any reader error;
     ``salvage`` keeps what precedes corruption (the verdict is then at best inconclusive).
-    ``-`` (or /dev/stdin) reads standard input."""
-    stream = _open(path, columns, chunk_rows, tgid_map, salvage)
+    ``-`` (or /dev/stdin) reads standard input.  ``strict``: a text line that cannot be
+    decoded is an error instead of a counted skip."""
+    stream = _open(path, columns, chunk_rows, tgid_map, salvage, strict)
     for w in stream.warnings:
         if w not in stream.meta.notes:
             stream.meta.notes.append(w)
@@ -76,13 +81,13 @@ def open_events(path: str | os.PathLike, columns: Optional[Sequence[str]] = None
 
 
 def load(path: str | os.PathLike, tgid_map: Optional[dict[int, int]] = None,
-         salvage: bool = False, validate: bool = True) -> Trace:
+         salvage: bool = False, validate: bool = True, strict: bool = False) -> Trace:
     """Read a whole trace of any supported format into one event table, validated
     (``validate=False``: the values as stored, for tools that check the file format).
 
     A recording whose writer was killed leaves ``NAME.part`` instead of ``NAME``; asking
     for ``NAME`` then recovers what ``NAME.part`` holds."""
-    stream = _open(path, None, CHUNK_ROWS, tgid_map, salvage)
+    stream = _open(path, None, CHUNK_ROWS, tgid_map, salvage, strict)
     label = stream.path
     with reading(label):
         if stream.table is not None:
@@ -93,7 +98,12 @@ def load(path: str | os.PathLike, tgid_map: Optional[dict[int, int]] = None,
         validator = Validator(label)
         events = validator.check_frame(events)
         validator.annotate(stream.meta)
-    return Trace(events, stream.meta, stream.recovery, stream.warnings)
+    warnings = stream.warnings
+    if stream.format == "text":
+        warnings = list(stream.meta.notes)       # a streaming reader's, known at its end
+    trace = Trace(events, stream.meta, stream.recovery, warnings)
+    trace.skipped_lines = stream.skipped()      # type: ignore[attr-defined]
+    return trace
 
 
 def _validated(path: str, chunks: Iterator[Chunk], meta: TraceMeta) -> Iterator[Chunk]:
@@ -110,14 +120,14 @@ def _validated(path: str, chunks: Iterator[Chunk], meta: TraceMeta) -> Iterator[
     validator.annotate(meta)
 
 
-def _open(path, columns, chunk_rows, tgid_map, salvage=False) -> EventStream:
+def _open(path, columns, chunk_rows, tgid_map, salvage=False, strict=False) -> EventStream:
     if str(path) in STDIN_NAMES:
         path = spool_stdin()
     real, fmt = locate(path)
     with reading(path):
         stream = READERS[fmt](real, columns=tuple(columns or NUMERIC_COLUMNS),
                               chunk_rows=max(1, int(chunk_rows)), tgid_map=tgid_map,
-                              salvage=salvage)
+                              salvage=salvage, **({"strict": strict} if fmt == "text" else {}))
     return stream
 
 
@@ -180,12 +190,21 @@ def jsonl_stream(path: Path, *, columns: Sequence[str], chunk_rows: int,
 
 
 def text_stream(path: Path, *, columns: Sequence[str], chunk_rows: int,
-                tgid_map: Optional[dict[int, int]] = None, salvage: bool = False) -> EventStream:
-    """The text reader (ftrace, trace-cmd report, perf script): for now the whole-file
-    importer, handed over in slices.  A streaming decoder plugs in here."""
-    from kvmtrace.sources.text.text import import_text
-    return whole_file_stream(path, "text", import_text(path, tgid_map=tgid_map), columns,
-                             chunk_rows)
+                tgid_map: Optional[dict[int, int]] = None, salvage: bool = False,
+                strict: bool = False) -> EventStream:
+    """The text of ftrace, trace-cmd report and perf script (plain or gzip/xz/bz2/zstd),
+    decoded block by block (``sources.text.text.TextReader``): one block and one chunk in
+    memory, whatever the size of the trace.  The reader's notes, skipped lines and doubts
+    are complete once the chunks are exhausted."""
+    from kvmtrace.sources.text.text import TextReader
+    reader = TextReader(path, tgid_map=tgid_map, strict=strict)
+    meta = reader.open()
+
+    def chunks() -> Iterator[Chunk]:
+        for cols, comm in reader.chunks():
+            yield Chunk({c: cols[c] for c in columns if c in cols}, comm)
+    return EventStream(str(path), "text", meta, chunks(), doubts=reader.doubts,
+                       skipped=lambda: reader.skipped_lines)
 
 
 READERS: dict[str, Reader] = {"parquet": parquet_stream, "ipc": ipc_stream,

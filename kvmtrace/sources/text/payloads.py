@@ -35,7 +35,7 @@ from kvmtrace.kinds import KVM_REQ_TLB_FLUSH_GUEST_BIT  # noqa: E402,F401
 
 _U64_SIGN = 1 << 63
 _U64 = 1 << 64
-_FIELD = re.compile(r"(\w+)=(\S+)")
+_FIELD = re.compile(r"(\w+)=(\S+)", re.A)
 
 
 def s64(v: int) -> int:
@@ -116,7 +116,7 @@ def _sp(kind: Kind) -> Decoder:
 
 # ----------------------------------------------------------------------- flush requests
 
-_PV_FLUSH = re.compile(r"vcpu (\d+) need_flush_tlb (true|false|1|0)\b")
+_PV_FLUSH = re.compile(r"vcpu (\d{1,20}) need_flush_tlb (true|false|1|0)\s*$", re.A)
 
 
 def _pv_flush_printed(body: str) -> Decoded:
@@ -132,7 +132,7 @@ def _pv_flush_fields(f: dict[str, str], _hex) -> Decoded:
                need_flush=int(num(f["need_flush_tlb"]) != 0))
 
 
-_HV_MASK = re.compile(r"(?:processor_mask|valid_bank_mask) 0x([0-9a-f]+)")
+_HV_MASK = re.compile(r"(?:processor_mask|valid_bank_mask) 0x([0-9a-f]+)", re.A)
 
 
 def _hv_flush(field: str) -> Decoder:
@@ -152,7 +152,7 @@ def _hv_flush(field: str) -> Decoder:
 
 # 4.x-5.7 "vcpu %u"; 5.8+ "vcpu %u, rip 0x%lx"; 6.x adds " intr_info ... error_code ..."
 # and (6.12+) "[immediate exit]"; libtraceevent's kvm plugin prints " vcpu %u rip 0x%llx".
-_ENTRY = re.compile(r"\s*vcpu (\d+)(?:,? rip 0x([0-9a-f]+))?")
+_ENTRY = re.compile(r"\s*vcpu (\d+)(?:,? rip 0x([0-9a-f]+))?", re.A)
 
 
 def _entry_printed(body: str) -> Decoded:
@@ -169,8 +169,8 @@ def _entry_fields(f: dict[str, str], _hex) -> Decoded:
 
 # Old "reason %s rip 0x%lx info %llx %llx" (and the plugin's form) has no vcpu;
 # 5.x+ "vcpu %u reason ..."; 6.14+ appends "requests 0x%016llx".
-_EXIT = re.compile(r"(?:vcpu (\d+) )?reason ")
-_REQUESTS = re.compile(r" requests 0x([0-9a-f]+)")
+_EXIT = re.compile(r"(?:vcpu (\d+) )?reason ", re.A)
+_REQUESTS = re.compile(r" requests 0x([0-9a-f]+)", re.A)
 
 
 def _exit_rows(vcpu: int, requests: int | None, flush: Payload | None = None) -> Decoded:
@@ -390,7 +390,7 @@ def _simple(kind: Kind, pattern: str, field: str, vcpu_group: bool = False,
     ``bare_hex``: the print fmt shows ``field`` as %llx without 0x (see hex_or_dec).
     """
     k = int(kind)
-    rx = re.compile(pattern)
+    rx = re.compile(pattern, re.A)
 
     def printed(body: str, _match=rx.match) -> Decoded:
         m = _match(body)
@@ -411,7 +411,7 @@ def _simple(kind: Kind, pattern: str, field: str, vcpu_group: bool = False,
     return _with_fields(printed, fields)
 
 
-_SET_SPTE = re.compile(r"gfn ([0-9a-f]+) spte ([0-9a-f]+) \(.*?\) level (\d+)")
+_SET_SPTE = re.compile(r"gfn ([0-9a-f]{1,16}) spte ([0-9a-f]{1,16}) \([^()]{0,16}\) level (\d{1,20})(?: at [0-9a-f]{1,16})?\s*$", re.A)
 
 
 def _set_spte_printed(body: str) -> Decoded:
@@ -427,7 +427,7 @@ def _set_spte_fields(f: dict[str, str], hex_or_dec) -> Decoded:
                value=s64(hex_or_dec(f["spte"])))
 
 
-_PAGING_ELEMENT = re.compile(r"pte ([0-9a-f]+) level (\d+)")
+_PAGING_ELEMENT = re.compile(r"pte ([0-9a-f]{1,16}) level (\d{1,20})\s*$", re.A)
 
 
 def _element_printed(body: str, _match=_PAGING_ELEMENT.match, _k=int(Kind.WALK_ELEMENT)) -> Decoded:
@@ -449,7 +449,7 @@ def _element_fields(f: dict[str, str], hex_or_dec) -> Decoded:
 
 # "reason KVM_EXIT_IO (2)"; for a KVM_RUN that failed, "reason restart (4)" (-EINTR) or
 # "reason error (N)", which print -errno: value is then the negative errno.
-_USER_EXIT = re.compile(r"reason (\S+) \((-?\d+)\)")
+_USER_EXIT = re.compile(r"reason (\S+) \((-?\d+)\)", re.A)
 
 
 def _user_exit_printed(body: str) -> Decoded:
@@ -510,9 +510,9 @@ TRACEPOINTS: dict[str, tuple[Decoder, Decoder]] = {
 # trace_kprobe.c print_kprobe_event(): "(SYM+0xOFF/0xSIZE [MOD])" then " name=value" args;
 # print_kretprobe_event(): "(CALLER+0xOFF/0xSIZE [MOD] <- FUNC [MOD])".  fprobes look alike.
 _SYM = r"(?P<{0}>[A-Za-z_][\w.$]*)(?:\+0x[0-9a-f]+/0x[0-9a-f]+)?(?: \[[^\]]+\])?"
-_KPROBE = re.compile(r"\(" + _SYM.format("at") + r"(?: <- " + _SYM.format("func") + r")?\)(?P<args>.*)")
+_KPROBE = re.compile(r"\(" + _SYM.format("at") + r"(?: <- " + _SYM.format("func") + r")?\)(?P<args>.*)", re.A)
 # perf script prints addresses only: "(ffffffffc0a1b2c0)" or "(ffff... <- ffff...)".
-_PERF_PROBE = re.compile(r"\((?:0x)?[0-9a-f]+(?P<ret> <- (?:0x)?[0-9a-f]+)?\)(?P<args>.*)")
+_PERF_PROBE = re.compile(r"\((?:0x)?[0-9a-f]+(?P<ret> <- (?:0x)?[0-9a-f]+)?\)(?P<args>.*)", re.A)
 
 
 def kprobe_function(body: str) -> tuple[str, bool, str] | None:
@@ -546,3 +546,25 @@ def function_payload(func: str, is_return: bool, args: str) -> Payload | None:
             except ValueError:
                 value = 0
     return row(kind, value=value)
+
+
+# ----------------------------------------------------------------------- joined lines
+
+# A second event line inside a body: its "[cpu]" field or its "secs.usecs:" timestamp.  When
+# newlines are lost, one "line" holds many events; the first one's decoder must not accept
+# the rest as trailing text (kvm_exit and kvm_entry bodies carry version-dependent tails,
+# so this check covers them; the exact decoders above refuse any tail anyway).
+JOINED = re.compile(r"\[[0-9]{1,6}\][ \t]|[0-9]\.[0-9]{6,9}:[ \t]", re.A)
+
+
+def joined(body: str) -> bool:
+    return JOINED.search(body) is not None
+
+
+# Every tracepoint decoded into a model row, and the probed functions: a line of one of
+# these that cannot be decoded could change a verdict.
+MODEL_HINT = re.compile(
+    r"kvm_(?:mmu_(?:get|sync|unsync|prepare_zap|zap)_page|pv_tlb_flush|hv_flush_tlb|entry|exit"
+    r"|mmu_pagetable_walk|mmu_paging_element|mmu_set_spte|emulate_insn|pio|mmio|hypercall"
+    r"|userspace_exit|page_fault|mmu_(?:un)?load|mmu_sync_(?:prev_)?roots|vcpu_flush_tlb_guest"
+    r"|service_local_tlb_flush_requests)|flush_tlb", re.A)

@@ -47,13 +47,24 @@ KERNEL_SP = re.compile(
     r"sp (?:gen \w+ )?gfn (?P<gfn>[0-9a-f]+) l?(?P<level>\d+)"
     r"(?: (?P<gpte>[48])-byte| (?P<pae>pae))? q(?P<q>\d)(?P<direct> direct)? " + _ACC +
     r"(?P<invalid> invalid)? (?P<nxe>!?)nxe(?: (?P<ad>!?)ad)?" + _TAIL +
-    r"(?: (?P<created>new|existing))?\s*$")
+    r"(?: (?P<created>new|existing))?\s*$", re.A)
 
 PLUGIN_SP = re.compile(
     r"(?:(?P<created>new|existing) sp gfn (?P<gfn>[0-9a-f]+) )?"
     r"(?:(?P<level>\d+) q(?P<q>\d)(?P<direct> direct)? " + _ACC + r"(?P<invalid> invalid)?"
     r" (?P<pae>!?)pae (?P<nxe>!?)nxe (?P<wp>!?)wp(?P<smep> smep)?(?P<smap> smap)?(?P<smm> smm)?"
-    r"|WORD: (?P<word>[0-9a-f]+))" + _TAIL + r"\s*$")
+    r"|WORD: (?P<word>[0-9a-f]+))" + _TAIL + r"\s*$", re.A)
+
+
+# The kvm plugin of trace-cmd 1.x/2.x (and perf of that time) printed the 2.6.3x role union
+# (level:4, glevels:4, quadrant:2, ..., direct, access:3, invalid, cr4_pge, nxe):
+# "%u/%u q%u%s %s%s %spge %snxe" = level/glevels, then " root %u %s"; kvm_mmu_get_page is
+# prefixed with "new|existing sp gfn %llx ".  glevels 2 is a 32-bit guest (4-byte gptes);
+# cr4_pge has no place in today's role and is dropped.
+OLD_PLUGIN_SP = re.compile(
+    r"(?:(?P<created>new|existing) sp gfn (?P<gfn>[0-9a-f]{1,16}) )?"
+    r"(?P<level>\d{1,2})/(?P<glevels>\d{1,2}) q(?P<q>\d)(?P<direct> direct)? " + _ACC +
+    r"(?P<invalid> invalid)? (?P<pge>!?)pge (?P<nxe>!?)nxe" + _TAIL + r"\s*$", re.A)
 
 
 class SpFields(NamedTuple):
@@ -101,6 +112,17 @@ def _plugin_role(m: re.Match) -> int:
     return role
 
 
+def _old_plugin_role(m: re.Match) -> int:
+    role = int(m.group("level"))
+    role |= ROLE_HAS_4_BYTE_GPTE if m.group("glevels") == "2" else 0
+    role |= int(m.group("q")) << ROLE_QUADRANT_SHIFT
+    role |= ROLE_DIRECT if m.group("direct") else 0
+    role |= ACCESS_BITS[m.group("acc")] << ROLE_ACCESS_SHIFT
+    role |= ROLE_INVALID if m.group("invalid") else 0
+    role |= ROLE_EFER_NX if not m.group("nxe") else 0
+    return role
+
+
 def _created(m: re.Match) -> int:
     c = m.group("created")
     return -1 if c is None else int(c == "new")
@@ -116,6 +138,12 @@ def parse_sp(body: str) -> SpFields | None:
     m = PLUGIN_SP.match(body)
     if m is not None:
         role = _plugin_role(m)
+        gfn = int(m.group("gfn"), 16) if m.group("gfn") else -1
+        return SpFields(gfn, role, role & ROLE_LEVEL_MASK, int(m.group("root")),
+                        int(m.group("sync") == "unsync"), _created(m), True)
+    m = OLD_PLUGIN_SP.match(body)
+    if m is not None:
+        role = _old_plugin_role(m)
         gfn = int(m.group("gfn"), 16) if m.group("gfn") else -1
         return SpFields(gfn, role, role & ROLE_LEVEL_MASK, int(m.group("root")),
                         int(m.group("sync") == "unsync"), _created(m), True)
