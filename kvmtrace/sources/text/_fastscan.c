@@ -5,7 +5,9 @@
  *      classify, final)
  *
  * For the lines of `buf` from offset `start` (complete lines; with `final` also a last line
- * without newline), as many as the output arrays hold, it writes a status (decode.py: BLANK,
+ * without newline), as many as the output arrays hold, in every line shape of lines.py but
+ * perf-prof's dated one (ftrace with or without TGID and flags, trace-cmd with or without
+ * instance and -l, perf script with any field set), it writes a status (decode.py: BLANK,
  * ROWS, IGNORED, DEFER), and for event lines the timestamp and cpu; it decodes the common
  * printed forms of the model tracepoints into `rows` (int64, NFIELDS x capacity, the layout
  * of decode.ROW_FIELDS).  Whatever it is not sure of - headers, lost markers, quotes, non-ASCII
@@ -520,11 +522,11 @@ static int line(ctx_t *x, out_t *o, const char *s, const char *e, long long *lts
         if (!dec(&d, e, 6, 999999, &v)) continue;
         if (d + 1 < e && *d == ']' && is_ws(d[1])) { cpu_s = q; cpu_e = d + 1; cpu = v; break; }
     }
-    if (!cpu_s) return DEFER;
-    /* lines._TS: the first "<digits>[.<digits>]:" between whitespace after the cpu */
+    /* lines._TS: the first "<digits>[.<digits>]:" between whitespace after the cpu (or
+     * anywhere: trace-cmd -l and perf -F without cpu have no "[cpu]") */
     const char *ts_s = NULL, *ts_e = NULL, *dot = NULL;
-    for (const char *q = cpu_e + 1; q < e; q++) {
-        if (!is_dig(*q) || !is_ws(q[-1])) continue;
+    for (const char *q = cpu_s ? cpu_e + 1 : s; q < e; q++) {
+        if (!is_dig(*q) || (q > s && !is_ws(q[-1]))) continue;
         const char *d = q, *dt = NULL;
         int n = 0;
         while (d < e && is_dig(*d)) { d++; n++; }
@@ -538,7 +540,7 @@ static int line(ctx_t *x, out_t *o, const char *s, const char *e, long long *lts
         if (d < e && *d == ':' && (d + 1 == e || is_ws(d[1]))) { ts_s = q; ts_e = d; dot = dt; break; }
     }
     if (!ts_s) return DEFER;
-    {   /* irq flags between [cpu] and the timestamp: one short token */
+    if (cpu_s) {   /* irq flags between [cpu] and the timestamp: one short token */
         const char *b = cpu_e, *be = ts_s;
         lstrip(&b, be); rstrip(b, &be);
         if (be - b > 8) return DEFER;
@@ -559,7 +561,7 @@ static int line(ctx_t *x, out_t *o, const char *s, const char *e, long long *lts
         ts = sec * 1000000000LL + (frac == 6 ? fr * 1000 : fr);
     }
     /* context before [cpu]: lines._context */
-    const char *p = s, *pe = cpu_s;
+    const char *p = s, *pe = cpu_s ? cpu_s : ts_s;
     lstrip(&p, pe); rstrip(p, &pe);
     if (pe - p >= 5 && is_dig(p[0]) && is_dig(p[1]) && is_dig(p[2]) && is_dig(p[3]) && p[4] == '-')
         return DEFER;                               /* a perf-prof date prefix */
@@ -570,6 +572,22 @@ static int line(ctx_t *x, out_t *o, const char *s, const char *e, long long *lts
             const char *r = q + 1;
             lstrip(&r, pe);
             if (r < pe) p = r;
+        }
+    }
+    if (!cpu_s) {  /* trace-cmd -l: "comm-pid <cpu><flags>" (lines._LATENCY) */
+        const char *t = pe;
+        while (t > p && !is_ws(t[-1])) t--;
+        const char *d = t;
+        while (d < pe && is_dig(*d)) d++;
+        if (t > p && d > t && d - t <= 6 && d < pe && pe - d - 1 >= 2 && pe - d - 1 <= 6) {
+            const char *r = t;
+            rstrip(p, &r);
+            const char *dd = trailing_digits(p, r);
+            if (dd && r - dd <= 10 && dd > p && dd[-1] == '-') {
+                cpu = 0;
+                for (const char *k = t; k < d; k++) cpu = cpu * 10 + (*k - '0');
+                pe = r;
+            }
         }
     }
     long long tid = -1, tgid = -1;
@@ -598,10 +616,13 @@ static int line(ctx_t *x, out_t *o, const char *s, const char *e, long long *lts
     }
     const char *comm_e;
     const char *dg = trailing_digits(p, pe);
-    if (!dg || pe - dg > 10) return DEFER;
+    if (dg && pe - dg > 10) return DEFER;
     long long num = 0;
-    for (const char *q = dg; q < pe; q++) num = num * 10 + (*q - '0');
-    if (dg > p && dg[-1] == '-') {                  /* "comm-pid" */
+    if (dg)
+        for (const char *q = dg; q < pe; q++) num = num * 10 + (*q - '0');
+    if (!dg) {                                      /* perf without tid: comm only */
+        comm_e = pe;
+    } else if (dg > p && dg[-1] == '-') {           /* "comm-pid" */
         tid = num;
         comm_e = dg - 1;
     } else if (dg > p && dg[-1] == '/') {           /* perf "comm pid/tid" */
