@@ -31,17 +31,29 @@ TEXT_FIXTURES = sorted((FIX / "text").glob("*.txt")) + [FIX / "lab_two_vcpu_flus
     + sorted((FIX / "real").glob("*.ftrace.txt.gz")) + sorted((FIX / "shapes").glob("*.txt"))
 
 
-@pytest.fixture(scope="module")
-def fast(tmp_path_factory):
-    """A scan function backed by the compiled module (built here if need be)."""
+def _installed():
     try:
         from kvmtrace.sources.text import _fastscan as module   # type: ignore[attr-defined]
     except ImportError:
-        cc = shutil.which("cc") or shutil.which("gcc")
-        include = sysconfig.get_paths()["include"]
-        if cc is None or not (Path(include) / "Python.h").exists():
-            pytest.skip("no C compiler or Python headers: the compiled scanner cannot be built "
-                        "here (the pure-Python path is then the only one)")
+        return None
+    return module
+
+
+CC = shutil.which("cc") or shutil.which("gcc")
+INCLUDE = sysconfig.get_paths()["include"]
+pytestmark = pytest.mark.skipif(
+    _installed() is None and (CC is None or not (Path(INCLUDE) / "Python.h").exists()),
+    reason="no C compiler or Python headers: the compiled scanner cannot be built here "
+           "(the pure-Python path is then the only one)")
+
+
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory):
+    """A scan function backed by the compiled module (built here if need be)."""
+    module = _installed()
+    if module is None:
+        include = INCLUDE
+        cc = CC
         out = tmp_path_factory.mktemp("fastscan") / ("_fastscan" + sysconfig.get_config_var("EXT_SUFFIX"))
         subprocess.run([cc, "-O2", "-shared", "-fPIC", f"-I{include}", str(SOURCE), "-o", str(out)],
                        check=True)
