@@ -101,20 +101,22 @@ def test_guest_branches_land_on_instruction_boundaries():
     branches = 0
     for start, (hexbytes, asm) in zip(starts, guestcode.INSTRUCTIONS):
         op = bytes.fromhex(hexbytes)
-        if op[0] in (0xEB, 0xE3):                      # jmp rel8, jrcxz rel8
+        if op[0] in (0xEB, 0xE3, 0x74, 0x75):          # jmp / jrcxz / jz / jne rel8
             target = start + 2 + struct.unpack("b", op[1:2])[0]
             assert target in starts, asm
             branches += 1
-    assert branches == 7
+    assert branches == 16
     assert code[starts[-2]:starts[-1]] == bytes([0xE6, guestcode.PARK_PORT])    # out PARK_PORT, al
-    # the loop closes back to the first instruction
-    assert starts[-1] + 2 + struct.unpack("b", code[-1:])[0] == 0
+    # the loop closes back to the first instruction (jmp rel32)
+    assert code[starts[-1]] == 0xE9
+    assert starts[-1] + 5 + struct.unpack("<i", code[-4:])[0] == 0
 
 
 def test_guest_code_offsets_match_control_block_layout():
     text = " ".join(asm for _, asm in guestcode.INSTRUCTIONS)
     for offset in (guestcode.CTL_STORES, guestcode.CTL_FLAGS, guestcode.CTL_READS,
-                   guestcode.CTL_RESULTS, guestcode.CTL_NFLAGS, guestcode.CTL_NREADS):
+                   guestcode.CTL_RESULTS, guestcode.CTL_NFLAGS, guestcode.CTL_NREADS,
+                   guestcode.CTL_FLUSH_OP, guestcode.CTL_FLUSH_ARGS, guestcode.CTL_FLUSH_RET):
         assert f"rbx+{offset:#04x}" in text
     assert f"out {guestcode.PARK_PORT:#x}" in text
     assert f"byte ptr [rax], {paravirt.KVM_VCPU_FLUSH_TLB}" in text

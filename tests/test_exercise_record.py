@@ -74,7 +74,7 @@ def test_cli_record_unavailable_exits_4(monkeypatch, tmp_path):
     import kvmtrace.exercise.recording as recording
     from kvmtrace.sources.live import LiveUnavailable
 
-    def refuse(config, output, probes="auto"):
+    def refuse(config, output, probes="auto", via_info=None):
         raise LiveUnavailable("no kernel headers for BCC", "apt install linux-headers")
     monkeypatch.setattr(recording, "run_recorded", refuse)
     import kvmtrace.exercise as pkg

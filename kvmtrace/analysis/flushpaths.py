@@ -36,7 +36,7 @@ May import: kvmtrace.schema only.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from kvmtrace.schema import Kind
@@ -52,6 +52,9 @@ OBLIGATIONS = {
 }
 
 VMX, SVM, PVM = "vmx", "svm", "pvm"
+NO_PVM_EVENT = ("no tracepoint fires for a PVM hypercall (kvm:kvm_hypercall comes only from "
+                "kvm_emulate_hypercall(), which PVM's own hypercalls never reach); only the "
+                "kvm_mmu_sync_page it may cause shows, and nothing when it skips the sync")
 BACKENDS = (VMX, SVM, PVM)
 
 
@@ -66,6 +69,8 @@ class FlushPath:
     reveals: dict                 # backend -> events / raw tracepoint arguments, "" = none
     obligation: str               # FULL, ROOT or ADDRESS
     exercise: bool = True         # kvmtrace exercise --flush-via can request it
+    # backend -> why kvmtrace cannot see or fully judge this path there (absent: it can).
+    limits: dict = field(default_factory=dict)
 
     def revealed_on(self, backend: str) -> str:
         return self.reveals.get(backend, "")
@@ -90,14 +95,14 @@ PATHS: tuple[FlushPath, ...] = (
         "handle_hc_flush_tlb_current_kernel_user() -> kvm_make_request(KVM_REQ_TLB_FLUSH_GUEST) "
         "(PVM RFC v1, 6.7-based); this host: pvm_handle_hypercall()",
         {PVM: ""},
-        FULL),
+        FULL, limits={PVM: NO_PVM_EVENT}),
     FlushPath(
         "pvm-load-pgtbl", Kind.FLUSH_PVM_LOAD_PGTBL,
         "PVM_HC_LOAD_PGTBL 0x17088200 with flags bit 0 (flush the new CR3's PCID)",
         "arch/x86/kvm/pvm/pvm.c: handle_hc_load_pagetables() -> kvm_mmu_new_pgd() + "
         "KVM_REQ_TLB_FLUSH_GUEST (RFC v1), kvm_set_cr3(pgd) without CR3_NOFLUSH (later RFC)",
         {PVM: ""},
-        ROOT),
+        ROOT, limits={PVM: NO_PVM_EVENT}),
     FlushPath(
         "cr3", Kind.FLUSH_CR3,
         "MOV to CR3 without the PCID no-flush bit 63",
@@ -132,7 +137,13 @@ PATHS: tuple[FlushPath, ...] = (
         {VMX: "kvm:kvm_exit reason INVLPG (info1 = address)",
          SVM: "kvm:kvm_exit invlpg (exit_info1 = address)",
          PVM: "kvm:kvm_emulate_insn bytes 0f 01 /7 (invlpg m)"},
-        ADDRESS),
+        ADDRESS, limits={
+            PVM: "the emulated INVLPG's address is in a guest register, not in the event, "
+                 "and mmu->sync_spte() emits nothing: its windows are suspect at best",
+            VMX: "mmu->sync_spte() emits nothing and kvm_entry follows at once: windows "
+                 "with unsync SPs left are suspect at best",
+            SVM: "mmu->sync_spte() emits nothing and kvm_entry follows at once: windows "
+                 "with unsync SPs left are suspect at best"}),
     FlushPath(
         "hyperv", Kind.FLUSH_REQUEST_HYPERV,
         "Hyper-V HvFlushVirtualAddressSpace/List(Ex) hypercall",

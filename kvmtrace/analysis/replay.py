@@ -709,6 +709,8 @@ class Replayer:
             self._reestablish(th)
         if rec is None:
             return
+        if th.window is None:
+            self.counters.unexplained_syncs += 1
         for tkey in vm.open:
             w = vm.threads[tkey].window
             if w is not None and rec.seq < w.open_seq:

@@ -76,6 +76,9 @@ class ReplayCounters:
     ambiguous: int = 0           # re-sorted rows sharing a timestamp
     incomplete: int = 0          # rows lacking a field their kind needs
     vcpu_conflicts: int = 0      # rows naming another vCPU id than their thread had
+    # Unsync SPs synced on a vCPU thread with no window open: a guest flush kvmtrace cannot
+    # see (a PVM hypercall, flushpaths.py) - or a fault reusing an unsync SP.
+    unexplained_syncs: int = 0
     absent_vm: Optional[int] = None   # --vm named a VM without events in the trace
     doubts: list = field(default_factory=list)    # the source says no window can be trusted
     vms_seen: list = field(default_factory=list)  # every VM with events (after --vm)
@@ -302,6 +305,11 @@ def _remarks(c: ReplayCounters) -> list[str]:
     if c.vcpu_conflicts:
         notes.append(f"{c.vcpu_conflicts} events named a different vCPU id than their "
                      "thread had (vCPU moved between threads?)")
+    if c.unexplained_syncs:
+        notes.append(f"{c.unexplained_syncs} unsync shadow pages were synced on a vCPU "
+                     "thread outside any flush window: a guest flush kvmtrace cannot see "
+                     "(a PVM hypercall: kvmtrace doctor lists the paths it sees) or a "
+                     "fault that reused an unsync page")
     return notes
 
 

@@ -14,6 +14,7 @@ from kvmtrace.errors import fail_line
 from kvmtrace.commands.options import no_setup_option, prepare_host
 from kvmtrace.exercise import (ExerciseConfig, ExerciseError, ExerciseResult, ExerciseUnavailable,
                         run_exercise)
+from kvmtrace.exercise.flushvia import CHOICES, parse as parse_flush_via
 
 STALE_SHOWN = 10
 JSON_STALE_LIMIT = 1000
@@ -28,6 +29,10 @@ remapped addresses.  A stale value after the flush is a functional failure of th
 a CR3 load at the start of each pass: KVM serves later switches from its cached
 prev_roots; even tables are shared by all trees (shadow pages with several parents);
 where KVM offers PCIDs every other switch sets the CR3 no-flush bit.
+--flush-via picks the guest's flush path (kvmtrace/analysis/flushpaths.py): steal-time
+(the default), or each reader flushing by itself before it reads: pvm-hypercall,
+pvm-load-pgtbl, cr3 (same CR3, no PCID no-flush bit), cr4-pge (toggle CR4.PGE), invpcid,
+invlpg (each remapped address), hyperv.
 \b
 Examples:
   kvmtrace exercise
@@ -35,6 +40,8 @@ Examples:
   kvmtrace exercise --no-flush
   kvmtrace exercise --vcpus 4 --rounds 1000 --record run.parquet
   kvmtrace exercise --vcpus 3 --address-spaces 3 --record multi.parquet
+  kvmtrace exercise --flush-via cr3
+  kvmtrace exercise --flush-via all --record all.parquet
 \b
 Exit codes: 0 pass (or: the control saw stale values), 1 stale read after a flush,
             3 the control saw no staleness, 4 this host cannot run it.
@@ -101,12 +108,14 @@ def render(result: ExerciseResult, word: str) -> str:
     out = [f"kvmtrace exercise: {lines[word]}",
            f"  rounds             {result.rounds} ({result.pages} pages/round, "
            f"{result.vcpus} vCPUs, seed {result.seed}{'' if result.flush else ', --no-flush'})",
-           f"  flushes requested  {result.flushes_requested}",
+           f"  flushes requested  {result.flushes_requested}" + _by_path(result),
            *_spaces_line(result),
            f"  reads checked      {result.reads}",
            f"  stale reads        {len(result.stale_reads)}",
            f"  time               {result.duration_s:.3f} s ({rate:.0f} rounds/s)",
            f"  host               {_exposure(result)}"]
+    for path, why in result.extra.get("flush_via", {}).get("skipped", {}).items():
+        out.append(f"  not used           {path}: {why}")
     if result.flush:
         for s in result.stale_reads[:STALE_SHOWN]:
             out.append(f"  stale read: vCPU {s.vcpu} round {s.round} address {s.address:#x} "
@@ -115,6 +124,13 @@ def render(result: ExerciseResult, word: str) -> str:
         if len(result.stale_reads) > STALE_SHOWN:
             out.append(f"  ... and {len(result.stale_reads) - STALE_SHOWN} more (--json lists them)")
     return "\n".join(out)
+
+
+def _by_path(result: ExerciseResult) -> str:
+    by = result.extra.get("flush_via", {}).get("requested_by_path", {})
+    if not by or list(by) == ["steal-time"]:
+        return ""
+    return " (" + ", ".join(f"{p} {n}" for p, n in by.items()) + ")"
 
 
 def to_json(result: ExerciseResult, word: str, code: int, recording=None) -> str:
@@ -152,18 +168,25 @@ def _sigterm_interrupts() -> None:
               help="Page-table trees per vCPU, switched by CR3 loads between passes.")
 @click.option("--no-flush", "no_flush", is_flag=True,
               help="The control: request no flush; stale reads are expected.")
+@click.option("--flush-via", "flush_via", default="steal-time", show_default=True,
+              type=click.Choice(CHOICES),
+              help="How the guest asks for each flush; 'all' rotates through every path this "
+                   "host services and kvmtrace can judge.  A path the host cannot service "
+                   "exits 4 with the reason.")
 @click.option("--record", "record_to", type=click.Path(dir_okay=False), metavar="FILE",
               help="Record the run with the live recorder (BPF) into FILE (.parquet, .jsonl[.gz]).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @no_setup_option
 def exercise(vcpus: int, rounds: int, pages: int, seed: int, address_spaces: int,
-             no_flush: bool, record_to: str | None, as_json: bool, no_setup: bool) -> None:
+             no_flush: bool, flush_via: str, record_to: str | None, as_json: bool,
+             no_setup: bool) -> None:
     """Run a tiny built-in guest that remaps pages and requests guest TLB flushes, and
     check from inside it that the host honoured every flush."""
     progress = _ProgressBar() if sys.stderr.isatty() and not as_json else None
     config = ExerciseConfig(vcpus=vcpus, rounds=rounds, pages=pages, seed=seed,
                             flush=not no_flush, progress=progress,
-                            address_spaces=address_spaces)
+                            address_spaces=address_spaces,
+                            flush_via=parse_flush_via(flush_via))
     try:
         config.validate()
     except ValueError as exc:
@@ -201,8 +224,10 @@ def _run_recorded(config: ExerciseConfig, output: str):
     reason = unavailable_reason()          # before spending seconds compiling BPF
     if reason:
         raise ExerciseUnavailable(reason)
+    from kvmtrace.exercise import resolve_flush_via
+    config, via_info = resolve_flush_via(config)   # its probe guests stay out of the file
     try:
-        return run_recorded(config, output)
+        return run_recorded(config, output, via_info=via_info)
     except LiveUnavailable as exc:
         fail_line(f"exercise: cannot record here: {exc}")
         raise click.exceptions.Exit(exitcodes.ENVIRONMENT)

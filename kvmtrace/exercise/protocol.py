@@ -40,6 +40,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from kvmtrace.exercise import flushvia
 from kvmtrace.exercise.guest import Guest
 from kvmtrace.exercise.cpustate import CR3_NOFLUSH
 from kvmtrace.exercise.guestcode import (CTL_CR3, CTL_FLAGS, CTL_NFLAGS, CTL_NREADS, CTL_NSTORES,
@@ -153,6 +154,8 @@ class Exerciser:
         self.current = [0] * config.vcpus           # the tree each vCPU's CR3 points at
         self.cr3_loads = 0
         self.noflush_loads = 0
+        self.via = flushvia.FlushVia(tuple(config.flush_via), config.hypercall)
+        self.hypercall_results: list[int] = []
 
     # -- control blocks ----------------------------------------------------------------
     def _w64(self, gpa: int, value: int) -> None:
@@ -239,17 +242,45 @@ class Exerciser:
         stores = [(pte, leaf_entry(lay.frame(m.table, m.pair, m.new), self.user))
                   for v in self.readers for m in picks for pte in lay.pte_addresses(v, m.table, m.pair)]
         flags = ([lay.steal_time(v) + STEAL_TIME_PREEMPTED_OFFSET for v in self.readers]
-                 if self.config.flush else [])
+                 if self.config.flush and self.via.steal_time(round_no) else [])
         self._program(WRITER, stores=stores, flags=flags)
         self._run([WRITER])
-        self.flushes_requested += len(flags)
         for v in self.readers:
             # The control switches only before the remap: a CR3 load without the PCID
             # no-flush bit flushes the TLB itself, which would hide the staleness it shows.
             tree = self._tree_after(round_no) if self.config.flush else self.current[v]
             self._program(v, reads=vas, cr3=self._cr3_for(v, tree))
+        armed = self._arm_flush(round_no, len(picks)) if self.config.flush else 0
+        self.flushes_requested += len(flags) + armed
+        self.via.count(round_no, len(flags) + armed)
         self._run(self.readers)
+        if armed:
+            self._disarm_flush()
         self._check(round_no, picks, after_flush=True)
+
+    def _arm_flush(self, round_no: int, pages: int) -> int:
+        """Each reader flushes by itself on its next pass (flushvia.py); returns the
+        flushes requested (INVLPG: one per address)."""
+        n = 0
+        for v in self.readers:
+            req = self.via.request(round_no, v, self._flush_cr3(v))
+            flushvia.program(self.mem, self.layout.ctl(v), req)
+            if req.op != flushvia.OP_NONE:
+                n += pages if req.op == flushvia.OP_INVLPG else 1
+        return n
+
+    def _flush_cr3(self, vcpu: int) -> int:
+        """The CR3 the reader runs on after this pass's switch, without the no-flush bit:
+        loading it again is a flushing MOV to CR3 (--flush-via cr3)."""
+        tree = self.current[vcpu]
+        return self.layout.trees[vcpu][tree].pml4 | (tree if self.guest.pcid else 0)
+
+    def _disarm_flush(self) -> None:
+        for v in self.readers:
+            ctl = self.layout.ctl(v)
+            if struct.unpack_from("<Q", self.mem, ctl + flushvia.CTL_FLUSH_OP)[0] == flushvia.OP_HYPERCALL:
+                self.hypercall_results.append(flushvia.hypercall_result(self.mem, ctl))
+            flushvia.program(self.mem, ctl, flushvia.Request(flushvia.OP_NONE))
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> dict[int, int]:

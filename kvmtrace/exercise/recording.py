@@ -25,9 +25,11 @@ class Recording:
     skipped: list[str] = field(default_factory=list)
 
 
-def run_recorded(config: ExerciseConfig, output: str, probes: str = "auto"
-                 ) -> tuple[ExerciseResult, Recording]:
-    """Raises kvmtrace.sources.live.LiveUnavailable when the recorder cannot attach here."""
+def run_recorded(config: ExerciseConfig, output: str, probes: str = "auto",
+                 via_info: dict | None = None) -> tuple[ExerciseResult, Recording]:
+    """Raises kvmtrace.sources.live.LiveUnavailable when the recorder cannot attach here.
+    ``via_info``: the flush paths already resolved (exercise.resolve_flush_via), so that
+    the probe guests that try each path stay out of the recording."""
     from kvmtrace.sources.live import Recorder
     recorder = Recorder(output, tgids=(os.getpid(),), probes=probes)
     report = recorder.attach()
@@ -43,7 +45,7 @@ def run_recorded(config: ExerciseConfig, output: str, probes: str = "auto"
     thread = threading.Thread(target=record, name="kvmtrace-recorder", daemon=True)
     thread.start()
     try:
-        result = run_exercise(config)
+        result = run_exercise(config, via_info)
     finally:
         stop.set()
         thread.join()

@@ -15,6 +15,8 @@ class ExerciseConfig:
     pages: int = 4               # remapped addresses per round, each in its own last-level table
     seed: int = 1
     flush: bool = True           # False: the control (no flush requested, staleness expected)
+    flush_via: tuple = ("steal-time",)   # flush paths, rotated round by round (flushvia.py)
+    hypercall: int = 0x1007      # the PVM flush hypercall number (flushvia.probe finds it)
     progress: Optional[Progress] = None
     address_spaces: int = 1      # page-table trees per vCPU, switched by CR3 loads between passes
 
@@ -35,6 +37,10 @@ class ExerciseConfig:
         if self.pages * (self.vcpus - 1) * self.address_spaces > MAX_STORES:
             raise ValueError(f"--pages x readers x address spaces must be <= {MAX_STORES} "
                              "PTE writes per round")
+        from kvmtrace.analysis.flushpaths import EXERCISE_PATHS
+        bad = [p for p in self.flush_via if p not in EXERCISE_PATHS]
+        if bad or not self.flush_via:
+            raise ValueError(f"--flush-via must be one of {', '.join(EXERCISE_PATHS)}, all")
 
 
 @dataclass(frozen=True)
