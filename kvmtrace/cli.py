@@ -19,7 +19,7 @@ COMMANDS: dict[str, str] = {
     "analyze": "Find guest TLB flushes completed before the shadow page tables were synced.",
     "convert": "Convert TRACE (native, ftrace, trace-cmd or perf text) to a native trace file.",
     "exercise": "Run a tiny built-in guest that remaps pages and requests guest TLB flushes, and check from inside it that the host honoured every flush.",
-    "doctor": "Check everything live tracing needs: KVM backend, TDP/shadow paging, BCC, headers, tracefs, BPF tracepoint programs, kprobes, fentry, KVM functions and tracepoints.",
+    "doctor": "Check everything live tracing needs: KVM backend, TDP/shadow paging, BCC, headers, tracefs, BPF tracepoint programs, kprobes, fentry, KVM functions and tracepoints; then the guest flush paths: which this host services (the built-in guest tries each once) and which kvmtrace sees and judges here.",
     "record": "Record KVM guest-flush, shadow-page and guest-run events with BPF.",
     "check": "Check that this host's KVM syncs shadow page tables on every guest TLB flush.",
     "watch": "Watch guest TLB flush windows live and report each violation as it happens.",

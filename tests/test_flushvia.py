@@ -39,6 +39,11 @@ def test_parse_and_rotation():
     assert via.request(0, 1, 0x7000).op == flushvia.OP_NONE   # steal time: the writer's flag
 
 
+def test_the_cli_lists_every_path():
+    from kvmtrace.commands.exercise import FLUSH_VIA_CHOICES
+    assert FLUSH_VIA_CHOICES == flushvia.CHOICES
+
+
 def test_config_rejects_unknown_paths():
     with pytest.raises(ValueError, match="--flush-via"):
         ExerciseConfig(flush_via=("cr5",)).validate()

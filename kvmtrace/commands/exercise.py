@@ -14,7 +14,11 @@ from kvmtrace.errors import fail_line
 from kvmtrace.commands.options import no_setup_option, prepare_host
 from kvmtrace.exercise import (ExerciseConfig, ExerciseError, ExerciseResult, ExerciseUnavailable,
                         run_exercise)
-from kvmtrace.exercise.flushvia import CHOICES, parse as parse_flush_via
+
+# kvmtrace.exercise.flushvia.CHOICES, spelt out so that --help imports no numpy/pandas
+# (tests/test_flushvia.py checks they agree).
+FLUSH_VIA_CHOICES = ("steal-time", "pvm-hypercall", "pvm-load-pgtbl", "cr3", "cr4-pge",
+                     "invpcid", "invlpg", "hyperv", "all")
 
 STALE_SHOWN = 10
 JSON_STALE_LIMIT = 1000
@@ -126,6 +130,11 @@ def render(result: ExerciseResult, word: str) -> str:
     return "\n".join(out)
 
 
+def _parse_flush_via(value: str) -> tuple[str, ...]:
+    from kvmtrace.exercise.flushvia import parse
+    return parse(value)
+
+
 def _by_path(result: ExerciseResult) -> str:
     by = result.extra.get("flush_via", {}).get("requested_by_path", {})
     if not by or list(by) == ["steal-time"]:
@@ -169,7 +178,7 @@ def _sigterm_interrupts() -> None:
 @click.option("--no-flush", "no_flush", is_flag=True,
               help="The control: request no flush; stale reads are expected.")
 @click.option("--flush-via", "flush_via", default="steal-time", show_default=True,
-              type=click.Choice(CHOICES),
+              type=click.Choice(FLUSH_VIA_CHOICES),
               help="How the guest asks for each flush; 'all' rotates through every path this "
                    "host services and kvmtrace can judge.  A path the host cannot service "
                    "exits 4 with the reason.")
@@ -186,7 +195,7 @@ def exercise(vcpus: int, rounds: int, pages: int, seed: int, address_spaces: int
     config = ExerciseConfig(vcpus=vcpus, rounds=rounds, pages=pages, seed=seed,
                             flush=not no_flush, progress=progress,
                             address_spaces=address_spaces,
-                            flush_via=parse_flush_via(flush_via))
+                            flush_via=_parse_flush_via(flush_via))
     try:
         config.validate()
     except ValueError as exc:

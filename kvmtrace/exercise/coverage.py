@@ -46,6 +46,8 @@ def _tracepoints_present(reveal: str, tracefs_events) -> tuple[bool, str]:
 def coverage(backend: str, support, tracefs_events=None) -> list[PathCoverage]:
     """``support``: a flushvia.Support (or None when the guest could not run);
     ``tracefs_events``: the set of (system, event) this host has (None: unknown)."""
+    from kvmtrace.exercise.flushvia import backend_key
+    backend = backend_key(backend)
     rows = []
     for p in PATHS:
         rows.append(_row(p, backend, support, tracefs_events))

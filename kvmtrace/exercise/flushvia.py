@@ -118,8 +118,14 @@ def parse(value: str) -> tuple[str, ...]:
     return (value,)
 
 
+def backend_key(name: str) -> str:
+    """vmx / svm / pvm, from a backend or its module name (kvm_intel, kvm_amd, kvm_pvm)."""
+    return {"kvm_pvm": "pvm", "kvm_intel": "vmx", "kvm_amd": "svm"}.get(name, name)
+
+
 def static_refusal(path: str, backend: str) -> str | None:
     """Why ``path`` cannot run on ``backend`` without trying (None: try it)."""
+    backend = backend_key(backend)
     if backend == "pvm" and path in NOT_ON_PVM:
         return NOT_ON_PVM[path]
     if backend != "pvm" and path in PVM_ONLY:
