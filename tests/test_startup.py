@@ -54,3 +54,10 @@ def test_the_command_list_matches_each_commands_own_short_help():
         command = cli.get_command(ctx, name)
         assert command is not None and command.name == name
         assert command.get_short_help_str(limit=10_000) == short, name
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_commands_help_and_usage_error_load_nothing_heavy(name):
+    for args in ([name, "--help"], [name, "--no-such-option"]):
+        out = loaded_after(args)
+        assert out["heavy"] == [] and out["code"] in (0, 2), (args, out)

@@ -9,11 +9,7 @@ import time
 import click
 
 from kvmtrace import exitcodes
-from kvmtrace.outputs.text import render
 from kvmtrace.errors import fail_line
-from kvmtrace.pipeline.offline import SelectionError, analyze_paths
-from kvmtrace.schema import SchemaError
-from kvmtrace.sources.native import TraceFileError
 from kvmtrace.commands.options import StatusLine, pid_filter_option, tgid_map_option
 
 
@@ -80,6 +76,10 @@ def analyze(traces: tuple[str, ...], as_json: bool, vm: int | None, vcpu: int | 
     vCPU that closes when the vCPU runs guest code again; the window is a violation when an
     unsync shadow page reachable from the vCPU's root was left unsync.
     """
+    from kvmtrace.outputs.text import render
+    from kvmtrace.pipeline.offline import SelectionError, analyze_paths
+    from kvmtrace.schema import SchemaError
+    from kvmtrace.sources.native import TraceFileError
     progress = _Progress()
     try:
         result = analyze_paths(traces, vm=vm, vcpu=vcpu, progress=progress, tgid_map=tgid_map,

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import click
 
-from kvmtrace.sources.stream import load
-from kvmtrace.sources.native import OutputLock, native_format, write_trace
 from kvmtrace.commands.options import pid_filter_option, selected, tgid_map_option, vcpu_filter_option
 
 
@@ -30,6 +28,8 @@ Exit codes: 0 written, 2 usage or bad input (unreadable or corrupt input,
 def convert(trace: str, output: str, vm: int | None, vcpu: int | None,
             tgid_map: dict[int, int] | None, salvage: bool) -> None:
     """Convert TRACE (native, ftrace, trace-cmd or perf text) to a native trace file."""
+    from kvmtrace.sources.stream import load
+    from kvmtrace.sources.native import OutputLock, native_format, write_trace
     fmt = native_format(output)
     lock = OutputLock.acquire(output)      # refuse at once if another kvmtrace writes OUT
     try:

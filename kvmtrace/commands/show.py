@@ -5,8 +5,6 @@ import json
 
 import click
 
-from kvmtrace.sources.stream import load
-from kvmtrace.outputs.summary import render, summarize
 from kvmtrace.commands.options import pid_filter_option, selected, tgid_map_option, vcpu_filter_option
 
 
@@ -27,6 +25,8 @@ Exit codes: 0 shown, 2 usage or bad input.
 def show(trace: str, as_json: bool, vm: int | None, vcpu: int | None,
          tgid_map: dict[int, int] | None, salvage: bool) -> None:
     """Summarise TRACE: events by kind, VMs, vCPUs, time span, lost events, metadata."""
+    from kvmtrace.sources.stream import load
+    from kvmtrace.outputs.summary import render, summarize
     loaded = load(trace, tgid_map=tgid_map, salvage=salvage)
     for warning in loaded.warnings:
         click.echo(f"kvmtrace: warning: {trace}: {warning}", err=True)
