@@ -35,9 +35,6 @@ def test_damaged_native_and_binary_inputs(seed, category, tmp_path_factory):
     _check(seed, category, tmp_path_factory)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 11 rewrites the text decoders: the perf/ftrace "
-                   "line regexes backtrack on long whitespace lines and joined lines are "
-                   "accepted with their trailing junk")
 @settings(max_examples=60, deadline=None, phases=[Phase.generate], report_multiple_bugs=False,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32), category=st.sampled_from(TEXT))
