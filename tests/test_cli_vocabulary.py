@@ -21,7 +21,7 @@ def _help(name: str) -> str:
     return res.output
 
 
-@pytest.mark.parametrize("name", ["analyze", "show", "convert"])
+@pytest.mark.parametrize("name", ["analyze", "show", "convert", "report", "timeline"])
 def test_commands_reading_a_trace_take_pid_vm_and_vcpu(name):
     text = _help(name)
     assert "-p, --pid, --vm TGID" in text and "--vcpu N" in text
@@ -78,3 +78,9 @@ def test_doctor_says_not_readable_rather_than_absent(monkeypatch):
     item_lines = [line for line in lines[start + 1:end] if any(f" {n} " in line for n in names)]
     assert len(item_lines) >= len(names)
     assert all(line.rstrip().endswith("not readable without root") for line in item_lines), item_lines
+
+
+@pytest.mark.parametrize("name", ["report", "timeline"])
+def test_report_and_timeline_refuse_a_vm_that_is_not_in_the_trace(name, tmp_path, capsys):
+    code, _, err = run_main([name, "-p", "12345", str(REAL), "-o", str(tmp_path / "out")], capsys)
+    assert code == 2 and err.strip() == f"kvmtrace: no VM 12345 in {REAL}; VMs: {REAL_TGID}"

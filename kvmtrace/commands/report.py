@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from kvmtrace import exitcodes
-from kvmtrace.commands.options import tgid_map_option
+from kvmtrace.commands.options import pid_filter_option, tgid_map_option
 from kvmtrace.commands.writing import write_output
 
 
@@ -20,7 +20,7 @@ Exit codes (the analysis verdict, as analyze): 0 ok or no flushes, 1 violation,
                 metavar="TRACE...")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               metavar="OUT.html", help="Write the HTML page here.")
-@click.option("--vm", "vm", type=int, metavar="TGID", help="Only the VM whose VMM process is TGID.")
+@pid_filter_option
 @click.option("--vcpu", "vcpu", type=click.IntRange(min=0), metavar="N",
               help="Only windows of vCPU N.")
 @tgid_map_option

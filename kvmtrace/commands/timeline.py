@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from kvmtrace.commands.options import tgid_map_option
+from kvmtrace.commands.options import pid_filter_option, tgid_map_option
 from kvmtrace.commands.writing import write_output
 
 
@@ -18,7 +18,7 @@ Exit codes: 0 written, 2 bad input or unwritable output.
                 metavar="TRACE...")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="OUT.json",
               help="Write the Chrome trace-event JSON here.")
-@click.option("--vm", "vm", type=int, metavar="TGID", help="Only the VM whose VMM process is TGID.")
+@pid_filter_option
 @click.option("--vcpu", "vcpu", type=click.IntRange(min=0), metavar="N",
               help="Only windows of vCPU N.")
 @tgid_map_option

@@ -70,7 +70,7 @@ def _run(rep: Replayer, path: str, stream: EventStream, progress: Optional[Progr
     return rows
 
 
-def _check_selection(paths: list[str], results: list[AnalysisResult], vm: Optional[int],
+def check_selection(paths: list[str], results: list[AnalysisResult], vm: Optional[int],
                      vcpu: Optional[int]) -> None:
     """A filter that matches nothing is a usage error, never a quiet no-flushes."""
     label = paths[0] if len(paths) == 1 else f"{len(paths)} traces"
@@ -94,5 +94,5 @@ def analyze_paths(paths: Iterable[str | os.PathLike], **kw) -> AnalysisResult:
     """Analyse several traces separately and report them together."""
     paths = [str(p) for p in paths]
     results = [analyze_path(p, **kw) for p in paths]
-    _check_selection(paths, results, kw.get("vm"), kw.get("vcpu"))
+    check_selection(paths, results, kw.get("vm"), kw.get("vcpu"))
     return merge(results)

@@ -22,7 +22,7 @@ from kvmtrace.analysis.flushpaths import BY_OPENER
 from kvmtrace.analysis.replay import Event
 from kvmtrace.analysis.report import merge
 from kvmtrace.analysis.window import INCONCLUSIVE, OK, SUSPECT, VIOLATION
-from kvmtrace.pipeline.offline import analyze_path
+from kvmtrace.pipeline.offline import analyze_path, check_selection
 from kvmtrace.schema import KIND_NAMES, Kind
 
 MAX_WINDOWS = 50_000          # per trace; the rest are counted (by verdict), not kept
@@ -245,11 +245,13 @@ def visual_of(result: AnalysisResult, collector: Collector) -> VisualData:
 
 def collect_paths(paths: Iterable[str | os.PathLike], **kw) -> VisualData:
     """Analyse several traces separately (as ``analyze`` does) and keep their windows."""
+    paths = [str(p) for p in paths]
     results, traces = [], []
     for p in paths:
         r, t = collect_path(p, **kw)
         results.append(r)
         traces.append(t)
+    check_selection(paths, results, kw.get("vm"), kw.get("vcpu"))   # as analyze does
     return VisualData(result=merge(results), traces=traces)
 
 
