@@ -18,6 +18,8 @@ the ratios bulk/callback measured in this run.  Needs root, BCC, kernel headers,
 from __future__ import annotations
 
 import argparse
+import pyarrow.parquet as pq
+import resource
 import subprocess
 import sys
 import tempfile
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kvmtrace.sources.live import Recorder                      # noqa: E402
 from kvmtrace.sources.live.bccload import import_bcc           # noqa: E402
 from kvmtrace.sources.live.selftest import GETPPID              # noqa: E402
+from kvmtrace.schema import Kind                                # noqa: E402
 
 RING_PAGES = 8192          # 32 MiB, the recorder's default
 
@@ -95,13 +98,17 @@ def finish(proc: subprocess.Popen) -> tuple[int, float]:
 
 
 def run_bulk(exe: Path, seconds: float, output: Path | None) -> dict:
+    """One recording of the loop; with an output, as `kvmtrace record -o` runs it (no
+    per-chunk callback), else with a counting callback as `check` and `watch` run it."""
     proc = spawn(exe, seconds)
     kept = [0]
 
     def count(df):
         kept[0] += len(df)
-    rec = Recorder(output, tgids=(proc.pid,), tracepoints=[GETPPID], on_chunk=count)
+    rec = Recorder(output, tgids=(proc.pid,), tracepoints=[GETPPID],
+                   on_chunk=None if output is not None else count)
     rec.attach()
+    cpu0 = process_cpu_s()
     stop = threading.Event()
     runner = threading.Thread(target=rec.run, kwargs={"stop": stop})
     runner.start()
@@ -112,11 +119,22 @@ def run_bulk(exe: Path, seconds: float, output: Path | None) -> dict:
     stop.set()
     runner.join()
     drained_s = time.monotonic() - t0
+    cpu_s = process_cpu_s() - cpu0
     meta = rec.close()
-    out = {"fired": fired, "loop_s": el, "kept": kept[0], "lost": meta.lost_events, "drain_s": drained_s}
+    if output is not None:      # kept: the getppid rows in the finished file
+        kinds = pq.read_table(output, columns=["kind"]).column("kind").to_numpy()
+        kept[0] = int((kinds != int(Kind.LOST)).sum())
+    out = {"fired": fired, "loop_s": el, "kept": kept[0], "lost": meta.lost_events,
+           "drain_s": drained_s, "cpu_s": cpu_s}
     if output is not None:
         out["bytes"] = output.stat().st_size
     return out
+
+
+def process_cpu_s() -> float:
+    """CPU seconds of this process, every thread (drain, writer) together."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def baseline_program(pid: int, pages: int) -> str:
@@ -152,7 +170,7 @@ def run_callback(exe: Path, seconds: float) -> dict:
             "drain_s": time.monotonic() - t0}
 
 
-def drain_capacity(exe: Path, n: int) -> tuple[dict, dict]:
+def drain_capacity(exe: Path, n: int, workdir: Path) -> dict:
     """Fill a 64 MiB ring with n records while nobody reads, then time emptying it."""
     bcc, _ = import_bcc()
     pages = 16384                                   # 64 MiB: 1 Mi slots
@@ -167,6 +185,17 @@ def drain_capacity(exe: Path, n: int) -> tuple[dict, dict]:
     t0 = time.perf_counter()
     rec.collect()
     out["bulk"] = {"records": kept[0], "fired": fired, "s": time.perf_counter() - t0}
+    rec.close()
+    # The same, writing the Parquet trace as `kvmtrace record -o` does (collect() returns
+    # when the writer thread has the last chunk on disk).
+    proc = spawn(exe, 600, n)
+    rec = Recorder(workdir / "capacity.parquet", tgids=(proc.pid,), tracepoints=[GETPPID],
+                   ringbuf_pages=pages)
+    rec.attach()
+    proc.stdin.write("g"); proc.stdin.flush(); fired, _ = finish(proc)
+    t0 = time.perf_counter()
+    written = rec.collect()
+    out["bulk+pq"] = {"records": written, "fired": fired, "s": time.perf_counter() - t0}
     rec.close()
     # BCC's per-event Python callback.
     proc = spawn(exe, 600, n)
@@ -183,7 +212,7 @@ def drain_capacity(exe: Path, n: int) -> tuple[dict, dict]:
     b.ring_buffer_consume()
     out["callback"] = {"records": got[0], "fired": fired, "s": time.perf_counter() - t0}
     b.cleanup()
-    return out["bulk"], out["callback"]
+    return out
 
 
 def finish_into(proc, res):
@@ -202,6 +231,7 @@ def show(name: str, r: dict) -> None:
     rate = r["kept"] / r["loop_s"]
     loss = 100.0 * r["lost"] / max(1, r["fired"])
     extra = f"  {r['bytes'] / max(1, r['kept']):.2f} B/event on disk" if "bytes" in r else ""
+    extra += f"  consumer CPU {r['cpu_s'] * 1e9 / max(1, r['kept'] + r['lost']):.0f} ns/event" if "cpu_s" in r else ""
     print(f"{name:9} fired {r['fired']:>10}  kept {r['kept']:>10}  lost {r['lost']:>10} ({loss:5.1f} %)"
           f"  kept {rate / 1e6:6.3f} M ev/s{extra}")
 
@@ -221,10 +251,13 @@ def main() -> None:
         show("bulk+pq", bulk_pq)
         cb = run_callback(exe, args.seconds)
         show("callback", cb)
-        bulk_cap, cb_cap = drain_capacity(exe, 900_000)
-    for name, r in (("bulk", bulk_cap), ("callback", cb_cap)):
+        capacity = drain_capacity(exe, 900_000, work)
+    bulk_cap, cb_cap = capacity["bulk"], capacity["callback"]
+    for name, r in capacity.items():
         print(f"consumer capacity, {name:8}: emptied a pre-filled ring of {r['records']} records "
               f"(of {r['fired']}) in {r['s']:.3f} s = {r['records'] / r['s'] / 1e6:6.2f} M ev/s")
+    print(f"ratio consumer capacity bulk+pq/bulk  = "
+          f"{(capacity['bulk+pq']['records'] / capacity['bulk+pq']['s']) / (bulk_cap['records'] / bulk_cap['s']):.2f}x")
     print(f"ratio consumer capacity bulk/callback = "
           f"{(bulk_cap['records'] / bulk_cap['s']) / (cb_cap['records'] / cb_cap['s']):.1f}x")
     kept_rate = lambda r: r["kept"] / r["loop_s"]

@@ -173,7 +173,7 @@ def test_attach_interrupted_half_way_detaches_and_leaves_no_file(monkeypatch, tm
 def test_a_full_disk_is_one_clear_error_naming_the_partial_file(monkeypatch, tmp_path):
     # /dev/full fails every write with ENOSPC: put it under the open .part file after its
     # header went out, like a filesystem that filled up mid-recording.
-    from kvmtrace.sources.live.records import lost_frame
+    from kvmtrace.sources.live.records import Columns, lost_frame
     from kvmtrace.schema import TraceMeta
     from kvmtrace.sources.native import TraceFileError, TraceWriter
     monkeypatch.setattr(recorder_mod, "gather", lambda root: gather(HOSTS / "pvm_6_18"))
@@ -183,7 +183,7 @@ def test_a_full_disk_is_one_clear_error_naming_the_partial_file(monkeypatch, tmp
     full = os.open("/dev/full", os.O_WRONLY)
     os.dup2(full, rec._writer._raw.fileno())
     os.close(full)
-    rec._emit(lost_frame(1, {0: 3}))              # gathered for a compressible chunk ...
+    rec._emit(Columns.of_frame(lost_frame(1, {0: 3})))   # gathered for a compressible chunk ...
     with pytest.raises(TraceFileError) as err:
         rec._write_out(force=True)                   # ... which the full disk refuses
     assert str(err.value) == (f"{out}: cannot write: No space left on device; the chunks "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from kvmtrace.sources.live import records
 from kvmtrace.sources.live.records import SLOT_DTYPE, lost_frame, to_frame
 from kvmtrace.sources.live.ringbuf import BUSY_BIT, DISCARD_BIT, RingbufError, RingbufReader
 from kvmtrace.sources.frame import conform
@@ -146,3 +147,80 @@ def test_lost_rows_per_cpu():
     conform(df)
     assert list(df["cpu"]) == [1, 3] and list(df["value"]) == [5, 12]
     assert set(df["kind"]) == {int(Kind.LOST)} and set(df["ts"]) == {99}
+
+
+def _slots(ts, tids, start_gfn=0):
+    slots = np.zeros(len(ts), dtype=SLOT_DTYPE)
+    slots["ts"] = ts
+    slots["tid"] = tids
+    slots["tgid"] = 3
+    slots["kind"] = int(Kind.SPTE_INSTALL)
+    slots["gfn"] = np.arange(start_gfn, start_gfn + len(ts))
+    slots["flags"] = 1
+    slots["role"] = 0x3701
+    return slots
+
+
+def test_pieces_read_in_turn_and_cross_block_boundaries(monkeypatch):
+    # The recorder hands over the ring's pieces without joining them; an extraction block
+    # smaller than a piece makes every piece cross block boundaries.
+    monkeypatch.setattr(records, "BLOCK_SLOTS", 3)
+    a = _slots([1, 2, 3, 4, 5], [7, 7, 8, 7, 8])
+    b = _slots([6, 7], [9, 7], start_gfn=100)
+    names = {7: "CPU 0/KVM", 8: "CPU 1/KVM", 9: "worker"}
+    df = records.to_columns([a, b], names).frame()
+    assert list(df["ts"]) == [1, 2, 3, 4, 5, 6, 7]
+    assert list(df["gfn"]) == [0, 1, 2, 3, 4, 100, 101]
+    assert list(df["comm"]) == ["CPU 0/KVM", "CPU 0/KVM", "CPU 1/KVM", "CPU 0/KVM",
+                                "CPU 1/KVM", "worker", "CPU 0/KVM"]
+
+
+def test_an_order_indexes_the_joined_pieces():
+    a = _slots([5, 1], [7, 7])
+    b = _slots([3], [8], start_gfn=50)
+    df = records.to_columns([a, b], {7: "x", 8: "y"}, np.array([1, 2, 0])).frame()
+    assert list(df["ts"]) == [1, 3, 5] and list(df["gfn"]) == [1, 50, 0]
+    assert list(df["comm"]) == ["x", "y", "x"]
+
+
+def test_joined_chunks_keep_each_rows_thread_name():
+    one = records.to_columns(_slots([1, 2], [7, 8]), {7: "a", 8: "b"})
+    two = records.to_columns(_slots([3, 4, 5], [9, 8, 10]), {9: "c", 8: "b"})   # 10: unnamed
+    joined = records.Columns.concat([one, two])
+    assert list(joined.frame()["comm"]) == ["a", "b", "c", "b", ""]
+    assert list(joined.arrays["ts"]) == [1, 2, 3, 4, 5]
+
+
+def test_the_arrow_batch_is_the_frame_the_schema_describes():
+    from kvmtrace.sources.native import ARROW_SCHEMA
+    chunk = records.Columns.concat([records.to_columns(_slots([1, 2], [7, 8]), {7: "a"}),
+                                    records.Columns.of_frame(lost_frame(3, {1: 4}))])
+    batch = chunk.batch(ARROW_SCHEMA)
+    assert batch.schema.equals(ARROW_SCHEMA)
+    got = batch.to_pandas()
+    want = conform(chunk.frame())
+    assert got.equals(want)
+    assert list(got["comm"]) == ["a", "", ""] and list(got["kind"])[-1] == int(Kind.LOST)
+
+
+def _pending_recorder(*pieces):
+    from kvmtrace.sources.live.recorder import Recorder
+    rec = Recorder.__new__(Recorder)           # only the pending-slot logic is exercised
+    rec._pending = [p.view(np.uint8) for p in pieces]
+    return rec
+
+
+def test_ready_pieces_are_cut_at_the_watermark_without_joining():
+    rec = _pending_recorder(_slots([1, 2, 3], [7] * 3), _slots([4, 5, 6], [7] * 3, 10))
+    ready, order = rec._take_ready(watermark=4)
+    assert order is None and [list(p["ts"]) for p in ready] == [[1, 2, 3], [4]]
+    assert [list(p.view(SLOT_DTYPE)["ts"]) for p in rec._pending] == [[5, 6]]
+    ready, order = rec._take_ready(watermark=None)
+    assert [list(p["ts"]) for p in ready] == [[5, 6]] and rec._pending == []
+
+
+def test_out_of_order_pieces_come_back_with_the_order_that_sorts_them():
+    rec = _pending_recorder(_slots([1, 5], [7, 7]), _slots([3, 6], [7, 7], 10))
+    ready, order = rec._take_ready(watermark=5)
+    assert len(ready) == 1 and list(ready[0]["ts"][order]) == [1, 3, 5]
+    assert [list(p.view(SLOT_DTYPE)["ts"]) for p in rec._pending] == [[6]]

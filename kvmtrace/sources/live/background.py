@@ -3,7 +3,8 @@
 Draining the BPF ring buffer is numpy work between epoll waits; turning a chunk into an
 Arrow batch and compressing it into the crash-safe part file is not, and when both ran in
 the drain loop a one-core producer overflowed the ring while Parquet was written.  Here
-the drain loop only queues finished frames.  The queue is bounded: when the disk cannot
+the drain loop only queues validated column chunks; joining them, building the Arrow
+batch and compressing happen here.  The queue is bounded: when the disk cannot
 keep up, ``put`` blocks, the ring buffer fills, and the kernel counts every record it
 drops (the LOST markers say so) — memory never grows without bound and nothing is lost
 silently.  May import: the sources layer.
@@ -14,9 +15,7 @@ import queue
 import threading
 from typing import Optional
 
-import pandas as pd
-import pyarrow as pa
-
+from kvmtrace.sources.live.records import Columns
 from kvmtrace.sources.native import ARROW_SCHEMA, TraceWriter
 
 QUEUED_CHUNKS = 8          # at most this many chunks (each <= a few MB) wait for the disk
@@ -32,10 +31,11 @@ class BackgroundWriter:
         self._thread = threading.Thread(target=self._run, name="kvmtrace-writer", daemon=True)
         self._thread.start()
 
-    def put(self, frame: pd.DataFrame) -> None:
-        """Queue one chunk (blocks while the queue is full); re-raises a write error."""
+    def put(self, chunks: list[Columns]) -> None:
+        """Queue chunks to be written as one (blocks while the queue is full); re-raises
+        a write error."""
         self._raise()
-        self._queue.put(frame)
+        self._queue.put(chunks)
 
     def flush(self) -> None:
         """Wait until every queued chunk is written; re-raises a write error."""
@@ -56,25 +56,21 @@ class BackgroundWriter:
 
     def _run(self) -> None:
         while True:
-            frame = self._queue.get()
+            chunks = self._queue.get()
             try:
-                if frame is None:
+                if chunks is None:
                     return
                 if self._error is None:   # after a failed write the rest is dropped
-                    self._write(frame)
+                    self._write(chunks)
             except BaseException as exc:  # OSError (ENOSPC ...), reported by put()/flush()
                 self._error = exc
             finally:
                 self._queue.task_done()
 
-    def _write(self, frame: pd.DataFrame) -> None:
+    def _write(self, chunks: list[Columns]) -> None:
+        chunk = Columns.concat(chunks)
         if self.writer.fmt == "parquet":
-            # The recorder's frames have the schema's dtypes: skip the writer's conform().
-            try:
-                batch = pa.RecordBatch.from_pandas(frame, schema=ARROW_SCHEMA, preserve_index=False)
-            except (pa.ArrowException, TypeError):
-                batch = None
-            if batch is not None:
-                self.writer.write_batch(batch)
-                return
-        self.writer.write(frame)
+            # Columns have the schema's dtypes: straight to Arrow, no DataFrame, no conform().
+            self.writer.write_batch(chunk.batch(ARROW_SCHEMA))
+        else:
+            self.writer.write(chunk.frame())

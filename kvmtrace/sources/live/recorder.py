@@ -43,7 +43,7 @@ from kvmtrace.sources.live.bccload import captured_stderr, headers, import_bcc, 
 from kvmtrace.sources.live.errors import INSTALL_HINT, LiveUnavailable
 from kvmtrace.sources.live.plan import MODES, ProbePlan, build
 from kvmtrace.sources.live.program import NKINDS, ProgramConfig, generate, resolve
-from kvmtrace.sources.live.records import SLOT_DTYPE, lost_frame, to_frame
+from kvmtrace.sources.live.records import SLOT_DTYPE, Columns, lost_frame, to_columns
 from kvmtrace.sources.live.ringbuf import RingbufReader, page_size
 from kvmtrace.sources.live.tracepoints import TracepointProbe
 
@@ -147,7 +147,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._validator = Validator(str(output) if output is not None else "live")
         self._output_lock: OutputLock | None = None
-        self._out: list[pd.DataFrame] = []     # validated frames not yet in the file
+        self._out: list[Columns] = []          # validated chunks not yet in the file
         self._out_rows = 0
         self._out_since = 0.0
 
@@ -407,63 +407,77 @@ class Recorder:
 
     def _flush(self, final: bool) -> None:
         now_ns = time.monotonic_ns()
-        slots, order = self._take_ready(None if final else now_ns - self.holdback_ns)
-        frames = []
-        if len(slots):
-            first = int(slots["ts"][order[0] if order is not None else 0])
+        pieces, order = self._take_ready(None if final else now_ns - self.holdback_ns)
+        chunks = []
+        if pieces:
+            first = int(pieces[0]["ts"][order[0] if order is not None else 0])
             if first < self._last_ts:
-                late = slots["ts"] < np.uint64(self._last_ts)
-                self._clamped += int(late.sum())
-                slots["ts"][late] = np.uint64(self._last_ts)
-            frame = to_frame(slots, self._comm, order)
-            frames.append(frame)
+                for slots in pieces:
+                    late = slots["ts"] < np.uint64(self._last_ts)
+                    self._clamped += int(late.sum())
+                    slots["ts"][late] = np.uint64(self._last_ts)
+            chunk = to_columns(pieces, self._comm, order)
+            chunks.append(chunk)
             if not self._first_ts:
-                self._first_ts = int(frame["ts"].iloc[0])
-            self._last_ts = int(frame["ts"].iloc[-1])
+                self._first_ts = int(chunk.arrays["ts"][0])
+            self._last_ts = int(chunk.arrays["ts"][-1])
         lost = self._read_lost()
         if lost:
             lost_ts = self._last_ts if final else max(self._last_ts, now_ns - self.holdback_ns)
-            frames.append(lost_frame(lost_ts, lost))
+            chunks.append(Columns.of_frame(lost_frame(lost_ts, lost)))
             self._last_ts = lost_ts
             self.stats.lost += sum(lost.values())
-        for frame in frames:
+        for chunk in chunks:
             self._drain()
-            self._emit(frame)
+            self._emit(chunk)
         self._write_out(force=final)
 
-    def _take_ready(self, watermark: int | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """(slots, order): the pending slots with ts <= watermark (all when None) and the
-        order that sorts them by ts (None when they already are); the rest stay pending."""
-        self._pending = [p for p in self._pending if len(p)]
-        if not self._pending:
-            return np.empty(0, dtype=SLOT_DTYPE), None
-        raw = (np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]).view(SLOT_DTYPE)
-        ts = raw["ts"]
+    def _take_ready(self, watermark: int | None) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """(pieces, order): the pending slots with ts <= watermark (all when None), as
+        pieces that are consecutive in the ring, and the order that sorts their rows by ts
+        (None when they already are in order; then they are not even joined: one copy of
+        every record less); the rest stay pending."""
+        pending = [p.view(SLOT_DTYPE) for p in self._pending if len(p)]
+        if not pending:
+            self._pending = []
+            return [], None
+        ts = np.concatenate([p["ts"] for p in pending]) if len(pending) > 1 else pending[0]["ts"]
         order = None if bool(np.all(ts[1:] >= ts[:-1])) else np.argsort(ts, kind="stable")
         sorted_ts = ts if order is None else ts[order]
-        cut = len(raw) if watermark is None else int(np.searchsorted(sorted_ts, np.uint64(max(watermark, 0)), side="right"))
-        if cut == len(raw):
-            self._pending = []
-            return raw, order
-        if order is None:
-            self._pending = [raw[cut:].view(np.uint8)]
-            return raw[:cut], None
-        self._pending = [raw[order[cut:]].view(np.uint8)]
-        return raw, order[:cut]
+        cut = len(ts) if watermark is None else int(np.searchsorted(sorted_ts, np.uint64(max(watermark, 0)), side="right"))
+        if order is not None:
+            raw = np.concatenate(pending) if len(pending) > 1 else pending[0]
+            if cut == len(raw):
+                self._pending = []
+                return [raw], order
+            self._pending = [raw[order[cut:]].view(np.uint8)]
+            return [raw], order[:cut]
+        ready: list[np.ndarray] = []
+        rest: list[np.ndarray] = []
+        left = cut
+        for piece in pending:
+            take = min(left, len(piece))
+            if take:
+                ready.append(piece[:take])
+            if take < len(piece):
+                rest.append(piece[take:].view(np.uint8))
+            left -= take
+        self._pending = rest
+        return ready, None
 
-    def _emit(self, frame: pd.DataFrame) -> None:
+    def _emit(self, chunk: Columns) -> None:
         # A record with impossible fields (a gfn above 2**63 read as a negative int64 ...)
         # is written and handed on as an INVALID marker, never as data.
-        frame = self._validator.check_frame(frame)
+        chunk.arrays = self._validator.check_cols(chunk.arrays)
         if self._writer is not None:
             if not self._out:
                 self._out_since = time.monotonic()
-            self._out.append(frame)
-            self._out_rows += len(frame)
+            self._out.append(chunk)
+            self._out_rows += len(chunk)
             self._write_out(force=False)
-        self.stats.events += len(frame)
+        self.stats.events += len(chunk)
         if self.on_chunk is not None:
-            self.on_chunk(frame)
+            self.on_chunk(chunk.frame())
 
     def _write_out(self, force: bool) -> None:
         """Write the gathered frames as one chunk of the file (native.PART_* say when): one
@@ -476,12 +490,11 @@ class Recorder:
         if not (force or rows >= PART_BATCH_ROWS or age >= PART_MAX_AGE_S
                 or (age >= PART_BATCH_AGE_S and rows >= PART_MIN_ROWS)):
             return
-        frame = self._out[0] if len(self._out) == 1 else pd.concat(self._out, ignore_index=True)
-        self._out, self._out_rows = [], 0
+        chunks, self._out, self._out_rows = self._out, [], 0
         if self._background is None:
             self._background = BackgroundWriter(self._writer)
         try:
-            self._background.put(frame)          # encoded and written in the writer thread
+            self._background.put(chunks)         # joined, encoded and written in the writer thread
             if force:
                 self._background.flush()         # on disk before the caller goes on
         except OSError as exc:
