@@ -268,13 +268,14 @@ def test_a_second_writer_refuses_at_start_naming_the_holder(tmp_path):
 def test_the_part_file_is_compressed_and_row_groups_are_not_drain_batches(tmp_path, monkeypatch):
     from kvmtrace.host import gather
     from kvmtrace.sources.live import recorder as recorder_mod
+    from kvmtrace.sources.live.records import Columns
     monkeypatch.setattr(recorder_mod, "gather", lambda root: gather(ROOT / "tests" / "data" / "hosts" / "pvm_6_18"))
     trace = load(BIG)
     out = tmp_path / "rec.parquet"
     rec = recorder_mod.Recorder(out)
     rec._writer = TraceWriter(out, trace.meta)
     for start in range(0, len(trace.events), 200):          # small drain batches
-        rec._emit(trace.events.iloc[start:start + 200].reset_index(drop=True))
+        rec._emit(Columns.of_frame(trace.events.iloc[start:start + 200].reset_index(drop=True)))
     rec._write_out(force=True)
     part = (tmp_path / "rec.parquet.part").stat().st_size
     assert len(load(out).events) == len(trace.events)      # what a reader recovers meanwhile
