@@ -91,3 +91,42 @@ def test_recorder_exact_mode_off_names_the_reason():
     assert auto.exact is None and "bad magic" in auto.exact_off
     none = Recorder(None, probes="auto", root=HOSTS / "intel_5_10").plan()
     assert none.exact is None and "CONFIG_DEBUG_INFO_BTF" in none.exact_off
+
+
+# ----------------------------------------------------------------------------- PVM hypercalls
+
+def _with_pvm(lay, write_msr=True):
+    """The kvm_pvm fields exact.c's write_msr probe reads (offsets as on the project's host)."""
+    from kvmtrace.host.btf import Member
+    lay.members.update({
+        "pvm_vcpu": Member("vcpu", 0, 5952, 0, 0, "struct kvm_vcpu"),
+        "pvm_exit_vector": Member("n.exit.vector", 51064, 8, 0, 0, "u64"),
+        "pvm_regs": Member("n.regs", 50912, 136, 0, 0, "[17] long unsigned int", 17, 8),
+        "vcpu_exits": Member("stat.exits", 5656, 8, 0, 0, "u64")})
+    lay.write_msr_tracepoint = write_msr
+    return lay
+
+
+def test_pvm_hypercall_probe_only_with_its_btf_fields():
+    facts = gather(HOSTS / "pvm_6_18")
+    bare = build(facts, "auto", kprobes(facts), None, layout())
+    assert "vcpu_pvm" in bare.exact.pvm_hypercall_problem()
+    assert "raw_tracepoint:write_msr" not in bare.names
+    text = generate(ProgramConfig((1234,)), bare.tracepoints, bare.functions, bare.exact)
+    assert "#define KT_PVM_HC" not in text
+    assert "PVM flush hypercalls not seen" in bare.exact_line()
+
+    p = build(facts, "auto", kprobes(facts), None, _with_pvm(layout()))
+    assert p.exact.pvm_hypercall_problem() == ""
+    assert "raw_tracepoint:write_msr" in p.names
+    text = generate(ProgramConfig((1234,)), p.tracepoints, p.functions, p.exact)
+    assert "#define KT_PVM_HC 1" in text and "RAW_TRACEPOINT_PROBE(write_msr)" in text
+    assert "#define KT_OFF_PVM_EXIT_VECTOR 51064" in text and "#define KT_OFF_PVM_REGS 50912" in text
+    assert "#define KT_PVM_HC_VECTOR 0x1b" in text
+    assert "(nr) == 0x1007ULL || (nr) == 0x100eULL" in text
+    assert "#define KT_KIND_FLUSH_PVM_HYPERCALL 40" in text
+
+
+def test_pvm_hypercall_probe_off_without_the_msr_tracepoint():
+    lay = _with_pvm(layout(), write_msr=False)
+    assert "write_msr" in lay.pvm_hypercall_problem()

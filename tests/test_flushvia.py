@@ -17,8 +17,11 @@ from live_support import kvm_unavailable_reason, exercise_unavailable_reason
 
 REAL = Path(__file__).resolve().parent.parent / "fixtures" / "real"
 PVM_HOST = os.path.isdir("/sys/module/kvm_pvm")
-# What this project's kvm_pvm host (6.18) services and kvmtrace judges (flushpaths.py).
-PVM_JUDGED = {"steal-time", "cr3", "cr4-pge"}
+# What this project's kvm_pvm host (6.18) services and kvmtrace judges (flushpaths.py);
+# pvm-hypercall through the exact mode's write_msr raw tracepoint (BTF fields of vcpu_pvm).
+PVM_JUDGED = {"steal-time", "pvm-hypercall", "cr3", "cr4-pge"}
+# ... of which plain tracefs text shows (the hypercall is visible to raw tracepoints only).
+TEXT_SEEN = {"steal-time", "cr3", "cr4-pge"}
 
 
 # ----------------------------------------------------------------------------- offline
@@ -82,7 +85,14 @@ def test_probe_keeps_what_works_and_says_why_not():
     rows = {r.path: r for r in coverage("pvm", s, {("kvm", "kvm_pv_tlb_flush"), ("kvm", "kvm_emulate_insn")})}
     assert rows["cr3"].serviced and rows["cr3"].seen and rows["cr3"].judged
     assert rows["pvm-hypercall"].serviced and not rows["pvm-hypercall"].seen
+    assert "not checked" in rows["pvm-hypercall"].seen_note
     assert rows["hyperv"].serviced is None
+    events = {("kvm", "kvm_pv_tlb_flush")}
+    raw_on = {r.path: r for r in coverage("pvm", s, events, raw="")}["pvm-hypercall"]
+    assert raw_on.seen and raw_on.judged and "write_msr" in raw_on.seen_note
+    raw_off = {r.path: r for r in coverage("pvm", s, events, raw="BTF lacks vcpu_pvm.n.regs")}
+    assert not raw_off["pvm-hypercall"].seen and "BTF lacks" in raw_off["pvm-hypercall"].seen_note
+    assert not raw_off["pvm-load-pgtbl"].seen
     gone = {r.path: r for r in coverage("pvm", s, set())}
     assert not gone["cr3"].seen and "absent here" in gone["cr3"].seen_note
 
@@ -91,17 +101,33 @@ def _sidecar(name: str) -> dict:
     return json.loads((REAL / f"flushvia_{name}.result.json").read_text())
 
 
-@pytest.mark.parametrize("name", ["cr3", "cr4-pge", "all"])
-@pytest.mark.parametrize("suffix", [".parquet", ".ftrace.txt.gz"])
+@pytest.mark.parametrize("name,suffix", [
+    (n, s) for n in ("cr3", "cr4-pge", "all") for s in (".parquet", ".ftrace.txt.gz")]
+    + [("pvm-hypercall", ".parquet")])
 def test_real_per_path_recordings_are_ok_with_a_window_per_flush(name, suffix):
     info = _sidecar(name)
     by_path = info["extra"]["flush_via"]["requested_by_path"]
+    if suffix != ".parquet":      # the PVM hypercall shows to the raw tracepoint only
+        by_path = {p: n for p, n in by_path.items() if p in TEXT_SEEN}
     res = analyze_path(str(REAL / f"flushvia_{name}{suffix}"))
     assert res.verdict == "ok" and info["stale_read_count"] == 0
-    assert res.windows["meaningful"] >= info["flushes_requested"] > 0
+    assert res.windows["meaningful"] >= sum(by_path.values()) > 0
     for path, n in by_path.items():
         assert res.by_path[path]["meaningful"] >= n > 0 and res.by_path[path]["ok"] >= n
     assert set(res.by_path) == set(by_path)
+
+
+def test_real_all_recording_rotates_through_the_pvm_hypercall_too():
+    info = _sidecar("all")
+    assert set(info["extra"]["flush_via"]["requested_by_path"]) == PVM_JUDGED
+    assert "-ENOSYS" in info["extra"]["flush_via"]["skipped"]["pvm-load-pgtbl"]
+
+
+def test_real_pvm_hypercall_windows_are_decided_by_exact_evidence():
+    res = analyze_path(str(REAL / "flushvia_pvm-hypercall.parquet"))
+    info = _sidecar("pvm-hypercall")
+    assert res.by_path["pvm-hypercall"]["ok"] >= info["flushes_requested"] == 12
+    assert res.evidence["exact"] >= info["flushes_requested"]
 
 
 def test_real_invlpg_recording_is_suspect_not_ok():
@@ -110,8 +136,8 @@ def test_real_invlpg_recording_is_suspect_not_ok():
     assert res.verdict == "suspect" and res.by_path["invlpg"]["suspect"] >= info["flushes_requested"]
 
 
-def test_real_pvm_hypercall_recording_opens_nothing_but_says_so():
-    res = analyze_path(str(REAL / "flushvia_pvm-hypercall.parquet"))
+def test_real_pvm_hypercall_tracefs_text_opens_nothing_but_says_so():
+    res = analyze_path(str(REAL / "flushvia_pvm-hypercall.ftrace.txt.gz"))
     assert _sidecar("pvm-hypercall")["flushes_requested"] > 0
     assert res.windows["total"] == 0
     assert any("outside any flush window" in n for n in res.notes)

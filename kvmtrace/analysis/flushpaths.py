@@ -29,8 +29,36 @@ prints the bytes; ``kvm:kvm_cr`` does not fire); CR3 and CR4.PGE writes were fol
 ``sync_page``; INVPCID failed to emulate (KVM_EXIT_INTERNAL_ERROR).  Its hypercalls are
 ``int 0x1b`` with the number in RAX: 0x1007 (flush TLB) and 0x100e (flush TLB multi) synced
 the unsync SP, 0x1008 (one address) re-faulted it; the upstream PVM numbers 0x17088200 -
-0x17088205 returned -ENOSYS.  No tracepoint fires for a PVM hypercall (``kvm:kvm_hypercall``
-is emitted by ``kvm_emulate_hypercall()`` only, which PVM's own hypercalls never reach).
+0x17088205 returned -ENOSYS.
+
+How a PVM flush hypercall is seen (the same host; kvm_pvm has no published source, so this
+is what its BTF and its tracepoints show, not a reading of its code):
+- no ``kvm:*`` or ``kvmmmu:*`` event fires for the hypercall itself: ``kvm:kvm_exit`` /
+  ``kvm_entry`` are emitted by the VMX/SVM run loops only and never fire here, and
+  ``kvm:kvm_hypercall`` comes only from ``kvm_emulate_hypercall()`` (arch/x86/kvm/x86.c),
+  which PVM's own hypercalls never reach.  A raw tracepoint on every kvm/kvmmmu event of the
+  vCPU thread saw, per hypercall, only the ``kvm_mmu_sync_page`` it causes, and nothing when
+  nothing is unsync (or when a broken host skips the sync);
+- with every tracefs event enabled for one exercise process, the vCPU thread shows a fixed
+  pattern around each guest run: ``msr:write_msr`` 0x140 (MSR_MISC_FEATURES_ENABLES, CPUID
+  faulting) = 1 before the entry and = 0 right after the exit, before KVM handles the exit
+  (with ``rcu:rcu_utilization`` context-switch pairs from ``guest_context_enter/exit_irqoff()``
+  in between);
+- at that ``write_msr``, the running vCPU (``current->preempt_notifiers``, as the exact mode
+  finds it) is inside ``struct vcpu_pvm`` (its ``vcpu`` member at offset 0) whose switcher
+  save area ``n`` holds the exit: ``n.exit.vector`` = 0x1b and ``n.regs[0]`` (RAX) = 0x1007
+  on each hypercall exit, with ``kvm_vcpu.stat.exits`` not yet counting it; at the write
+  before the next entry RAX is the result (0; -ENOSYS 0xffffffffffffffda for 0x17088203).
+  ``kvm_vcpu.requests`` shows no KVM_REQ_TLB_FLUSH_GUEST at any event (it is raised and
+  serviced between events), ``stat.tlb_flush`` also counts KVM_REQ_TLB_FLUSH(_CURRENT)
+  flushes (every new shadow page), and the vcpu_pvm debug counters (``vec_hist``,
+  ``xtop``, ``trace``) stay zero: none of them reveals the hypercall.
+So the exact mode's ``write_msr`` raw tracepoint (kvmtrace/probes/exact.c) opens a
+FLUSH_PVM_HYPERCALL window when that save area shows int 0x1b with a flush number, once per
+exit; every offset comes from BTF (kvmtrace/host/exactlayout.py) and without those fields
+(another backend, another kvm_pvm) that revealer is off and says why.  300-round exercises
+saw one window per requested flush (and a few more hypercall exits than flushes: a
+hypercall exit the host re-ran, counted by ``stat.exits``).
 
 May import: kvmtrace.schema only.
 """
@@ -52,6 +80,14 @@ OBLIGATIONS = {
 }
 
 VMX, SVM, PVM = "vmx", "svm", "pvm"
+# This host's kvm_pvm (observed, see the module docstring): the guest's hypercall gate is
+# ``int 0x1b`` with the number in RAX; these numbers request a full guest TLB flush.
+PVM_HC_VECTOR = 0x1B
+PVM_HC_FLUSH_TLB = 0x1007
+PVM_HC_FLUSH_TLB_MULTI = 0x100E
+PVM_FLUSH_HYPERCALLS = (PVM_HC_FLUSH_TLB, PVM_HC_FLUSH_TLB_MULTI)
+PVM_HC_REVEAL = ("raw_tracepoint msr:write_msr right after the exit: struct vcpu_pvm n.exit.vector "
+                 "0x1b and n.regs[0] (RAX) 0x1007 or 0x100e (exact mode, BTF offsets)")
 NO_PVM_EVENT = ("no tracepoint fires for a PVM hypercall (kvm:kvm_hypercall comes only from "
                 "kvm_emulate_hypercall(), which PVM's own hypercalls never reach); only the "
                 "kvm_mmu_sync_page it may cause shows, and nothing when it skips the sync")
@@ -93,9 +129,10 @@ PATHS: tuple[FlushPath, ...] = (
         "(flush) or 0x100e (flush multi)",
         "arch/x86/kvm/pvm/pvm.c: handle_hc_flush_tlb_all() / "
         "handle_hc_flush_tlb_current_kernel_user() -> kvm_make_request(KVM_REQ_TLB_FLUSH_GUEST) "
-        "(PVM RFC v1, 6.7-based); this host: pvm_handle_hypercall()",
-        {PVM: ""},
-        FULL, limits={PVM: NO_PVM_EVENT}),
+        "(PVM RFC v1, 6.7-based); this host's kvm_pvm (no published source): the flush is "
+        "serviced before the next entry (kvm_mmu_sync_page of the unsync SPs follows the exit)",
+        {PVM: PVM_HC_REVEAL},
+        FULL),
     FlushPath(
         "pvm-load-pgtbl", Kind.FLUSH_PVM_LOAD_PGTBL,
         "PVM_HC_LOAD_PGTBL 0x17088200 with flags bit 0 (flush the new CR3's PCID)",

@@ -53,14 +53,14 @@ def _flush_paths(no_guest: bool):
     from kvmtrace.analysis.flushpaths import EXERCISE_PATHS
     from kvmtrace.exercise import flush_support, tracefs_events, unavailable_reason
     from kvmtrace.exercise.backend import detect_backend
-    from kvmtrace.exercise.coverage import coverage
+    from kvmtrace.exercise.coverage import coverage, raw_problem
     support = None
     if not no_guest and unavailable_reason() is None:
         try:
             support = flush_support(EXERCISE_PATHS)
         except Exception:        # the guest could not even start: say "not tried"
             support = None
-    return coverage(detect_backend().name, support, tracefs_events())
+    return coverage(detect_backend().name, support, tracefs_events(), raw_problem())
 
 
 def _coverage_lines(rows) -> list[str]:

@@ -171,7 +171,8 @@ def resolve_flush_via(config: ExerciseConfig) -> tuple[ExerciseConfig, dict]:
         if why:
             raise ExerciseUnavailable(f"--flush-via {paths[0]}: {why}")
         return replace(config, hypercall=support.hypercall), {"skipped": {}}
-    rows = {r.path: r for r in coverage.coverage(detect_backend().name, support, tracefs_events())}
+    rows = {r.path: r for r in coverage.coverage(detect_backend().name, support, tracefs_events(),
+                                                 coverage.raw_problem())}
     use = tuple(p for p in paths if p in support.serviced and rows[p].judged)
     skipped = {p: support.refused.get(p) or support.untried.get(p) or ("serviced, but " + (rows[p].judge_note or rows[p].seen_note))
                for p in paths if p not in use}

@@ -43,18 +43,30 @@ def _tracepoints_present(reveal: str, tracefs_events) -> tuple[bool, str]:
     return True, reveal
 
 
-def coverage(backend: str, support, tracefs_events=None) -> list[PathCoverage]:
+def raw_problem() -> str:
+    """Why the exact mode's raw-tracepoint revealers (the PVM flush hypercall) cannot run
+    on this host, from its BTF ("" = they can)."""
+    from kvmtrace.host import exactlayout
+    layout = exactlayout.discover()
+    if not layout.usable:
+        return "exact mode off: " + "; ".join(layout.problems)
+    return layout.pvm_hypercall_problem()
+
+
+def coverage(backend: str, support, tracefs_events=None,
+             raw: str | None = None) -> list[PathCoverage]:
     """``support``: a flushvia.Support (or None when the guest could not run);
-    ``tracefs_events``: the set of (system, event) this host has (None: unknown)."""
+    ``tracefs_events``: the set of (system, event) this host has (None: unknown);
+    ``raw``: raw_problem() ("" = the raw-tracepoint revealers run, None = not checked)."""
     from kvmtrace.exercise.flushvia import backend_key
     backend = backend_key(backend)
     rows = []
     for p in PATHS:
-        rows.append(_row(p, backend, support, tracefs_events))
+        rows.append(_row(p, backend, support, tracefs_events, raw))
     return rows
 
 
-def _row(p: FlushPath, backend: str, support, tracefs_events) -> PathCoverage:
+def _row(p: FlushPath, backend: str, support, tracefs_events, raw: str | None = None) -> PathCoverage:
     if not p.exercise:
         serviced, note = None, "not a guest action of its own (any flush pending at a VM exit)"
     elif support is None:
@@ -68,7 +80,12 @@ def _row(p: FlushPath, backend: str, support, tracefs_events) -> PathCoverage:
     else:
         serviced, note = None, "not tried"
     reveal = p.revealed_on(backend)
-    if reveal:
+    if reveal.startswith("raw_tracepoint"):
+        # Read from KVM's structures by the exact mode: only where BTF has the fields.
+        seen = raw == ""
+        seen_note = reveal if seen else (
+            f"{reveal}: not checked" if raw is None else f"{reveal}: off here: {raw}")
+    elif reveal:
         seen, seen_note = _tracepoints_present(reveal, tracefs_events)
     else:
         seen, seen_note = False, p.limits.get(backend, f"no event reveals it on {backend}")

@@ -10,7 +10,16 @@ The exact probe mode reads, with ``bpf_probe_read_kernel``:
   ``&vcpu->preempt_notifier.link`` (virt/kvm/kvm_main.c ``vcpu_load()`` registers it), so
   ``container_of`` gives the ``struct kvm_vcpu``;
 - ``kvm_vcpu.vcpu_id`` and ``kvm_vcpu.arch.mmu`` (a ``struct kvm_mmu *``);
-- ``kvm_mmu.root`` and ``kvm_mmu.prev_roots[]`` (``struct kvm_mmu_root_info {pgd, hpa}``).
+- ``kvm_mmu.root`` and ``kvm_mmu.prev_roots[]`` (``struct kvm_mmu_root_info {pgd, hpa}``);
+- optional, the PVM flush-hypercall revealer (kvmtrace/probes/exact.c ``write_msr``): the
+  ``struct vcpu_pvm`` of this host's kvm_pvm (no published source; its layout is known from
+  BTF only) embeds the ``struct kvm_vcpu`` as ``vcpu``, and its switcher's save area ``n``
+  holds the last guest exit: ``n.exit.vector`` (0x1b for ``int 0x1b``, the hypercall gate)
+  and ``n.regs[]`` (the guest GPRs at the exit, RAX first, as ``kvm_vcpu_arch.regs[]``'s
+  ``VCPU_REGS_RAX`` = 0); ``kvm_vcpu.stat.exits`` (``++vcpu->stat.exits`` once per exit in
+  arch/x86/kvm/x86.c ``vcpu_enter_guest()``) tells one exit from the next; and the
+  ``msr:write_msr`` tracepoint must exist (BTF ``btf_trace_write_msr``).  Absent (VMX, SVM,
+  another PVM): that revealer is off with the reason (``pvm_hypercall_problem``).
 
 Every offset comes from BTF; a field that is absent (another kernel, another config) is
 named, and the exact mode is off with that reason.  Nothing here branches on a version.
@@ -22,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kvmtrace.host.btf import Btf, Member, load_kernel
+from kvmtrace.host.btf import TYPEDEF, Btf, Member, load_kernel
 
 # (key, struct, member path, required).  The key names the offset in the generated C.
 FIELDS: tuple[tuple[str, str, str, bool], ...] = (
@@ -45,12 +54,21 @@ FIELDS: tuple[tuple[str, str, str, bool], ...] = (
     ("mmu_prev_roots", "kvm_mmu", "prev_roots", True),
     ("root_info_pgd", "kvm_mmu_root_info", "pgd", True),
     ("root_info_hpa", "kvm_mmu_root_info", "hpa", True),
+    # PVM flush hypercalls (optional: the kvm_pvm backend of this project's host).
+    ("pvm_vcpu", "vcpu_pvm", "vcpu", False),
+    ("pvm_exit_vector", "vcpu_pvm", "n.exit.vector", False),
+    ("pvm_regs", "vcpu_pvm", "n.regs", False),
+    ("vcpu_exits", "kvm_vcpu", "stat.exits", False),
 )
+PVM_HC_KEYS = ("pvm_vcpu", "pvm_exit_vector", "pvm_regs", "vcpu_exits")
+# The tracepoint that fires on the vCPU thread right after every guest exit on kvm_pvm.
+PVM_HC_TRACEPOINT = "write_msr"
 # Sizes the C reads with a fixed width (u64 / u32 / u8 loads).
 _SIZES = {"sp_gfn": 8, "sp_role": 4, "sp_unsync": 1, "sp_unsync_children": 4,
           "sp_parent_ptes": 8, "sp_spt": 8, "sp_root_count": 4, "desc_more": 8,
           "desc_spte_count": 4, "task_notifiers": 8, "vcpu_id": 4, "vcpu_mmu": 8,
-          "mmu_root_pgd": 8, "mmu_root_hpa": 8, "root_info_pgd": 8, "root_info_hpa": 8}
+          "mmu_root_pgd": 8, "mmu_root_hpa": 8, "root_info_pgd": 8, "root_info_hpa": 8,
+          "pvm_exit_vector": 8, "vcpu_exits": 8}
 
 
 @dataclass
@@ -60,6 +78,7 @@ class ExactLayout:
     source: str
     members: dict[str, Member | None] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    write_msr_tracepoint: bool = False    # BTF has btf_trace_write_msr
 
     @property
     def usable(self) -> bool:
@@ -88,6 +107,16 @@ class ExactLayout:
     def desc_slots(self) -> int:
         m = self.members["desc_sptes"]
         return m.nelems if m else 0
+
+    def pvm_hypercall_problem(self) -> str:
+        """Why the PVM flush-hypercall revealer cannot run ("" = it can)."""
+        missing = [f"{s}.{p}" for k, s, p, _ in FIELDS if k in PVM_HC_KEYS and self.members.get(k) is None]
+        if missing:
+            return ("BTF lacks " + ", ".join(missing)
+                    + " (not the kvm_pvm whose switcher save area it reads)")
+        if not self.write_msr_tracepoint:
+            return f"no {PVM_HC_TRACEPOINT} tracepoint in BTF (msr tracepoints not built)"
+        return ""
 
     def lines(self) -> list[str]:
         """One line per field, for doctor and --ebpf."""
@@ -119,6 +148,7 @@ def from_btf(btf: Btf, source: str) -> ExactLayout:
             layout.members[key] = None
             if required:
                 layout.problems.append(f"{struct_name}.{path}: {problem}")
+    layout.write_msr_tracepoint = btf.find("btf_trace_" + PVM_HC_TRACEPOINT, TYPEDEF) is not None
     return layout
 
 
@@ -130,6 +160,10 @@ def _shape_problem(key: str, m: Member) -> str:
         return f"is {m.size} bytes, the probe reads {want}"
     if key in ("mmu_prev_roots", "desc_sptes") and (not m.nelems or m.elem_size not in (8, 16)):
         return f"is not an array of the expected elements ({m.type_name})"
+    if key == "pvm_regs" and (not m.nelems or m.elem_size != 8):
+        return f"is not an array of 8-byte registers ({m.type_name})"
+    if key == "pvm_vcpu" and m.type_name != "struct kvm_vcpu":
+        return f"is {m.type_name}, not the embedded struct kvm_vcpu"
     return ""
 
 

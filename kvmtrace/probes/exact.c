@@ -28,6 +28,16 @@
  *   a flush window was opened since the last snapshot, when the thread's vCPU or
  *   root.hpa changed, and at the thread's first evidence.  The rows of one
  *   snapshot share their ts and precede the evidence record.
+ * - PVM flush hypercalls (KT_PVM_HC, kvm_pvm only): no tracepoint names them, but
+ *   the kvm_pvm vCPU run loop writes an MSR (MSR_MISC_FEATURES_ENABLES, CPUID
+ *   faulting) right after every guest exit, before KVM handles the exit, so the
+ *   msr:write_msr raw tracepoint fires on the vCPU thread at that point.  There,
+ *   struct vcpu_pvm's switcher save area holds the exit: n.exit.vector 0x1b
+ *   (int 0x1b, the hypercall gate) and n.regs[0] (RAX) the hypercall number.  A
+ *   flush number opens a FLUSH_PVM_HYPERCALL window, once per exit
+ *   (kvm_vcpu.stat.exits tells exits apart; the write before the next entry sees
+ *   RAX = the hypercall's result, not its number).  Observed on the project's
+ *   host; the offsets come from BTF (kvmtrace/host/exactlayout.py).
  */
 
 #define KT_F_PROLE 2
@@ -279,3 +289,46 @@ RAW_TRACEPOINT_PROBE(kvm_mmu_prepare_zap_page)
 	/* __kvm_mmu_prepare_zap_page() unlinks the parents right after this event. */
 	return kt_sp_event(ctx->args[0], KT_KIND_SP_ZAP, -1, 1, 0);
 }
+
+#ifdef KT_PVM_HC
+/* tid -> kvm_vcpu.stat.exits at the last flush hypercall emitted (one per exit). */
+BPF_TABLE("lru_hash", u32, u64, kt_pvm_hc_exit, KT_MAX_THREADS);
+BPF_ARRAY(kt_pvm_hc_stat, u64, 2);    /* [0] write_msr on a vCPU, [1] flush hypercalls */
+
+static __always_inline void kt_stat_add_pvm(u32 i)
+{
+	u64 *v = kt_pvm_hc_stat.lookup(&i);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+RAW_TRACEPOINT_PROBE(write_msr)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	if (kt_skip(id >> 32))
+		return 0;
+	u64 vcpu = kt_current_vcpu();
+	if (!vcpu)
+		return 0;
+	kt_stat_add_pvm(0);
+	u64 pvm = vcpu - KT_OFF_PVM_VCPU;     /* container_of(vcpu, struct vcpu_pvm, vcpu) */
+	if (kt_rd64(pvm + KT_OFF_PVM_EXIT_VECTOR) != KT_PVM_HC_VECTOR)
+		return 0;
+	u64 nr = kt_rd64(pvm + KT_OFF_PVM_REGS);   /* regs[VCPU_REGS_RAX] */
+	if (!(KT_PVM_HC_FLUSH_NR(nr)))
+		return 0;
+	u32 tid = (u32)id;
+	u64 exits = kt_rd64(vcpu + KT_OFF_VCPU_EXITS);
+	u64 *last = kt_pvm_hc_exit.lookup(&tid);
+	if (last && *last == exits)
+		return 0;
+	kt_pvm_hc_exit.update(&tid, &exits);
+	kt_stat_add_pvm(1);
+	struct kt_record e = {};
+	kt_init(&e, KT_KIND_FLUSH_PVM_HYPERCALL, id);
+	e.vcpu = (s32)kt_rd32(vcpu + KT_OFF_VCPU_ID);
+	e.value = (s64)nr;
+	e.need_flush = 1;
+	return kt_open(&e);
+}
+#endif

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kvmtrace.host import FormatError, HostFacts
-from kvmtrace.host.exactlayout import ExactLayout
+from kvmtrace.host.exactlayout import PVM_HC_TRACEPOINT, ExactLayout
 from kvmtrace.host.probepoints import FunctionStatus, discover
 from kvmtrace.schema import Kind
 from kvmtrace.sources.live.capabilities import Capability
@@ -32,7 +32,12 @@ class ProbePlan:
 
     @property
     def raw_names(self) -> list[str]:
-        return [f"raw_tracepoint:{e}" for e in EXACT_SP_EVENTS] if self.exact is not None else []
+        if self.exact is None:
+            return []
+        names = [f"raw_tracepoint:{e}" for e in EXACT_SP_EVENTS]
+        if not self.exact.pvm_hypercall_problem():
+            names.append(f"raw_tracepoint:{PVM_HC_TRACEPOINT}")
+        return names
 
     @property
     def names(self) -> list[str]:
@@ -45,7 +50,10 @@ class ProbePlan:
 
     def exact_line(self) -> str:
         if self.exact is not None:
-            return f"exact mode: on (raw tracepoints, offsets from {self.exact.source})"
+            why = self.exact.pvm_hypercall_problem()
+            hc = ("PVM flush hypercalls seen at msr:write_msr" if not why
+                  else f"PVM flush hypercalls not seen: {why}")
+            return f"exact mode: on (raw tracepoints, offsets from {self.exact.source}; {hc})"
         return f"exact mode: off ({self.exact_off or 'mode ' + self.mode})"
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from kvmtrace.analysis.flushpaths import PVM_FLUSH_HYPERCALLS, PVM_HC_VECTOR
 from kvmtrace.host.exactlayout import ExactLayout
 from kvmtrace.host.tracefs import TraceField, TracepointFormat, valid_name
 from kvmtrace.schema import Kind
@@ -272,6 +273,13 @@ def exact_defines(layout: ExactLayout) -> list[str]:
     for key, m in layout.members.items():
         if m is not None:
             out.append(f"#define KT_OFF_{key.upper()} {_int(m.offset)}")
+    if not layout.pvm_hypercall_problem():
+        # exact.c's write_msr probe: kvm_pvm's int 0x1b flush hypercalls (flushpaths.py).
+        numbers = " || ".join(f"(nr) == {int(n):#x}ULL" for n in PVM_FLUSH_HYPERCALLS)
+        out += ["#define KT_PVM_HC 1",
+                f"#define KT_KIND_FLUSH_PVM_HYPERCALL {int(Kind.FLUSH_PVM_HYPERCALL)}",
+                f"#define KT_PVM_HC_VECTOR {int(PVM_HC_VECTOR):#x}",
+                f"#define KT_PVM_HC_FLUSH_NR(nr) ({numbers})"]
     return out
 
 

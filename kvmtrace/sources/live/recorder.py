@@ -544,6 +544,11 @@ class Recorder:
                              "root slots not identified (gfn -1, unsync -1)")]
         if cut:
             out.append(f"exact: {cut} parent lists longer than the probe follows were cut")
+        if not self._plan.exact.pvm_hypercall_problem():
+            hc = self._bpf[b"kt_pvm_hc_stat"]
+            seen, flushes = (int(hc[hc.Key(i)].value) for i in (0, 1))
+            out.append(f"exact: msr:write_msr fired {seen} times on vCPU threads, "
+                       f"{flushes} of them after a PVM flush hypercall exit (int 0x1b)")
         return out
 
     def close(self) -> TraceMeta | None:
