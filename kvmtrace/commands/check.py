@@ -163,12 +163,18 @@ def _check_prom_dir(path: str) -> None:
 
 
 def _write_prom(path: str, report) -> None:
-    from kvmtrace.outputs.prom import render_metrics
+    from kvmtrace.outputs.prom import Measured, render_metrics
     d = report.to_dict()
     reason = d["reasons"][0] if d.get("reasons") else ""
+    ex = report.exercise or {}
+    measured = Measured(events=report.result.events,
+                        # what the verdict counted (pipeline.check.evidence): the larger tally
+                        lost_events=max(report.result.lost_events, report.snapshot.lost_events),
+                        duration_seconds=report.duration_s,
+                        guest_flushes_requested=ex.get("flushes_requested"))
     _write_prom_text(path, render_metrics(report.verdict, report.windows(), report.stale_reads,
                                           time.time(), reason=reason,
-                                          exit_code=report.exit_code))
+                                          exit_code=report.exit_code, measured=measured))
 
 
 def _write_prom_error(path: str, reason: str, code: int) -> None:
