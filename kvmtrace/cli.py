@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "watch": "Watch guest TLB flush windows live and report each violation as it happens.",
     "report": "Write an HTML report: verdict, windows over time, findings, latency, metadata.",
     "timeline": "Write a timeline of every flush window for Perfetto or chrome://tracing.",
+    "fleet": "Analyse a dataset of many hosts' traces: a verdict per host, worst first.",
 }
 
 
@@ -62,6 +63,7 @@ Examples:
   kvmtrace exercise                               run the built-in flush guest
   kvmtrace check --exercise --json                post-fix verdict for this host
   kvmtrace watch -p 4242                          live table of one VM's flushes
+  kvmtrace fleet fleet/ --engine duckdb           many hosts' traces, a verdict per host
 \b
 Exit codes: 0 ok/pass, 1 violation or stale read, 2 usage or bad input,
             3 inconclusive or suspect, 4 this host cannot do it.

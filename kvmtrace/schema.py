@@ -209,6 +209,7 @@ class TraceMeta:
     vm_assignment: str = "tgid"        # "tgid" | "single-vm-assumed" | "tgid-map"
     probes: list[str] = field(default_factory=list)   # what the recorder attached
     notes: list[str] = field(default_factory=list)    # warnings worth carrying along
+    host: str = ""                     # host name of a dataset part (sources/dataset.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

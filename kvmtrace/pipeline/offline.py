@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Iterable, Optional
 
+from kvmtrace.analysis.fleet import conclude
 from kvmtrace.analysis.replay import ReplayListener, Replayer
 from kvmtrace.analysis.report import AnalysisResult, merge
 from kvmtrace.analysis.selection import NEEDED
@@ -39,20 +40,13 @@ def analyze_path(path: str | os.PathLike, *, vm: Optional[int] = None,
     rep = Replayer(meta, vm=vm, vcpu=vcpu, source=path, max_findings=max_findings,
                    listener=listener)
     rows = _run(rep, path, stream, progress)
-    for reason in stream.doubts():
-        rep.distrust(reason)
     if rows == 0:
         # Nothing recognisable at all (a header, or only events outside the model): the
         # trace cannot say whether a flush happened, so it gets no verdict.
         ignored = [n for n in meta.notes if n.startswith("ignored ")]
         raise TraceFileError(path, "no events to analyse" + (f" ({ignored[0]})" if ignored else ""))
-    result = rep.finish()
-    result.notes = list(dict.fromkeys(meta.notes + result.notes))
-    result.skipped_lines = stream.skipped()
-    result.population = {tgid: sorted({th.vcpu for th in vm.threads.values() if th.vcpu >= 0})
-                         for tgid, vm in rep.vms.items() if vm.threads}
-    for tgid in rep.tgids_seen:
-        result.population.setdefault(int(tgid), [])
+    # The same ending as the fleet's per-VM function (analysis/fleet.analyze_vm).
+    result = conclude(rep, meta, stream.doubts(), stream.skipped())
     return result
 
 

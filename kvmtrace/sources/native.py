@@ -51,6 +51,10 @@ class TraceFileError(Exception):
         self.path = str(path)
         self.problem = problem
 
+    def __reduce__(self):
+        # Pickled as (path, problem): a fleet worker process raises it to its parent.
+        return (type(self), (self.path, self.problem))
+
 
 # Every exception the reading libraries (pyarrow, zlib/gzip, json, the codecs) raise on
 # damaged input.  ``reading()`` turns each into one TraceFileError line naming the file and
