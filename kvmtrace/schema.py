@@ -212,7 +212,10 @@ class TraceMeta:
     host: str = ""                     # host name of a dataset part (sources/dataset.py)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not out["host"]:
+            del out["host"]         # files without a host stay byte-identical to before
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TraceMeta":
