@@ -37,7 +37,7 @@ from kvmtrace.analysis.report import (AnalysisResult, Aggregate, ReplayCounters,
 from kvmtrace.analysis.selection import (NEEDED, PTE_ADDR, PTE_PRESENT, PTE_PSE, WALK_FROM_ROOT,
                                         ChunkSelector, require_columns)
 from kvmtrace.analysis.shadow import ShadowMMU
-from kvmtrace.analysis.vcpu import (SINCE_LOAD, SINCE_SYNC_PREV, SINCE_SYNC_ROOTS, SINCE_UNLOAD, VcpuState)
+from kvmtrace.analysis.vcpu import SINCE_SYNC_ROOTS, SINCE_UNLOAD, VcpuState
 from kvmtrace.analysis.flushpaths import ADDRESS, obligation_of, opener_name
 from kvmtrace.analysis.window import SUSPECT, VIOLATION
 from kvmtrace.analysis.window import FlushWindow, Outstanding, decide, decide_address_refault
@@ -522,8 +522,7 @@ class Replayer:
     def on_flush_guest_entry(self, ev: Event) -> None:
         """kvm_vcpu_flush_tlb_guest() entered: a guest flush is being serviced."""
         vm, th = self._of(ev)
-        w = self._open(vm, th, ev)
-        w.saw_flush_fn = True
+        self._open(vm, th, ev)
 
     def on_flush_guest_return(self, ev: Event) -> None:
         vm, th = self._of(ev)
@@ -532,7 +531,6 @@ class Replayer:
             # Its entry is not in the trace: the trace (or the probe) started inside.
             w = self._open(vm, th, ev, started_inside=True)
             self._inherit(th, w)
-        w.saw_flush_fn = True
 
     def on_flush_service(self, ev: Event) -> None:
         """kvm_service_local_tlb_flush_requests(): runs for any pending TLB flush request,
@@ -547,10 +545,8 @@ class Replayer:
         """The vendor flush (vmx_flush_tlb_guest, svm_flush_tlb*, pvm_flush_tlb_guest).
         Not an opener: on SVM the same function also serves flush_tlb_current/all."""
         _, th = self._of(ev)
-        w = th.window
-        if w is not None:
-            w.saw_hw_flush = True
-            w.add_event(ev)
+        if th.window is not None:
+            th.window.add_event(ev)
 
     def on_mmu_unload(self, ev: Event) -> None:
         """kvm_mmu_unload(): frees root and prev_roots; the next kvm_mmu_load() syncs."""
@@ -564,22 +560,18 @@ class Replayer:
             w.note_sync(ev.ts)
 
     def on_mmu_load_entry(self, ev: Event) -> None:
-        """kvm_mmu_load(): allocates roots, then kvm_mmu_sync_roots(), then loads the PGD."""
+        """kvm_mmu_load(): allocates roots, then kvm_mmu_sync_roots(), then loads the PGD.
+        The window's verdict rests on the unload before it (see on_mmu_unload)."""
         _, th = self._of(ev)
         if th.since_run & SINCE_UNLOAD:
             self._reestablish(th)       # unload + load: kvm_mmu_load() syncs the new roots
-        th.since_run |= SINCE_LOAD
-        w = th.window
-        if w is not None:
-            w.saw_load = True
-            w.add_event(ev)
+        if th.window is not None:
+            th.window.add_event(ev)
 
     def on_mmu_load_return(self, ev: Event) -> None:
         _, th = self._of(ev)
-        w = th.window
-        if w is not None:
-            w.saw_load = w.saw_load or ev.value == 0
-            w.add_event(ev)
+        if th.window is not None:
+            th.window.add_event(ev)
 
     def on_sync_roots(self, ev: Event) -> None:
         """kvm_mmu_sync_roots(): syncs every unsync SP reachable from the current root."""
@@ -594,19 +586,16 @@ class Replayer:
             w.note_sync(ev.ts)
 
     def on_sync_prev_roots(self, ev: Event) -> None:
-        """kvm_mmu_sync_prev_roots() (5.16+): frees prev_roots that have unsync children."""
+        """kvm_mmu_sync_prev_roots() (5.16+): frees prev_roots that have unsync children.
+        It runs only inside kvm_vcpu_flush_tlb_guest(), after kvm_mmu_sync_roots(): it
+        confirms a guest flush; the current root's sync is what decides the window."""
         _, th = self._of(ev)
-        th.since_run |= SINCE_SYNC_PREV
-        w = self._confirm(th, ev)
-        if w is not None:
-            w.saw_sync_prev = True
+        self._confirm(th, ev)
 
     def _inherit(self, th: VcpuState, w: FlushWindow) -> None:
         """Flush-path functions since the last guest run belong to a window opened late."""
         w.saw_sync_roots |= bool(th.since_run & SINCE_SYNC_ROOTS)
         w.saw_unload |= bool(th.since_run & SINCE_UNLOAD)
-        w.saw_load |= bool(th.since_run & SINCE_LOAD)
-        w.saw_sync_prev |= bool(th.since_run & SINCE_SYNC_PREV)
 
     # ------------------------------------------------------------------ shadow pages
     def on_sp_get(self, ev: Event) -> None:

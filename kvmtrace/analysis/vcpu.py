@@ -36,8 +36,6 @@ _QEMU_VCPU_COMM = re.compile(r"^CPU (\d+)/KVM$")
 # before the vendor flush inside kvm_vcpu_flush_tlb_guest().
 SINCE_SYNC_ROOTS = 1
 SINCE_UNLOAD = 2
-SINCE_LOAD = 4
-SINCE_SYNC_PREV = 8
 
 
 def vcpu_from_comm(comm: str) -> int:

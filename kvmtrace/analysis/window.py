@@ -113,12 +113,8 @@ class FlushWindow:
     loss_demoted: bool = False       # the verdict became inconclusive because of a loss
     last_loss_ts: Optional[int] = None   # the VM's last loss before the window closed
     # What happened inside (function probes, then tracepoint evidence).
-    saw_flush_fn: bool = False       # kvm_vcpu_flush_tlb_guest entry/return
-    saw_hw_flush: bool = False
     saw_sync_roots: bool = False
-    saw_sync_prev: bool = False
     saw_unload: bool = False
-    saw_load: bool = False
     saw_reload_root: bool = False    # a root-level get_page on this vCPU (a reload)
     synced: int = 0                  # SPs unsync at open that were synced in the window
     synced_here: bool = False        # ... by this vCPU's own thread (kvm_mmu_sync_roots ran)
