@@ -362,8 +362,9 @@ class Replayer:
                 unchecked += 1        # the cap bounds the reachability walks, not the count
                 continue
             sp = shadow.pages.get(key)
-            # SPs printing alike: which of them is left is unknown, so no path proves it.
-            reach = None if settled or rec.ambiguous else shadow.reachable(key, th.root)
+            # SPs printing alike, one of them synced: which is left is unknown, so no path
+            # proves it reachable (see UnsyncRecord.partial).
+            reach = None if settled or rec.partial else shadow.reachable(key, th.root)
             outstanding.append(Outstanding(key[0], key[1], sp.level if sp else key[1] & 0xF,
                                            rec.ts, rec.tid, reach,
                                            doubtful=rec.seq < vm.loss_seq,

@@ -69,7 +69,12 @@ class UnsyncRecord:
     # guest_mode, smm, passthrough): mmu_try_to_unsync_pages() unsyncs every SP shadowing
     # the written gfn, and kvm_unsync_page() fires only for an SP not yet unsync.
     count: int = 1
-    ambiguous: bool = False   # had count > 1: which SP a later sync was of is unknown
+    ambiguous: bool = False   # had count > 1: the printed key stands for several SPs
+    # A sync took one of several SPs under this key: which one is left unsync is unknown,
+    # so a link to the key no longer proves the one left is reachable.  While no sync took
+    # any of them, every SP that went unsync under the key still is, whichever a link is
+    # of (also when a trace repeats an unsync line).
+    partial: bool = False
     last_seq: int = 0         # seq of its latest unsync event
 
 
@@ -183,6 +188,8 @@ class ShadowMMU:
         rec.count -= 1
         if rec.count <= 0:
             del self.unsync[key]
+        else:
+            rec.partial = True
         return rec
 
     def fresh_since(self, seq: int) -> bool:
