@@ -290,12 +290,12 @@ def test_an_outstanding_page_unsync_before_a_later_loss_is_doubtful():
 def test_the_scan_cap_leaves_pages_unchecked_and_never_ok(monkeypatch):
     monkeypatch.setattr(replay_mod, "MAX_OUTSTANDING_SCAN", 1)
     s = built()
-    s.unsync(V0, 4).unsync(V0, 5).unsync(V0, 6).run(V0)
+    s.unsync(V0, 4).unsync(V0, 5).unsync(V0, 6).unsync(V0, 7).run(V0)
     s.pv(V1, 1, need_flush=1).sync(V1, 4).run(V1)
     w, _ = one(s)
-    # SP 4 synced; 5 and 6 stay; one is scanned, the other counted unchecked.
+    # SP 4 synced; 5, 6 and 7 stay; one is scanned, the other two counted unchecked.
     assert len(w.outstanding) == 1 and w.verdict == "suspect"
-    assert "2 shadow pages stayed unsync; 1 of them were not checked" in w.reason
+    assert "3 shadow pages stayed unsync; 2 of them were not checked" in w.reason
 
 
 def test_a_settled_window_skips_reachability():
@@ -456,3 +456,49 @@ def test_a_userspace_exit_with_an_errno_or_intr_keeps_the_window_open():
     s.pv(V1, 1, need_flush=1).add(Kind.USERSPACE_EXIT, V1, value=0)   # KVM_EXIT_UNKNOWN
     closed, _ = run(s, per_event=True)
     assert [w.closer for w in closed] == ["userspace_exit"]
+
+
+def test_a_window_keeps_the_vcpu_that_was_flushed_even_vcpu_0():
+    # The flush was vCPU 0's; the thread runs vCPU 2 by the time it closes.
+    s = unsynced()
+    s.pv(V0, 0, need_flush=1).pv(V0, 2, need_flush=0).run(V0)
+    w, _ = one(s)
+    assert w.vcpu == 0
+
+
+def test_the_page_level_is_the_events_level_column_when_it_has_one():
+    # The level column wins over the role's level bits (a source that prints both).
+    s = built()
+    s.add(Kind.SP_UNSYNC, V0, gfn=9, role=0x3700, level=1).run(V0)
+    s.pv(V1, 1, need_flush=1).run(V1)
+    w, _ = one(s)
+    assert [(o.gfn, o.level) for o in w.outstanding] == [(9, 1)]
+
+
+def invlpg(s: Stream, tid: int, address: int) -> Stream:
+    return s.add(Kind.FLUSH_INVLPG, tid, value=address, need_flush=1)
+
+
+@pytest.mark.parametrize("closer", [Kind.PAGE_FAULT, Kind.WALK_START])
+def test_an_invlpg_window_closed_by_a_refault_on_its_page_is_ok(closer):
+    # kvm_mmu_invlpg needs only the flushed address's SPTEs gone; the guest faulting on
+    # that page again shows they are (exact: the fault is KVM's own walk).
+    s = unsynced()
+    invlpg(s, V1, 0x7000_1234).run(V1, closer, value=0x7000_1ff8)
+    w, _ = one(s)
+    assert (w.obligation, w.verdict) == ("address", "ok") and "faulted into KVM" in w.reason
+    s = unsynced()
+    invlpg(s, V1, 0x7000_1234).run(V1, closer, value=0x7000_2000)     # another page
+    w, _ = one(s)
+    assert w.verdict == "suspect"
+
+
+def test_an_invlpg_window_closed_otherwise_keeps_its_verdict_and_reason():
+    s = unsynced()
+    invlpg(s, V1, 0x7000_1234).run(V1, Kind.SPTE_INSTALL, value=0x7000_1000)
+    w, _ = one(s)
+    assert w.verdict == "suspect" and "INVLPG needs only" in w.reason
+    s = built()
+    invlpg(s, V1, 0x7000_1234).run(V1, Kind.PAGE_FAULT, value=0x7000_1000)
+    w, _ = one(s)
+    assert (w.verdict, w.reason) == ("ok", "nothing was unsync when the flush was serviced")
