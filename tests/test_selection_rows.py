@@ -236,3 +236,75 @@ def test_the_selection_gives_the_per_event_result_in_any_chunking(seed):
             r.feed(frame.iloc[a:b])
         assert r.finish().to_dict() == expected
         assert r.counters.handled < ref.counters.handled
+
+
+# ----------------------------------------------------------------------------- chunk plumbing
+
+def test_columns_an_older_file_lacks_are_filled_with_their_missing_value():
+    from kvmtrace.schema import COLUMN_BY_NAME, columns_added_after
+    old = columns_added_after(1)
+    chunk = as_chunk(from_rows(rows_of([(A, Kind.SPTE_INSTALL, {})] * 3)), NEEDED)
+    cols = {k: v for k, v in chunk.cols.items() if k not in old}
+    sel = ChunkSelector().select(Chunk(cols))
+    for name in old & set(NEEDED):
+        col = COLUMN_BY_NAME[name]
+        assert sel.cols[name].dtype == col.dtype and sel.cols[name].tolist() == [col.missing] * 3
+
+
+def test_kind_codes_in_a_wide_integer_column():
+    chunk = as_chunk(from_rows(rows_of([(A, Kind.SPTE_INSTALL, {})] * 2)), NEEDED)
+    for codes, bad in (([0, 32], None), ([32, 256], 256), ([-1, 32], -1), ([255, 32], 255)):
+        cols = dict(chunk.cols)
+        cols["kind"] = np.array(codes, dtype=np.int64)
+        if bad is None:
+            sel = ChunkSelector().select(Chunk(cols))
+            assert sel.cols["kind"].dtype == np.uint8 and sel.cols["kind"].tolist() == codes
+        else:
+            with pytest.raises(SchemaError, match=f"unknown event kind code {bad}$"):
+                ChunkSelector().select(Chunk(cols))
+
+
+def test_two_rows_out_of_order_are_sorted_with_their_thread_names():
+    from kvmtrace.schema import CommColumn
+    rows = rows_of([(A, Kind.GUEST_ENTRY, {}), (B, Kind.GUEST_ENTRY, {})])
+    rows[0]["ts"], rows[1]["ts"] = 2000, 1000
+    chunk = as_chunk(from_rows(rows), NEEDED)
+    sel = ChunkSelector().select(Chunk(chunk.cols, CommColumn(np.array(["CPU 3/KVM", "CPU 1/KVM"],
+                                                                       dtype=object))))
+    assert sel.reordered == 1 and sel.cols["tid"].tolist() == [B, A]
+    assert sorted(sel.threads) == [(1, A, -1, "CPU 3/KVM"), (1, B, -1, "CPU 1/KVM")]
+
+
+def test_late_rows_are_those_before_the_latest_time_seen_so_far():
+    selector = ChunkSelector()
+    select(rows_of([(A, Kind.SPTE_INSTALL, {})] * 11), selector)             # up to 1100
+    early = [{**r, "ts": r["ts"] - 150} for r in rows_of([(A, Kind.SPTE_INSTALL, {})] * 6)]
+    assert select(early, selector).late == 6                                  # 850 .. 900
+    assert selector.last_ts == 1100
+    again = [{**r, "ts": r["ts"] + 90} for r in rows_of([(A, Kind.SPTE_INSTALL, {})] * 2)]
+    assert select(again, selector).late == 1                                  # 1090, 1100
+
+
+def test_an_empty_chunk_selects_nothing_and_has_an_empty_aux():
+    chunk = as_chunk(from_rows([]), NEEDED)
+    sel = ChunkSelector().select(chunk)
+    assert sel.rows.tolist() == [] and sel.threads == []
+    assert sel.cols["aux"].dtype == np.int64 and len(sel.cols["aux"]) == 0
+
+
+def test_more_than_65536_threads_in_one_chunk_keep_their_own_first_evidence():
+    # Thread codes fit 16 bits for a radix sort only below 65536 threads.
+    n = 70_000
+    cols = {k: np.full(n, -1, dtype=np.int64) for k in NEEDED}
+    cols.update(ts=np.arange(n, dtype=np.int64), tgid=np.ones(n, dtype=np.int64),
+                tid=np.arange(100, 100 + n, dtype=np.int64),
+                kind=np.full(n, int(Kind.SPTE_INSTALL), dtype=np.uint8))
+    sel = ChunkSelector().select(Chunk(cols))
+    assert len(sel.rows) == n
+
+
+def test_a_source_without_tids_keys_threads_by_negative_vcpu_keys():
+    # thread_keys: -2 - vcpu; the 32-bit packing must give the negative key back.
+    rows = rows_of([(-1, Kind.GUEST_ENTRY, {"vcpu": 3}), (-1, Kind.GUEST_ENTRY, {"vcpu": 0})])
+    sel = select(rows)
+    assert sorted(sel.threads) == [(1, -5, 3, ""), (1, -2, 0, "")]
