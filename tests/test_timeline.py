@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from kvmtrace import exitcodes
+
 from cli_support import FIXTURES, GEN, LAB, run_main
 from kvmtrace.pipeline.visual import Collector, collect_paths
 from kvmtrace.outputs.timeline import UNKNOWN_VM_PID, build, pid_of
@@ -23,7 +25,10 @@ SHIPPED = sorted(str(p) for p in GEN.glob("*.jsonl")) + sorted(
 def timeline(tmp_path: Path, capsys, *traces: str) -> dict:
     out = tmp_path / "t.json"
     code, _, err = run_main(["timeline", *traces, "-o", str(out)], capsys)
-    assert code == 0, err
+    _, verdict_json, _ = run_main(["analyze", "--json", *traces], capsys)
+    # The exit code is the analysis verdict's, as for analyze and report.
+    assert code == exitcodes.for_verdict(json.loads(verdict_json)["verdict"]), err
+    assert out.exists()
     return json.loads(out.read_text())
 
 

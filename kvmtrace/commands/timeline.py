@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from kvmtrace import exitcodes
+
 from kvmtrace.commands.options import pid_filter_option, tgid_map_option
 from kvmtrace.commands.writing import write_output
 
@@ -12,7 +14,9 @@ Examples:
   kvmtrace timeline fixtures/lab_two_vcpu_flush.ftrace.txt -o timeline.json
   kvmtrace timeline --vm 4242 recording.parquet -o vm4242.json
 Open the file in the Perfetto UI ("Open trace file") or chrome://tracing ("Load").
-Exit codes: 0 written, 2 bad input or unwritable output.
+Exit codes (the analysis verdict, as analyze and report; the file is written in every
+            case but 2): 0 ok or no flushes, 1 violation, 2 bad input or unwritable
+            output, 3 suspect or inconclusive.
 """)
 @click.argument("traces", nargs=-1, required=True, type=click.Path(dir_okay=False),
                 metavar="TRACE...")
@@ -39,3 +43,4 @@ def timeline(traces: tuple[str, ...], output: str, vm: int | None, vcpu: int | N
     w = data.result.windows
     click.echo(f"kvmtrace: wrote {output}: {w['total']} flush windows "
                f"({w['violation']} violation), verdict {data.result.verdict}", err=True)
+    raise click.exceptions.Exit(exitcodes.for_verdict(data.result.verdict))
