@@ -331,3 +331,76 @@ def test_a_root_reload_in_the_window_is_a_sync_of_the_root():
     # the reload shows the unload-reload path left it (reachable again through root 1).
     assert (w.saw_reload_root, w.root_switched, w.latency_ns) == (True, False, 20)
     assert w.pattern == "unload-reload"
+
+
+# ============================================================================ guest walks
+
+def walk(s: Stream, tid: int, entries: list[tuple[int, int]]) -> Stream:
+    """A guest walk: (level, pte) per element, top first."""
+    s.add(Kind.WALK_START, tid, value=0x1000)
+    for level, pte in entries:
+        s.add(Kind.WALK_ELEMENT, tid, level=level, value=pte)
+    return s
+
+
+def table(gfn: int, flags: int = 0x27) -> int:
+    return (gfn << 12) | flags
+
+
+@pytest.mark.parametrize("per_event", [False, True])
+def test_a_page_first_seen_unsync_takes_the_parent_a_walk_showed(per_event):
+    # The walk shows guest table 3 (level 2) pointing at table 16 before any SP shadows 16;
+    # kvm_mmu_unsync_page then names SP 16: it hangs under SP 3, so under vCPU1's root.
+    s = built()
+    walk(s, V0, [(4, table(2)), (3, table(3)), (2, table(16)), (1, table(0x50))])
+    s.unsync(V0, 16).run(V0)
+    s.pv(V1, 1, need_flush=1).run(V1)
+    w, _ = one(s, per_event=per_event)
+    assert w.verdict == "violation" and [o.reachable for o in w.outstanding] == [True]
+
+
+@pytest.mark.parametrize("per_event", [False, True])
+def test_a_table_first_fetched_after_the_walk_takes_the_children_it_showed(per_event):
+    # SP 15 exists (unsync) before its parent table 13 has an SP; the walk records 13 -> 15;
+    # get_page of 13 links it under 2 and over 15.
+    s = built()
+    s.unsync(V0, 15).run(V0)
+    walk(s, V0, [(4, table(2)), (3, table(13)), (2, table(15)), (1, table(0x50))])
+    s.get(V0, 13, 2).run(V0)
+    s.pv(V1, 1, need_flush=1).run(V1)
+    w, _ = one(s, per_event=per_event)
+    assert w.verdict == "violation" and [o.reachable for o in w.outstanding] == [True]
+
+
+@pytest.mark.parametrize("level,per_event", [(2, False), (2, True), (3, False), (3, True)])
+def test_a_huge_page_entry_names_no_table(level, per_event):
+    # PSE (bit 7) at level 2 (2M) or 3 (1G) maps a data page: no table edge.  Frame 16 is
+    # then shadowed as a level-1 table elsewhere: the huge mapping is no link to it.
+    s = built()
+    entries = [(4, table(2)), (3, table(3)), (2, table(16, 0xA7))] if level == 2 else \
+        [(4, table(2)), (3, table(16, 0xA7))]
+    walk(s, V0, entries)
+    s.add(Kind.SP_UNSYNC, V0, gfn=16, role=role(level - 1), level=level - 1).run(V0)
+    s.pv(V1, 1, need_flush=1).run(V1)
+    w, _ = one(s, per_event=per_event)
+    assert [o.reachable for o in w.outstanding] == [None] and w.verdict == "suspect"
+
+
+@pytest.mark.parametrize("per_event", [False, True])
+def test_a_top_level_entry_with_bit_7_still_names_a_table(per_event):
+    # Bit 7 is no page size at level 4: the entry points at the level-3 table.  vCPU0 runs on
+    # a fresh root 20 whose walk names table 2: SP 2 (and 3, 4 under it) hang under 20.
+    s = built()
+    s.pv(V0, 0).get(V0, 20, 4).run(V0)
+    walk(s, V0, [(4, table(2, 0xA7)), (3, table(3)), (2, table(4)), (1, table(0x50))])
+    s.unsync(V1, 4).run(V1)
+    s.pv(V0, 0, need_flush=1).run(V0)
+    w, _ = one(s, per_event=per_event)
+    assert [o.reachable for o in w.outstanding] == [True]
+
+
+def test_the_flush_path_table_names_what_each_backend_shows():
+    from kvmtrace.analysis.flushpaths import BY_NAME
+    assert BY_NAME["steal-time"].revealed_on("pvm") == "kvm:kvm_pv_tlb_flush need_flush_tlb=1"
+    assert BY_NAME["hyperv"].revealed_on("pvm") == ""
+    assert BY_NAME["invpcid"].revealed_on("svm") == "kvm:kvm_exit invpcid"
