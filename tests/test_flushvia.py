@@ -200,3 +200,31 @@ def test_live_serviced_paths_really_flush(path):
     result, _ = _run(ExerciseConfig(vcpus=2, rounds=20, pages=2, seed=2, flush_via=(path,)))
     assert result.stale_reads == [] and result.flushes_requested > 0
     assert not result.extra["flush_via"]["hypercall_errors"]
+
+
+# ------------------------------------------------------- the pvm-hypercall no-sync counterpart
+
+def test_real_pvm_hypercall_nosync_is_a_violation_with_exact_evidence():
+    """fixtures/real/flushvia_pvm-hypercall_nosync.parquet: the real recording with one
+    hypercall window's sync moved after the re-entry (fixtures/inject_nosync.py)."""
+    import sys
+    sys.path.insert(0, str(REAL.parent))
+    from inject_nosync import inject_frame
+    from kvmtrace.sources.stream import load as load_trace
+    clean = load_trace(REAL / "flushvia_pvm-hypercall.parquet").events
+    got, _ = inject_frame(clean, 1, 3, "pvm-hypercall")
+    want = load_trace(REAL / "flushvia_pvm-hypercall_nosync.parquet").events
+    assert got.reset_index(drop=True).equals(want.reset_index(drop=True))
+    res = analyze_path(str(REAL / "flushvia_pvm-hypercall_nosync.parquet"))
+    assert res.verdict == "violation"
+    assert res.by_path["pvm-hypercall"]["violation"] == 1 and res.by_path["pvm-hypercall"]["ok"] == 11
+    assert [f["evidence"] for f in res.findings] == ["exact"]
+
+
+def test_inject_refuses_a_hypercall_window_in_text(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, str(REAL.parent / "inject_nosync.py"),
+                        str(REAL / "flushvia_pvm-hypercall.ftrace.txt.gz"), str(tmp_path / "x.txt"),
+                        "--opener", "pvm-hypercall"], capture_output=True, text=True)
+    assert r.returncode == 2 and "tracefs text does not show" in r.stderr
