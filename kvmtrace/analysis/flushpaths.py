@@ -56,9 +56,10 @@ is what its BTF and its tracepoints show, not a reading of its code):
 So the exact mode's ``write_msr`` raw tracepoint (kvmtrace/probes/exact.c) opens a
 FLUSH_PVM_HYPERCALL window when that save area shows int 0x1b with a flush number, once per
 exit; every offset comes from BTF (kvmtrace/host/exactlayout.py) and without those fields
-(another backend, another kvm_pvm) that revealer is off and says why.  300-round exercises
-saw one window per requested flush (and a few more hypercall exits than flushes: a
-hypercall exit the host re-ran, counted by ``stat.exits``).
+(another backend, another kvm_pvm) that revealer is off and says why.  Three 300-round exercises
+saw one window per requested flush and 302-306 flush-hypercall exits: a second exit a few
+microseconds after a serviced one, with no guest-run event between, joins the open window
+(guest repeat or host re-run: the trace cannot tell).
 
 May import: kvmtrace.schema only.
 """
