@@ -9,7 +9,7 @@ import time
 
 import click
 
-from kvmtrace import exitcodes
+from kvmtrace import exitcodes, phases
 from kvmtrace.errors import fail_line
 from kvmtrace.commands.options import StatusLine, no_setup_option, prepare_host, warn_absent_tgids
 from kvmtrace.commands.writing import check_output_dir, report_option, write_session_report
@@ -105,11 +105,13 @@ def _check(duration: float, tgids: tuple[int, ...], exercise: bool, min_windows:
     cfg = CheckConfig(duration=duration, min_windows=min_windows, exercise=exercise,
                       other_vms=bool(tgids) or not exercise,
                       status=StatusLine() if tty else None, replay_listener=collector)
+    phases.mark("setup")
     if exercise:
         _exercise_possible()
     warn_absent_tgids(tgids, "tracing")
     if not replay:
         prepare_host(no_setup)
+    phases.mark("imports")
     source = _source(replay, tgids, exercise)
     stop = threading.Event()
     if cfg.status is not None and not replay:
@@ -135,6 +137,7 @@ def _check(duration: float, tgids: tuple[int, ...], exercise: bool, min_windows:
         write_session_report(report_file, report.result, collector, {
             "command": "kvmtrace check", "verdict": report.verdict,
             "reasons": report.check.reasons + [f"next: {s}" for s in report.check.next_steps]})
+    phases.mark("exit")
     raise click.exceptions.Exit(report.exit_code)
 
 

@@ -75,16 +75,31 @@ class Member:
     elem_size: int = 0    # arrays: one element's size
 
 
+# Kinds find() can look up by name.
+_NAMED = frozenset({STRUCT, UNION, TYPEDEF, INT, ENUM, ENUM64, FWD})
+# Bytes after a btf_type: fixed per kind, or per vlen entry (see _extra_size).
+_FIXED = {INT: 4, VAR: 4, DECL_TAG: 4, ARRAY: 12}
+_PER_VLEN = {STRUCT: 12, UNION: 12, DATASEC: 12, ENUM64: 12, ENUM: 8, FUNC_PROTO: 8}
+_NO_EXTRA = frozenset({PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG})
+
+
 class Btf:
-    """The types of one BTF blob (plus its base, for split BTF)."""
+    """The types of one BTF blob (plus its base, for split BTF).
+
+    Parsing is lazy: one pass over the type section records where each type starts and
+    which types carry each name offset (vmlinux has ~130 000 types; decoding them all
+    took 0.5 s per command); a type is decoded when asked for."""
 
     def __init__(self, data: bytes, source: str = "<btf>", base: "Btf | None" = None):
         self.source = source
         self.base = base
-        self._types: list[BtfType] = []
+        self._data = data
+        self._offsets: list[int] = []          # where type id first_id + i starts
         self._first_id = 1 if base is None else base._next_id
         self._strings = b""
-        self._by_name: dict[tuple[int, str], int] = {}
+        self._by_name_off: dict[int, list[int]] = {}     # name_off -> type ids (_NAMED kinds)
+        self._decoded: dict[int, BtfType] = {}
+        self._found: dict[tuple[int, str], int | None] = {}
         self._parse(data)
 
     @classmethod
@@ -98,7 +113,7 @@ class Btf:
 
     @property
     def _next_id(self) -> int:
-        return self._first_id + len(self._types)
+        return self._first_id + len(self._offsets)
 
     # ------------------------------------------------------------------ parsing
 
@@ -116,27 +131,44 @@ class Btf:
         if t0 + type_len > len(data) or s0 + str_len > len(data):
             raise BtfError(f"{self.source}: type or string section runs past the end of the data")
         self._strings = data[s0:s0 + str_len]
+        self._type_end = t0 + type_len
         pos, end = t0, t0 + type_len
+        offsets, by_name_off, unpack = self._offsets, self._by_name_off, TYPE.unpack_from
+        fixed, per_vlen, named, first = _FIXED, _PER_VLEN, _NAMED, self._first_id
+        no_extra = _NO_EXTRA
         while pos < end:
             if pos + TYPE.size > end:
                 raise BtfError(f"{self.source}: truncated type record at byte {pos - t0}")
-            name_off, info, st = TYPE.unpack_from(data, pos)
-            kind, vlen, kflag = (info >> 24) & 0x1F, info & 0xFFFF, bool(info >> 31)
-            try:
-                n = _extra_size(kind, vlen)
-            except BtfError as exc:
-                raise BtfError(f"{self.source}: type {self._next_id}: {exc}") from None
-            pos += TYPE.size
-            if pos + n > end:
+            name_off, info, _st = unpack(data, pos)
+            kind = (info >> 24) & 0x1F
+            n = per_vlen[kind] * (info & 0xFFFF) if kind in per_vlen else fixed.get(kind, 0)
+            if not n and kind not in no_extra and kind not in fixed and kind not in per_vlen:
+                try:
+                    _extra_size(kind, info & 0xFFFF)      # raises for an unknown kind
+                except BtfError as exc:
+                    raise BtfError(f"{self.source}: type {self._next_id}: {exc}") from None
+            if pos + TYPE.size + n > end:
                 raise BtfError(f"{self.source}: type {self._next_id} runs past the type section")
-            t = BtfType(self._next_id, kind, self._str(name_off), st, vlen, kflag, data[pos:pos + n])
-            self._types.append(t)
-            if t.name and kind in (STRUCT, UNION, TYPEDEF, INT, ENUM, ENUM64, FWD):
-                # The first definition with members wins over an empty one of that name.
-                old = self._by_name.get((kind, t.name))
-                if old is None or (kind in (STRUCT, UNION) and not self.type(old).vlen and vlen):
-                    self._by_name[(kind, t.name)] = t.id
-            pos += n
+            if name_off and kind in named:
+                ids = by_name_off.get(name_off)
+                if ids is None:
+                    by_name_off[name_off] = [first + len(offsets)]
+                else:
+                    ids.append(first + len(offsets))
+            offsets.append(pos)
+            pos += TYPE.size + n
+
+    def _decode(self, tid: int) -> BtfType:
+        t = self._decoded.get(tid)
+        if t is None:
+            pos = self._offsets[tid - self._first_id]
+            name_off, info, st = TYPE.unpack_from(self._data, pos)
+            kind, vlen, kflag = (info >> 24) & 0x1F, info & 0xFFFF, bool(info >> 31)
+            n = _extra_size(kind, vlen)
+            t = BtfType(tid, kind, self._str(name_off), st, vlen, kflag,
+                        self._data[pos + TYPE.size:pos + TYPE.size + n])
+            self._decoded[tid] = t
+        return t
 
     def _str(self, off: int) -> str:
         if self.base is not None:
@@ -149,6 +181,22 @@ class Btf:
         end = self._strings.find(b"\0", off)
         return self._strings[off:end if end >= 0 else len(self._strings)].decode(errors="replace")
 
+    def _name_offsets(self, name: str) -> list[int]:
+        """Every offset (in this blob's numbering) where the string ``name`` starts."""
+        out: list[int] = []
+        if self.base is not None:
+            out += self.base._name_offsets(name)
+            shift = len(self.base._strings)
+        else:
+            shift = 0
+        needle, strings = name.encode() + b"\0", self._strings
+        i = strings.find(needle)
+        while i >= 0:
+            if i == 0 or strings[i - 1] == 0:
+                out.append(i + shift)
+            i = strings.find(needle, i + 1)
+        return out
+
     # ------------------------------------------------------------------ lookups
 
     def type(self, tid: int) -> BtfType | None:
@@ -156,11 +204,26 @@ class Btf:
         if tid < self._first_id:
             return self.base.type(tid) if self.base is not None else None
         i = tid - self._first_id
-        return self._types[i] if i < len(self._types) else None
+        return self._decode(tid) if i < len(self._offsets) else None
 
     def find(self, name: str, kind: int = STRUCT) -> BtfType | None:
-        """The first type of that kind and name, in this blob or its base."""
-        tid = self._by_name.get((kind, name))
+        """The first type of that kind and name, in this blob or its base; of structs and
+        unions, the first definition with members wins over an empty one of that name."""
+        key = (kind, name)
+        if key not in self._found:
+            ids = sorted(i for off in self._name_offsets(name) for i in self._by_name_off.get(off, ()))
+            chosen = None
+            for tid in ids:
+                t = self._decode(tid)
+                if t.kind != kind:
+                    continue
+                if chosen is None:
+                    chosen = t
+                if kind not in (STRUCT, UNION) or t.vlen:
+                    chosen = t
+                    break
+            self._found[key] = chosen.id if chosen is not None else None
+        tid = self._found[key]
         if tid is not None:
             return self.type(tid)
         return self.base.find(name, kind) if self.base is not None else None

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from kvmtrace import phases
 from kvmtrace.analysis import AnalysisResult
 from kvmtrace.analysis.replay import ReplayListener
 from kvmtrace.analysis.window import GENERATIONS
@@ -137,6 +138,7 @@ class _Exercise:
         except Exception as exc:            # ExerciseError, ExerciseUnavailable, OSError
             self.error = str(exc) if isinstance(exc, _Interrupted) else f"{type(exc).__name__}: {exc}"
         finally:
+            phases.mark("drain")           # the guest is done: what is left is draining
             self.done.set()
 
     def join(self) -> None:
@@ -223,6 +225,7 @@ def run_check(source: ChunkSource, cfg: CheckConfig,
                               "it is missing (a kernel with KVM's kvm and kvmmmu tracepoints)")
     try:
         # With the guest, the main loop decides when to stop (after the guest is done).
+        phases.mark("guest")
         session.start(duration=None if ex is not None else cfg.duration)
         if ex is not None:
             ex.start()
@@ -234,6 +237,7 @@ def run_check(source: ChunkSource, cfg: CheckConfig,
                 ex.join()
         finally:
             session.close()
+    phases.mark("report")
     result = online.finish()
     snap = online.snapshot()
     verdict = decide(evidence(result, snap, info, cfg.min_windows,

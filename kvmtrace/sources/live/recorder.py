@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from kvmtrace import __version__
+from kvmtrace import __version__, phases
 from kvmtrace.host import FormatError, HostFacts, gather
 from kvmtrace.host import exactlayout
 from kvmtrace.schema import KIND_NAMES, TraceMeta
@@ -128,6 +128,7 @@ class Recorder:
         self.batch_pause = 0.002
         self.holdback_ns = holdback_ns
         self.custom_tracepoints = list(tracepoints) if tracepoints is not None else None
+        phases.mark("plan")
         self.facts: HostFacts = gather(root)
         self.stats = RecorderStats()
         self.meta: TraceMeta | None = None
@@ -220,11 +221,14 @@ class Recorder:
 
     def _attach(self) -> AttachReport:
         plan = self.plan()
+        phases.mark("imports")
         bcc, how = import_bcc()
+        phases.mark("compile")
         hdr, hdr_detail = headers(self.facts.kernel_release, self.facts.root)
         if hdr is None:
             raise LiveUnavailable(f"no kernel headers for BCC ({hdr_detail})", INSTALL_HINT)
         self._bpf, plan = self._compile(bcc, plan, hdr_detail)
+        phases.mark("attach")
         report = AttachReport(skipped=list(plan.skipped), notes=[f"BCC: {how}", f"headers: {hdr_detail}",
                                                                  plan.exact_line()])
         if plan.exact is not None:
@@ -618,6 +622,7 @@ def detach_all(bpf) -> None:
     cleanup() spent 1.3 s on 17 tracepoints.  The closes are ctypes calls that release the
     GIL, so a thread each lets the grace periods overlap.  Raw-tracepoint links detach in
     microseconds and are left to cleanup()."""
+    phases.mark("detach")
     jobs = [(bpf.detach_tracepoint, k) for k in list(getattr(bpf, "tracepoint_fds", ()))]
     jobs += [(bpf.detach_kprobe_event, k) for k in list(getattr(bpf, "kprobe_fds", ()))]
 

@@ -1,0 +1,170 @@
+"""Where `kvmtrace check --exercise` spends its wall time, phase by phase.
+
+    sudo python -m bench.check_bench [--runs 5] [--inprocess] [--json] [-- CHECK-ARGS...]
+
+Each run is a fresh `python -m kvmtrace check --exercise --json` (or, with --inprocess, a
+call of the CLI in this process: no interpreter start, imports only on the first run).  The
+command marks its phases with kvmtrace.phases (KVMTRACE_PHASES=FILE in the child):
+
+  imports  interpreter start, the CLI and the modules the pipeline imports (pandas, BCC ...)
+  setup    the host self-setup and the /dev/kvm check
+  plan     host facts: tracefs formats, kallsyms, BTF offsets; the probe plan
+  compile  generating the BPF C and BCC's compile and load
+  attach   attaching the probes, opening the ring buffer
+  guest    the built-in guest's run (the recorder drains meanwhile)
+  drain    after the guest: the last records, the stop decision
+  detach   detaching every probe and freeing the maps
+  report   the model's finish, the verdict, the rendering
+  exit     interpreter shutdown
+
+Prints, per phase, the median and min-max over the runs; the total wall time; the
+verdict and windows of every run (they must not change with speed); `python -c pass` and
+`kvmtrace --help` timed in the same runs as the floor; and the load average before and
+after (the host's 2 cores are shared).  Needs root and /dev/kvm (exit 4 otherwise).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kvmtrace import phases  # noqa: E402
+
+PHASES = ("imports", "setup", "plan", "compile", "attach", "guest", "drain", "detach",
+          "report", "exit")
+BASELINES = {"python -c pass": [sys.executable, "-c", "pass"],
+             "kvmtrace --help": [sys.executable, "-m", "kvmtrace", "--help"]}
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_child(check_args: list[str]) -> tuple[dict[str, float], float, dict]:
+    """(phase seconds, wall seconds, check JSON) of one fresh process."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as marks_file:
+        env = _env()
+        env[phases.ENV] = marks_file.name
+        start = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "kvmtrace", "check", *check_args, "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+        end = time.monotonic()
+        marks = json.loads(Path(marks_file.name).read_text() or "{}").get("marks", [])
+    report = _parse_report(proc.stdout.decode(), proc.stderr.decode(), proc.returncode)
+    seconds = phases.durations([tuple(m) for m in marks], start=start)
+    if marks:
+        seconds["exit"] = seconds.get("exit", 0.0) + max(0.0, end - marks[-1][1])
+    return seconds, end - start, report
+
+
+def run_inprocess(check_args: list[str]) -> tuple[dict[str, float], float, dict]:
+    from kvmtrace.cli import main
+    out = io.StringIO()
+    marks = phases.enable()
+    start = time.monotonic()
+    code = 0
+    with contextlib.redirect_stdout(out):
+        try:
+            main(["check", *check_args, "--json"], standalone_mode=False)
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    phases.mark("end")
+    end = time.monotonic()
+    phases.disable()
+    return phases.durations(marks, start=start), end - start, _parse_report(out.getvalue(), "", code)
+
+
+def _parse_report(stdout: str, stderr: str, code: int) -> dict:
+    try:
+        d = json.loads(stdout)
+    except ValueError:
+        line = (stderr.strip().splitlines() or ["no output"])[-1]
+        return {"verdict": f"error (exit {code}): {line}", "exit_code": code}
+    w = d.get("windows", {})
+    return {"verdict": d.get("verdict"), "exit_code": code, "windows": w.get("total"),
+            "meaningful_ok": w.get("meaningful_ok"), "violation": w.get("violation"),
+            "events": d.get("events"), "attached": len(d.get("probes", {}).get("attached", [])),
+            "notes": [n for n in d.get("notes", []) if "mode" in n]}
+
+
+def time_cmd(argv: list[str]) -> float:
+    start = time.monotonic()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), cwd=ROOT)
+    return time.monotonic() - start
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median_s": statistics.median(values), "min_s": min(values), "max_s": max(values)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--inprocess", action="store_true",
+                    help="call the CLI in this process (no interpreter start per run)")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("check_args", nargs="*", default=["--exercise"],
+                    help="arguments of kvmtrace check (default --exercise)")
+    args = ap.parse_args()
+    if os.geteuid() != 0 or not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        print("check_bench: needs root and /dev/kvm (the check traces live)", file=sys.stderr)
+        return 4
+    load_before = loadavg()
+    runs, walls, base = [], [], {k: [] for k in BASELINES}
+    for _ in range(max(1, args.runs)):       # interleaved: load affects every case alike
+        for name, argv in BASELINES.items():
+            base[name].append(time_cmd(argv))
+        seconds, wall, report = (run_inprocess if args.inprocess else run_child)(args.check_args)
+        runs.append({"phases": seconds, "wall_s": wall, "report": report})
+        walls.append(wall)
+    out = {"runs": len(runs), "mode": "in-process" if args.inprocess else "child process",
+           "check_args": args.check_args, "load_before": load_before, "load_after": loadavg(),
+           "cpus": os.cpu_count(),
+           "phases": {p: summary([r["phases"].get(p, 0.0) for r in runs]) for p in PHASES},
+           "wall": summary(walls), "baselines": {k: summary(v) for k, v in base.items()},
+           "reports": [r["report"] for r in runs]}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"kvmtrace check {' '.join(args.check_args)}: {out['runs']} runs ({out['mode']}), "
+          f"{out['cpus']} CPUs, load average {load_before} before, {out['load_after']} after")
+    for p in PHASES:
+        s = out["phases"][p]
+        print(f"  {p:<8} median {s['median_s'] * 1e3:7.0f} ms  range {s['min_s'] * 1e3:6.0f}-"
+              f"{s['max_s'] * 1e3:6.0f} ms")
+    w = out["wall"]
+    print(f"  {'wall':<8} median {w['median_s'] * 1e3:7.0f} ms  range {w['min_s'] * 1e3:6.0f}-"
+          f"{w['max_s'] * 1e3:6.0f} ms")
+    for name, s in out["baselines"].items():
+        print(f"  baseline {name}: median {s['median_s'] * 1e3:.0f} ms, range "
+              f"{s['min_s'] * 1e3:.0f}-{s['max_s'] * 1e3:.0f} ms; check = "
+              f"{w['median_s'] / s['median_s']:.1f}x")
+    for i, r in enumerate(out["reports"], 1):
+        print(f"  run {i}: {r.get('verdict')}, windows {r.get('windows')} "
+              f"({r.get('meaningful_ok')} meaningful ok, {r.get('violation')} violation), "
+              f"{r.get('events')} events, {r.get('attached')} probes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
