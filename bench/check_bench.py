@@ -17,7 +17,8 @@ command marks its phases with kvmtrace.phases (KVMTRACE_PHASES=FILE in the child
   report   the model's finish, the verdict, the rendering
   exit     interpreter shutdown
 
-Prints, per phase, the median and min-max over the runs; the total wall time; the
+Prints, per phase, the median and min-max over the runs of wall and CPU seconds (CPU: the
+process's, all threads; the less load-sensitive figure); the total wall time; the
 verdict and windows of every run (they must not change with speed); `python -c pass` and
 `kvmtrace --help` timed in the same runs as the floor; and the load average before and
 after (the host's 2 cores are shared).  Needs root and /dev/kvm (exit 4 otherwise).
@@ -53,8 +54,8 @@ def _env() -> dict:
     return env
 
 
-def run_child(check_args: list[str]) -> tuple[dict[str, float], float, dict]:
-    """(phase seconds, wall seconds, check JSON) of one fresh process."""
+def run_child(check_args: list[str]) -> tuple[dict[str, float], dict[str, float], float, dict]:
+    """(phase wall seconds, phase CPU seconds, wall seconds, check JSON) of one fresh process."""
     with tempfile.NamedTemporaryFile(suffix=".json") as marks_file:
         env = _env()
         env[phases.ENV] = marks_file.name
@@ -64,17 +65,18 @@ def run_child(check_args: list[str]) -> tuple[dict[str, float], float, dict]:
         end = time.monotonic()
         marks = json.loads(Path(marks_file.name).read_text() or "{}").get("marks", [])
     report = _parse_report(proc.stdout.decode(), proc.stderr.decode(), proc.returncode)
-    seconds = phases.durations([tuple(m) for m in marks], start=start)
+    seconds = phases.durations(marks, start=("imports", start, 0.0))
+    cpu = phases.durations(marks, start=("imports", start, 0.0), cpu=True)
     if marks:
         seconds["exit"] = seconds.get("exit", 0.0) + max(0.0, end - marks[-1][1])
-    return seconds, end - start, report
+    return seconds, cpu, end - start, report
 
 
-def run_inprocess(check_args: list[str]) -> tuple[dict[str, float], float, dict]:
+def run_inprocess(check_args: list[str]) -> tuple[dict[str, float], dict[str, float], float, dict]:
     from kvmtrace.cli import main
     out = io.StringIO()
     marks = phases.enable()
-    start = time.monotonic()
+    start = ("imports", time.monotonic(), time.process_time())
     code = 0
     with contextlib.redirect_stdout(out):
         try:
@@ -84,7 +86,8 @@ def run_inprocess(check_args: list[str]) -> tuple[dict[str, float], float, dict]
     phases.mark("end")
     end = time.monotonic()
     phases.disable()
-    return phases.durations(marks, start=start), end - start, _parse_report(out.getvalue(), "", code)
+    return (phases.durations(marks, start=start), phases.durations(marks, start=start, cpu=True),
+            end - start[1], _parse_report(out.getvalue(), "", code))
 
 
 def _parse_report(stdout: str, stderr: str, code: int) -> dict:
@@ -117,6 +120,10 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"median_s": statistics.median(values), "min_s": min(values), "max_s": max(values)}
 
 
+def _range(s: dict[str, float]) -> str:
+    return f"({s['min_s'] * 1e3:.0f}-{s['max_s'] * 1e3:.0f})"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
@@ -134,27 +141,28 @@ def main() -> int:
     for _ in range(max(1, args.runs)):       # interleaved: load affects every case alike
         for name, argv in BASELINES.items():
             base[name].append(time_cmd(argv))
-        seconds, wall, report = (run_inprocess if args.inprocess else run_child)(args.check_args)
-        runs.append({"phases": seconds, "wall_s": wall, "report": report})
+        seconds, cpu, wall, report = (run_inprocess if args.inprocess else run_child)(args.check_args)
+        runs.append({"phases": seconds, "cpu": cpu, "wall_s": wall, "report": report})
         walls.append(wall)
     out = {"runs": len(runs), "mode": "in-process" if args.inprocess else "child process",
            "check_args": args.check_args, "load_before": load_before, "load_after": loadavg(),
            "cpus": os.cpu_count(),
            "phases": {p: summary([r["phases"].get(p, 0.0) for r in runs]) for p in PHASES},
-           "wall": summary(walls), "baselines": {k: summary(v) for k, v in base.items()},
+           "cpu": {p: summary([r["cpu"].get(p, 0.0) for r in runs]) for p in PHASES},
+           "wall": summary(walls), "cpu_total": summary([sum(r["cpu"].values()) for r in runs]), "baselines": {k: summary(v) for k, v in base.items()},
            "reports": [r["report"] for r in runs]}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     print(f"kvmtrace check {' '.join(args.check_args)}: {out['runs']} runs ({out['mode']}), "
           f"{out['cpus']} CPUs, load average {load_before} before, {out['load_after']} after")
-    for p in PHASES:
-        s = out["phases"][p]
-        print(f"  {p:<8} median {s['median_s'] * 1e3:7.0f} ms  range {s['min_s'] * 1e3:6.0f}-"
-              f"{s['max_s'] * 1e3:6.0f} ms")
+    print(f"  {'phase':<8} {'wall median':>11} {'(min-max)':>13}   {'CPU median':>10} {'(min-max)':>13}")
+    for p in [*PHASES, "total"]:
+        s = out["phases"][p] if p != "total" else out["wall"]
+        c = out["cpu"][p] if p != "total" else out["cpu_total"]
+        print(f"  {p:<8} {s['median_s'] * 1e3:8.0f} ms {_range(s):>13}   {c['median_s'] * 1e3:7.0f} ms "
+              f"{_range(c):>13}")
     w = out["wall"]
-    print(f"  {'wall':<8} median {w['median_s'] * 1e3:7.0f} ms  range {w['min_s'] * 1e3:6.0f}-"
-          f"{w['max_s'] * 1e3:6.0f} ms")
     for name, s in out["baselines"].items():
         print(f"  baseline {name}: median {s['median_s'] * 1e3:.0f} ms, range "
               f"{s['min_s'] * 1e3:.0f}-{s['max_s'] * 1e3:.0f} ms; check = "

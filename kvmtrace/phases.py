@@ -1,7 +1,8 @@
 """An optional phase timer: where a command's wall time goes (imports, plan, compile, ...).
 
 Code marks the start of each phase with ``mark("compile")``; a phase lasts until the next
-mark.  Nothing is recorded unless a timer is enabled, so the marks cost one global lookup
+mark.  A mark holds the wall clock and the process's CPU time (all threads): on a shared
+host the CPU seconds say what a phase costs, the wall seconds what the user waits.  Nothing is recorded unless a timer is enabled, so the marks cost one global lookup
 on the normal path.  ``bench/check_bench.py`` enables it in-process with ``enable()``, or in
 a child by setting ``KVMTRACE_PHASES=FILE``: the marks (CLOCK_MONOTONIC seconds, the same
 clock in every process) are then written to FILE as JSON when the process exits.
@@ -17,17 +18,18 @@ import time
 
 ENV = "KVMTRACE_PHASES"
 
-_marks: list[tuple[str, float]] | None = None
+Mark = tuple[str, float, float]            # (phase, monotonic s, process CPU s)
+_marks: list[Mark] | None = None
 
 
-def enable() -> list[tuple[str, float]]:
-    """Start recording (again); the returned list receives (phase, monotonic seconds)."""
+def enable() -> list[Mark]:
+    """Start recording (again); the returned list receives the marks."""
     global _marks
     _marks = []
     return _marks
 
 
-def disable() -> list[tuple[str, float]]:
+def disable() -> list[Mark]:
     global _marks
     out, _marks = _marks or [], None
     return out
@@ -36,16 +38,17 @@ def disable() -> list[tuple[str, float]]:
 def mark(phase: str) -> None:
     """Phase ``phase`` starts now (a no-op unless a timer is enabled)."""
     if _marks is not None:
-        _marks.append((phase, time.monotonic()))
+        _marks.append((phase, time.monotonic(), time.process_time()))
 
 
-def durations(marks: list[tuple[str, float]], start: float | None = None,
-              first: str = "imports") -> dict[str, float]:
-    """Seconds per phase (a phase marked twice adds up); ``start`` opens phase ``first``."""
+def durations(marks: list[Mark], start: Mark | None = None, cpu: bool = False) -> dict[str, float]:
+    """Wall (or CPU) seconds per phase, a phase marked twice adding up; ``start`` is a mark
+    opening the first phase (e.g. ("imports", time before the process started, 0.0))."""
     out: dict[str, float] = {}
-    seq = ([(first, start)] if start is not None else []) + list(marks)
-    for (name, t0), (_, t1) in zip(seq, seq[1:]):
-        out[name] = out.get(name, 0.0) + max(0.0, t1 - t0)
+    seq = ([start] if start is not None else []) + [tuple(m) for m in marks]
+    i = 2 if cpu else 1
+    for m0, m1 in zip(seq, seq[1:]):
+        out[m0[0]] = out.get(m0[0], 0.0) + max(0.0, m1[i] - m0[i])
     return out
 
 

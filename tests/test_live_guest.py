@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from kvmtrace.sources.live.tracepoints import attached
 from kvmtrace.sources.stream import load
 from kvmtrace.sources.live import Recorder
 from kvmtrace.schema import (EVIDENCE_KINDS, FLUSH_REQUEST_KINDS, ROLE_ACCESS_MASK, ROLE_AD_DISABLED,
@@ -72,7 +73,7 @@ def test_recorded_file_holds_the_flush_windows(recorded):
     ev = trace.events
     writer, reader = result.vcpu_tids[0], result.vcpu_tids[1]
     assert set(ev["tgid"]) == {os.getpid()}
-    assert "tracepoint:kvm:kvm_pv_tlb_flush" in report.attached
+    assert attached("kvm:kvm_pv_tlb_flush", report.attached)
     assert trace.meta.source == "recorded" and trace.meta.kvm_backend == meta.kvm_backend != ""
     assert trace.meta.lost_events == 0
 

@@ -26,12 +26,14 @@ class Recording:
 
 
 def run_recorded(config: ExerciseConfig, output: str, probes: str = "auto",
-                 via_info: dict | None = None) -> tuple[ExerciseResult, Recording]:
+                 via_info: dict | None = None,
+                 raw_tracepoints: bool = True) -> tuple[ExerciseResult, Recording]:
     """Raises kvmtrace.sources.live.LiveUnavailable when the recorder cannot attach here.
     ``via_info``: the flush paths already resolved (exercise.resolve_flush_via), so that
-    the probe guests that try each path stay out of the recording."""
+    the probe guests that try each path stay out of the recording.  ``raw_tracepoints``:
+    False attaches every tracepoint as a perf event (the recorder's raw_tracepoints)."""
     from kvmtrace.sources.live import Recorder
-    recorder = Recorder(output, tgids=(os.getpid(),), probes=probes)
+    recorder = Recorder(output, tgids=(os.getpid(),), probes=probes, raw_tracepoints=raw_tracepoints)
     report = recorder.attach()
     stop = threading.Event()
     outcome: dict = {}

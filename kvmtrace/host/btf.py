@@ -73,6 +73,19 @@ class Member:
     type_name: str = ""   # resolved type, e.g. "u64", "struct kvm_mmu *", "[4] struct ..."
     nelems: int = 0       # arrays: element count (size is then the whole array)
     elem_size: int = 0    # arrays: one element's size
+    signed: bool = False  # a signed integer (or enum) type
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a function prototype, resolved through typedefs."""
+
+    type_name: str        # as written, e.g. "struct kvm_vcpu *", "u32", "bool"
+    size: int             # bytes
+    kind: int             # the resolved BTF kind (INT, PTR, ENUM ...)
+    signed: bool          # a signed integer
+    target: str = ""      # pointers: the pointed-to type's name ("struct kvm_vcpu", "u64")
+    target_size: int = 0  # pointers: the pointed-to type's size
 
 
 # Kinds find() can look up by name.
@@ -302,7 +315,39 @@ class Btf:
         if t.kind == ARRAY:
             elem, _idx, nelems = struct.unpack("<III", t.extra)
             elem_size = self.size_of(elem)
-        return Member(path, bits // 8, size, bits % 8, bitsize, self.type_name(tid), nelems, elem_size)
+        return Member(path, bits // 8, size, bits % 8, bitsize, self.type_name(tid), nelems, elem_size,
+                      self.is_signed(tid))
+
+    def is_signed(self, tid: int) -> bool:
+        """A signed integer: BTF_INT_SIGNED in an INT's encoding (btf.rst §2.2.1)."""
+        t = self.resolve(tid)
+        if t is None or t.kind != INT or len(t.extra) < 4:
+            return False
+        encoding = (struct.unpack("<I", t.extra)[0] >> 24) & 0xF
+        return bool(encoding & 1)
+
+    def trace_params(self, event: str) -> list[Param] | None:
+        """The arguments a raw tracepoint program sees for tracepoint ``event``, from the
+        ``btf_trace_<event>`` typedef the kernel declares for every tracepoint
+        (include/trace/bpf_probe.h): a pointer to ``void (*)(void *__data, TP_PROTO...)``;
+        the leading ``__data`` is dropped.  None when BTF has no such typedef."""
+        td = self.find(f"btf_trace_{event}", TYPEDEF)
+        ptr = self.resolve(td.size_or_type) if td is not None else None
+        proto = self.type(ptr.size_or_type) if ptr is not None and ptr.kind == PTR else None
+        if proto is None or proto.kind != FUNC_PROTO or proto.vlen < 1:
+            return None
+        out = []
+        for i in range(1, proto.vlen):
+            _name_off, ptype = struct.unpack_from("<II", proto.extra, 8 * i)
+            t = self.resolve(ptype)
+            if t is None:
+                return None                      # a variadic "..." or void: not a tracepoint
+            target, target_size = "", 0
+            if t.kind == PTR:
+                target, target_size = self.type_name(t.size_or_type), self.size_of(t.size_or_type)
+            out.append(Param(self.type_name(ptype), self.size_of(ptype), t.kind,
+                             self.is_signed(ptype), target, target_size))
+        return out
 
     def _find_member(self, t: BtfType, name: str, depth: int) -> tuple[int, int, int] | None:
         if depth > _MAX_DEPTH:

@@ -48,7 +48,10 @@ class Kallsyms:
     def modules(self) -> set[str]:
         """The [module] tags of text symbols."""
         if self._modules is None:
-            self._modules = set(_MODULE_RE.findall(self._text))
+            # Module symbols follow vmlinux's: scan from the first "\t[" only.
+            first = self._text.find("\t[")
+            line = self._text.rfind("\n", 0, first) + 1 if first >= 0 else len(self._text)
+            self._modules = set(_MODULE_RE.findall(self._text, line))
         return self._modules
 
     @classmethod

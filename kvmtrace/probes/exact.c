@@ -67,26 +67,7 @@ BPF_TABLE("lru_hash", u32, struct kt_root_seen, kt_root_seen, KT_MAX_THREADS);
 /* tid -> 1 when a flush window opened since the thread's last snapshot. */
 BPF_TABLE("lru_hash", u32, u8, kt_snap_pending, KT_MAX_THREADS);
 
-static __always_inline u64 kt_rd64(u64 addr)
-{
-	u64 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
-	return v;
-}
-
-static __always_inline u32 kt_rd32(u64 addr)
-{
-	u32 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
-	return v;
-}
-
-static __always_inline u8 kt_rd8(u64 addr)
-{
-	u8 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
-	return v;
-}
+/* kt_rd8/16/32/64: kvmtrace.c. */
 
 static __always_inline void kt_stat_add(u32 i, u64 n)
 {

@@ -63,6 +63,44 @@ BPF_TABLE("lru_hash", u32, u32, kt_vcpu_seen, KT_MAX_THREADS);
 /* tid -> task name when the thread first emitted a record. */
 BPF_TABLE("lru_hash", u32, struct kt_comm, kt_comm, KT_MAX_THREADS);
 
+/* Kernel memory reads (exact.c, raw tracepoints: kvmtrace/sources/live/rawtp.py). */
+static __always_inline u64 kt_rd64(u64 addr)
+{
+	u64 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+	return v;
+}
+
+static __always_inline u32 kt_rd32(u64 addr)
+{
+	u32 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+	return v;
+}
+
+static __always_inline u16 kt_rd16(u64 addr)
+{
+	u16 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+	return v;
+}
+
+static __always_inline u8 kt_rd8(u64 addr)
+{
+	u8 v = 0;
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
+	return v;
+}
+
+/* c ? a : b for raw-tracepoint arguments: both loaded before the choice.  Without the
+ * barrier clang selects the address and loads from ctx at a computed offset, which the
+ * verifier refuses ("dereference of modified ctx ptr"). */
+static __always_inline u64 kt_select(u64 c, u64 a, u64 b)
+{
+	asm volatile("" : "+r"(a), "+r"(b));
+	return c ? a : b;
+}
+
 static __always_inline int kt_skip(u32 tgid)
 {
 	KT_TGID_FILTER

@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kvmtrace.host import FormatError, HostFacts
+from kvmtrace.host.btf import Btf
 from kvmtrace.host.exactlayout import PVM_HC_TRACEPOINT, ExactLayout
 from kvmtrace.host.probepoints import FunctionStatus, discover
 from kvmtrace.schema import Kind
 from kvmtrace.sources.live.capabilities import Capability
+from kvmtrace.sources.live import rawtp
 from kvmtrace.sources.live.program import EXACT_SP_EVENTS, FunctionProbe, ResolvedTracepoint, resolve
 from kvmtrace.sources.live.tracepoints import TRACEPOINTS
 
@@ -29,6 +31,8 @@ class ProbePlan:
     function_status: list[FunctionStatus] = field(default_factory=list)
     exact: ExactLayout | None = None     # the exact mode is on with these offsets
     exact_off: str = ""                  # why it is off (modes auto and exact)
+    on_perf: list[tuple[str, str]] = field(default_factory=list)   # (tracepoint, why not raw)
+    raw_off: str = ""                    # why no tracepoint is read raw (no BTF, refused ...)
 
     @property
     def raw_names(self) -> list[str]:
@@ -41,12 +45,30 @@ class ProbePlan:
 
     @property
     def names(self) -> list[str]:
-        return (self.raw_names + [f"tracepoint:{t.name}" for t in self.tracepoints]
+        return (self.raw_names + [t.probe_name for t in self.tracepoints]
                 + [f.name for f in self.functions])
 
     @property
     def empty(self) -> bool:
         return not self.tracepoints and not self.functions and self.exact is None
+
+    def transport_line(self) -> str:
+        """One line: how the tracepoints are attached (raw tracepoints or perf events)."""
+        raw = sum(1 for t in self.tracepoints if t.raw)
+        perf = len(self.tracepoints) - raw
+        if self.raw_off:
+            return f"tracepoints: {perf} as perf events (raw tracepoints off: {self.raw_off})"
+        line = f"tracepoints: {raw} as raw tracepoints (BPF links), {perf} as perf events"
+        if self.on_perf:
+            line += " (" + "; ".join(f"{n}: {why}" for n, why in self.on_perf) + ")"
+        return line
+
+    def without_raw(self, why: str) -> "ProbePlan":
+        """The same plan with every tracepoint on perf (raw tracepoints refused: ``why``)."""
+        out = ProbePlan(self.mode, [_perf(t) for t in self.tracepoints], list(self.functions),
+                        list(self.skipped), list(self.function_status), self.exact, self.exact_off)
+        out.raw_off = why
+        return out
 
     def exact_line(self) -> str:
         if self.exact is not None:
@@ -84,10 +106,18 @@ def exact_problem(facts: HostFacts, layout: ExactLayout | None) -> str:
     return ""
 
 
+def _perf(rt: ResolvedTracepoint) -> ResolvedTracepoint:
+    """rt as the perf-event tracepoint it was resolved as (re-resolved from its fields)."""
+    return rt.perf if rt.raw and rt.perf is not None else rt
+
+
 def build(facts: HostFacts, mode: str, kprobes: Capability,
           filter_functions: set[str] | None = None,
-          layout: ExactLayout | None = None) -> ProbePlan:
-    """layout: the BTF offsets of the exact mode (modes auto and exact), None = off."""
+          layout: ExactLayout | None = None, btf: Btf | None = None,
+          btf_problem: str = "no BTF") -> ProbePlan:
+    """layout: the BTF offsets of the exact mode (modes auto and exact), None = off.
+    btf: the kernel's BTF, to read tracepoints as raw tracepoints (rawtp.py); without it
+    every tracepoint is a perf event and the plan says ``btf_problem``."""
     if mode not in MODES:
         raise ValueError(f"unknown probe mode {mode!r}")
     plan = ProbePlan(mode)
@@ -108,7 +138,14 @@ def build(facts: HostFacts, mode: str, kprobes: Capability,
             elif plan.exact is not None and tp.system == "kvmmmu" and tp.event in EXACT_SP_EVENTS:
                 continue                 # read as raw tracepoints (kvmtrace/probes/exact.c)
             else:
-                plan.tracepoints.append(r)
+                raw = rawtp.convert(r, btf) if btf is not None else btf_problem
+                if isinstance(raw, str):
+                    plan.on_perf.append((tp.name, raw))
+                    plan.tracepoints.append(r)
+                else:
+                    plan.tracepoints.append(raw)
+        if btf is None and plan.tracepoints:
+            plan.raw_off, plan.on_perf = btf_problem, []
     plan.function_status = discover(facts.kallsyms, facts.kvm_backend, filter_functions)
     if mode in ("auto", "exact", "functions"):
         for st in plan.function_status:

@@ -11,7 +11,7 @@ the compiler check every offset against it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kvmtrace.analysis.flushpaths import PVM_FLUSH_HYPERCALLS, PVM_HC_VECTOR
 from kvmtrace.host.exactlayout import ExactLayout
@@ -66,6 +66,9 @@ class ResolvedTracepoint:
     fields: tuple[TraceField, ...]     # the fields the handler reads, by offset
     columns: dict[str, str]            # schema column -> C expression (args->x form)
     arg: str                           # the handler's extra argument (WITH_ARG handlers)
+    raw: bool = False                  # read as a raw tracepoint (rawtp.py): kt_f_x form
+    raw_decls: tuple[str, ...] = ()    # raw: "u32 kt_f_x = <read of ctx->args>;" per field
+    perf: "ResolvedTracepoint | None" = field(default=None, compare=False, repr=False)  # raw: the perf form
 
     @property
     def name(self) -> str:
@@ -73,7 +76,12 @@ class ResolvedTracepoint:
 
     @property
     def fn_name(self) -> str:
-        return f"kt_tp__{self.probe.system}__{self.probe.event}"
+        return f"kt_{'raw' if self.raw else 'tp'}__{self.probe.system}__{self.probe.event}"
+
+    @property
+    def probe_name(self) -> str:
+        """The attached probe's name in reports and metadata."""
+        return f"raw_tracepoint:{self.probe.event}" if self.raw else f"tracepoint:{self.name}"
 
 
 @dataclass(frozen=True)
@@ -195,7 +203,9 @@ def args_struct(rt: ResolvedTracepoint) -> str:
 def tracepoint_handler(rt: ResolvedTracepoint, exact: bool = False) -> str:
     _checked_names(rt)
     sname = f"kt_args__{rt.probe.system}__{rt.probe.event}"
-    body = [f"int {rt.fn_name}(struct {sname} *args)", "{",
+    signature = (f"int {rt.fn_name}(struct bpf_raw_tracepoint_args *ctx)" if rt.raw
+                 else f"int {rt.fn_name}(struct {sname} *args)")
+    body = [signature, "{",
             "\tu64 id = bpf_get_current_pid_tgid();",
             "\tif (kt_skip(id >> 32))", "\t\treturn 0;"]
     if exact and rt.probe.handler in EVIDENCE_HANDLERS:
@@ -205,6 +215,7 @@ def tracepoint_handler(rt: ResolvedTracepoint, exact: bool = False) -> str:
         # Most evidence events find no open window: count them before building a record.
         body += ["\tif (!kt_window_open((u32)id)) {", f"\t\tkt_count({int(rt.probe.kind)});",
                  "\t\treturn 0;", "\t}"]
+    body += [f"\t{d}" for d in rt.raw_decls]
     body += ["\tstruct kt_record e = {};",
             f"\tkt_init(&e, {int(rt.probe.kind)}, id);"]
     for column, expr in rt.columns.items():
@@ -216,6 +227,8 @@ def tracepoint_handler(rt: ResolvedTracepoint, exact: bool = False) -> str:
     else:
         body.append(f"\treturn {rt.probe.handler}(&e);")
     body.append("}")
+    if rt.raw:
+        return f"/* {rt.name} as a raw tracepoint (kvmtrace/sources/live/rawtp.py) */\n" + "\n".join(body)
     return args_struct(rt) + "\n\n" + "\n".join(body)
 
 

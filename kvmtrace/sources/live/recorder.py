@@ -32,6 +32,7 @@ import pyarrow as pa
 from kvmtrace import __version__, phases
 from kvmtrace.host import FormatError, HostFacts, gather
 from kvmtrace.host import exactlayout
+from kvmtrace.host.btf import load_kernel
 from kvmtrace.schema import KIND_NAMES, TraceMeta
 from kvmtrace.sources.live.background import BackgroundWriter
 from kvmtrace.sources.native import (ARROW_SCHEMA, PART_BATCH_AGE_S, PART_BATCH_ROWS, PART_MAX_AGE_S,
@@ -111,8 +112,10 @@ class Recorder:
                  ringbuf_pages: int = 8192, evidence_budget: int = 4,
                  flush_interval: float = 0.1, holdback_ns: int = 20_000_000,
                  tracepoints: Sequence[TracepointProbe] | None = None,
-                 root: str | os.PathLike = "/"):
-        """tracepoints: replace the KVM tracepoint set (benchmarks); function probes off."""
+                 root: str | os.PathLike = "/", raw_tracepoints: bool = True):
+        """tracepoints: replace the KVM tracepoint set (benchmarks); function probes off.
+        raw_tracepoints: read tracepoints as raw tracepoints where BTF allows (rawtp.py);
+        False attaches every one as a perf event (tests compare the two)."""
         self.output = None if output is None else Path(output)
         if self.output is not None:
             native_format(self.output)          # reject unknown suffixes before attaching
@@ -128,11 +131,14 @@ class Recorder:
         self.batch_pause = 0.002
         self.holdback_ns = holdback_ns
         self.custom_tracepoints = list(tracepoints) if tracepoints is not None else None
+        self.raw_tracepoints = raw_tracepoints
         phases.mark("plan")
         self.facts: HostFacts = gather(root)
         self.stats = RecorderStats()
         self.meta: TraceMeta | None = None
         self._plan: ProbePlan | None = None
+        self._btf = None                     # the kernel's BTF (raw tracepoints, exact mode)
+        self._btf_problem = "no BTF"
         self._bpf = None
         self._reader: RingbufReader | None = None
         self._writer: TraceWriter | None = None
@@ -168,9 +174,10 @@ class Recorder:
             else:
                 kp = capabilities.kprobes(self.facts)
                 filt = self.facts.tracefs.filter_functions()
-                layout = (exactlayout.discover(self.facts.root)
-                          if self.mode in ("auto", "exact") else None)
-                self._plan = build(self.facts, self.mode, kp, filt, layout)
+                layout = self._load_btf()
+                self._plan = build(self.facts, self.mode, kp, filt, layout, self._btf, self._btf_problem)
+                if not self.raw_tracepoints:
+                    self._plan = self._plan.without_raw("not asked for (raw_tracepoints=False)")
                 if self.mode == "exact" and self._plan.exact is None:
                     raise LiveUnavailable(f"the exact mode is off here: {self._plan.exact_off}",
                                           "use --probes auto or tracepoints (see kvmtrace doctor)")
@@ -182,6 +189,19 @@ class Recorder:
                     fix = f"use --probes auto, or {fix}"
                 raise LiveUnavailable(f"nothing to attach in mode {self.mode!r} ({why})", fix)
         return self._plan
+
+    def _load_btf(self) -> "exactlayout.ExactLayout | None":
+        """Load the kernel's BTF once: offsets of the exact mode (modes auto and exact) and the
+        argument lists of raw tracepoints.  Returns the exact layout (None = not asked)."""
+        if self.mode == "functions":
+            return None
+        btf, detail = load_kernel(self.facts.root)
+        self._btf, self._btf_problem = btf, f"no BTF ({detail})"
+        if self.mode not in ("auto", "exact"):
+            return None
+        if btf is None:
+            return exactlayout.ExactLayout("kernel BTF", problems=[detail])
+        return exactlayout.from_btf(btf, detail)
 
     def _custom_plan(self) -> ProbePlan:
         plan = ProbePlan("custom")
@@ -229,13 +249,18 @@ class Recorder:
             raise LiveUnavailable(f"no kernel headers for BCC ({hdr_detail})", INSTALL_HINT)
         self._bpf, plan = self._compile(bcc, plan, hdr_detail)
         phases.mark("attach")
-        report = AttachReport(skipped=list(plan.skipped), notes=[f"BCC: {how}", f"headers: {hdr_detail}",
-                                                                 plan.exact_line()])
-        if plan.exact is not None:
-            # BCC attached the RAW_TRACEPOINT_PROBE handlers while loading them.
-            report.attached.extend(plan.raw_names)
         try:
-            self._attach_all(plan, report)
+            report = self._attach_plan(plan, how, hdr_detail)
+        except _RawRefused as exc:
+            # This kernel will not open raw tracepoints: every tracepoint as a perf event.
+            detach_all(self._bpf)
+            self._bpf = None
+            self._plan = plan.without_raw(f"the kernel refused one: {exc}")
+            phases.mark("compile")
+            self._bpf, plan = self._compile(bcc, self._plan, hdr_detail)
+            phases.mark("attach")
+            report = self._attach_plan(plan, how, hdr_detail)
+        try:
             if not report.attached:
                 raise LiveUnavailable("no probe could be attached: " +
                                       "; ".join(f"{n}: {w}" for n, w in report.skipped[:4]),
@@ -253,6 +278,21 @@ class Recorder:
             raise
         return report
 
+    def _attach_plan(self, plan: ProbePlan, how: str, hdr_detail: str) -> AttachReport:
+        report = AttachReport(skipped=list(plan.skipped), notes=[f"BCC: {how}", f"headers: {hdr_detail}",
+                                                                 plan.exact_line(), plan.transport_line()])
+        if plan.exact is not None:
+            # BCC attached the RAW_TRACEPOINT_PROBE handlers while loading them.
+            report.attached.extend(plan.raw_names)
+        try:
+            self._attach_all(plan, report)
+        except _RawRefused:
+            raise
+        except BaseException:
+            self._abandon()
+            raise
+        return report
+
     def _compile(self, bcc, plan: ProbePlan, hdr_detail: str):
         """Load the program (BCC attaches the exact mode's raw tracepoints as it loads).
         In mode auto, an exact mode the kernel refuses falls back to the tracepoints."""
@@ -264,7 +304,10 @@ class Recorder:
                 problem = summarize_error(exc, err)
         if plan.exact is not None and self.mode == "auto":
             kp = capabilities.kprobes(self.facts)
-            fallback = build(self.facts, self.mode, kp, self.facts.tracefs.filter_functions(), None)
+            fallback = build(self.facts, self.mode, kp, self.facts.tracefs.filter_functions(), None,
+                             self._btf, self._btf_problem)
+            if plan.raw_off:
+                fallback = fallback.without_raw(plan.raw_off)
             fallback.exact_off = f"raw tracepoints refused: {problem}"
             self._plan = fallback
             return self._compile(bcc, fallback, hdr_detail)
@@ -288,11 +331,16 @@ class Recorder:
     def _attach_all(self, plan: ProbePlan, report: AttachReport) -> None:
         b = self._bpf
         for rt in plan.tracepoints:
-            name = f"tracepoint:{rt.name}"
+            name = rt.probe_name
             with captured_stderr() as err:
                 try:
-                    b.attach_tracepoint(tp=rt.name.encode(), fn_name=rt.fn_name.encode())
+                    if rt.raw:
+                        b.attach_raw_tracepoint(tp=rt.probe.event.encode(), fn_name=rt.fn_name.encode())
+                    else:
+                        b.attach_tracepoint(tp=rt.name.encode(), fn_name=rt.fn_name.encode())
                 except Exception as exc:
+                    if rt.raw:
+                        raise _RawRefused(f"{name}: {summarize_error(exc, err)}") from None
                     report.skipped.append((name, summarize_error(exc, err)))
                     continue
             report.attached.append(name)
@@ -312,6 +360,7 @@ class Recorder:
         notes = report.skipped_lines()
         if self._plan is not None:
             notes.append(self._plan.exact_line())
+            notes.append(self._plan.transport_line())
         if self.tgids:
             notes.append("filtered to TGID(s) " + ", ".join(map(str, self.tgids)))
         notes.append(f"guest-run evidence recorded only inside flush windows (up to "
@@ -612,6 +661,10 @@ class Recorder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _RawRefused(Exception):
+    """The kernel refused to open a raw tracepoint (the message says which and why)."""
 
 
 def detach_all(bpf) -> None:
