@@ -69,6 +69,7 @@ def record(output: str | None, tgids: tuple[int, ...], duration: float | None, p
             rec = Recorder(None if ebpf else output, tgids=tgids, probes=probes)
             if ebpf:
                 click.echo(f"/* {rec.plan().exact_line()} */")
+                click.echo(f"/* {rec.plan().transport_line()} */")
                 click.echo(rec.program_text(), nl=False)
                 return
             warn_absent_tgids(tgids, "recording")

@@ -256,7 +256,12 @@ def _wait(session: Session, online: OnlineAnalysis, cfg: CheckConfig,
           ex: Optional[_Exercise]) -> None:
     last_status = 0.0
     while True:
-        if session.wait(POLL_S):
+        if ex is not None and not ex.done.is_set():
+            # Wake as soon as the guest is done, not at the next poll (0-100 ms later).
+            ex.done.wait(POLL_S)
+            if session.wait(0):
+                break
+        elif session.wait(POLL_S):
             break                                   # duration over, file replayed, or error
         if session.stop.is_set():
             break                                   # Ctrl-C / SIGTERM

@@ -176,8 +176,8 @@ static __always_inline int kt_sp_event(u64 sp, u8 kind, int created, int links, 
 
 static __always_inline u64 kt_current_vcpu(void)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	u64 first = kt_rd64((u64)task + KT_OFF_TASK_NOTIFIERS);
+	u64 task = bpf_get_current_task();          /* struct task_struct * */
+	u64 first = kt_rd64(task + KT_OFF_TASK_NOTIFIERS);
 	return first ? first - KT_OFF_VCPU_NOTIFIER : 0;
 }
 

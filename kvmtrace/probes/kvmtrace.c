@@ -20,7 +20,10 @@
  * teaches a new thread -> vCPU id pairing.
  */
 #include <uapi/linux/ptrace.h>
-#include <linux/sched.h>
+
+/* TASK_COMM_LEN (include/linux/sched.h): the size bpf_get_current_comm() fills.  Not
+ * included from there: parsing linux/sched.h was a quarter of BCC's compile time. */
+#define KT_COMM_LEN 16
 
 struct kt_record {
 	u64 ts;            /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
@@ -48,7 +51,7 @@ _Static_assert(sizeof(struct kt_record) == KT_RECORD_SIZE, "kt_record size");
 #define KT_F_ROLE 1
 
 struct kt_comm {
-	char comm[TASK_COMM_LEN];
+	char comm[KT_COMM_LEN];
 };
 
 BPF_RINGBUF_OUTPUT(kt_events, KT_RINGBUF_PAGES);
