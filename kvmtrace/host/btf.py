@@ -202,11 +202,15 @@ class Btf:
             shift = len(self.base._strings)
         else:
             shift = 0
-        needle, strings = name.encode() + b"\0", self._strings
+        # A string starts after a NUL (or at 0): search with the NUL in front, so that
+        # names that end many others ("u64") cost one scan, not one per suffix match.
+        name_b, strings = name.encode(), self._strings
+        if strings.startswith(name_b + b"\0"):
+            out.append(shift)
+        needle = b"\0" + name_b + b"\0"
         i = strings.find(needle)
         while i >= 0:
-            if i == 0 or strings[i - 1] == 0:
-                out.append(i + shift)
+            out.append(i + 1 + shift)
             i = strings.find(needle, i + 1)
         return out
 
