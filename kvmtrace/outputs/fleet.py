@@ -38,7 +38,7 @@ def render(rows: list[dict], run: dict[str, Any], hosts_shown: int = HOSTS_SHOWN
              + ", ".join(f"{hv.get(v, 0)} {v}" for v in
                          ("violation", "suspect", "inconclusive", "no-flushes", "ok")) + ")",
              f"engine {run['engine']}: {run['partitions']} partitions, {run['parts']} parts, "
-             f"{run['elapsed_s']:.1f} s ({run['events_per_s'] / 1e6:.2f} M events/s)", "",
+             f"{run['elapsed_s']:.1f} s ({run['events_per_s']:,.0f} events/s)", "",
              f"{'host':<24}{'verdict':<14}{'VMs':>5}{'windows':>8}{'meaningful':>11}{'viol':>6}"
              f"{'susp':>6}{'ok':>8}{'inconc':>8}{'open':>6}{'lost':>8}  kernel"]
     for h in s["hosts"][:hosts_shown]:

@@ -211,12 +211,12 @@ def part_meta(path: str | os.PathLike) -> TraceMeta:
 
 
 def read_part(path: str | os.PathLike) -> tuple[pd.DataFrame, TraceMeta]:
-    """One part's events (every schema column, older versions filled) and metadata; the
-    values as stored (the fleet engines validate, as every reader does)."""
+    """One part's events and metadata, the values as stored: the fleet engines conform
+    (fill what older versions lack) and validate, as every reader does."""
     with reading(path, "not a readable Parquet file"):
         table = pq.read_table(path, use_threads=False)
     meta = meta_from_schema(path, table.schema)
     check_columns(path, table.schema, meta)
     with reading(path):
-        events = conform(table.to_pandas(), fill_missing=True)
+        events = table.to_pandas()
     return events, meta
