@@ -1,6 +1,7 @@
 """Mutation testing of the model and the verdict code with mutmut.
 
     python -m bench.mutation [--json] [--scope verdict|model|all] [--jobs N] [--workdir DIR]
+                             [--only PATH]
 
 mutmut (``pip install -e '.[mutation]'``; configured in pyproject.toml ``[tool.mutmut]``)
 makes one small change at a time to ``kvmtrace/analysis/`` and
@@ -161,11 +162,19 @@ def main(argv: list[str] | None = None) -> int:
     killed = sorted(n for n in run if codes.get(n) in KILLED)
     survived = sorted(n for n in run if n not in set(killed))
     scored = len(killed) + len(survived)
+    by_module = {}
+    for p in paths:
+        prefix = p[:-3].replace("/", ".") + "."
+        k = sum(1 for n in killed if n.startswith(prefix))
+        s = sum(1 for n in survived if n.startswith(prefix))
+        if k + s:
+            by_module[p] = {"killed": k, "survived": s, "score": round(k / (k + s), 4)}
     out = {"scope": args.scope, "modules": paths, "mutants": len(text),
            "killed": len(killed), "survived": len(survived),
            "equivalent": sum(1 for n in text if n in equiv),
            "text_only": sum(1 for t in text.values() if t),
            "score": round(len(killed) / scored, 4) if scored else None,
+           "by_module": by_module,
            "survivors": [{"name": n, "status": codes.get(n)} for n in survived]}
     if args.json:
         print(json.dumps(out, indent=1))
@@ -174,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mutation ({args.scope}): {out['killed']} killed, {out['survived']} survived "
               f"({score} of {scored} non-equivalent), {out['equivalent']} documented "
               f"equivalent, {out['text_only']} text-only not run")
+        for p, m in by_module.items():
+            print(f"  {p}: {m['killed']} of {m['killed'] + m['survived']} ({m['score']:.1%})")
         for s in out["survivors"]:
             print(f"  survived: {s['name']}  (mutmut show {s['name']})")
     return 0

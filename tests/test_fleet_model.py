@@ -16,7 +16,7 @@ from kvmtrace.analysis.report import COUNT_KEYS
 from kvmtrace.schema import Kind, TraceMeta
 from kvmtrace.sources.frame import concat
 
-from model_scenarios import V1, Stream, flush_with_sync, flush_without_sync
+from model_scenarios import V0, V1, Stream, flush_with_sync, flush_without_sync
 
 
 def meta(kernel: str = "6.18.0", notes=()) -> TraceMeta:
@@ -136,3 +136,34 @@ def test_an_inconclusive_host_is_not_hidden_by_ok_ones():
     assert s["verdict"] == "inconclusive"
     assert [h["host"] for h in s["hosts"]] == ["b", "c", "a"]
     assert summarize([])["verdict"] == "no-flushes" and summarize([])["hosts"] == []
+
+
+def test_row_json_is_compact_with_sorted_keys():
+    (row,) = analyze_vm(flush_without_sync().frame(), meta(), host="h")
+    assert row["findings"].startswith('[{"closed_ts":') and ", " not in row["findings"][:40]
+    s = flush_with_sync()
+    s.pv(V0, 0, need_flush=1).run(V0)
+    res = replay_vm(s.frame(), meta(), 1).to_dict()
+    assert vm_row(res, host="h", vm=1, kernel="")["vcpus"] == "[0,1]"
+
+
+def test_the_vms_metadata_and_finding_cap_reach_its_replay():
+    # TDP in effect (meta.tdp): a guest flush needs no shadow sync, whatever the events.
+    (row,) = analyze_vm(flush_without_sync().frame(), TraceMeta(tdp=True), host="h")
+    assert row["verdict"] == "ok"
+    res = replay_vm(flush_without_sync().frame(), meta(), 1, max_findings=0)
+    assert (res.findings, res.findings_total) == ([], 1)
+
+
+def test_parts_with_the_same_name_keep_their_order():
+    parts = [("x.kvmtrace", flush_with_sync().frame(), meta("6.18.0")),
+             ("x.kvmtrace", flush_without_sync().frame(), meta("6.18.0"))]
+    (row,) = analyze_vm_parts(parts, host="h", vm=1)
+    assert row["windows_total"] == 2 and row["verdict"] == "violation"
+
+
+def test_a_result_without_some_evidence_keys_counts_them_as_zero():
+    res = replay_vm(flush_with_sync().frame(), meta(), 1).to_dict()
+    res["evidence"] = {"inferred": 4}
+    row = vm_row(res, host="h", vm=1, kernel="")
+    assert (row["evidence_inferred"], row["evidence_exact"], row["evidence_none"]) == (4, 0, 0)
