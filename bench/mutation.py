@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", default=[], metavar="PATH",
                     help="only this module of the scope (repeatable), e.g. kvmtrace/analysis/window.py")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--report-only", action="store_true",
+                    help="summarise the last run's results in the work directory, run nothing "
+                         "(e.g. after documenting equivalents)")
     ap.add_argument("--workdir", type=Path,
                     default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
                     / "kvmtrace-mutation")
@@ -142,8 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    copy_checkout(work)
-    mutmut(work, [NONE], args.jobs)              # generate mutants, map tests to functions
+    if not args.report_only:
+        copy_checkout(work)
+        mutmut(work, [NONE], args.jobs)          # generate mutants, map tests to functions
+    elif not (work / "mutants").is_dir():
+        print(f"bench.mutation: no run to report in {work}", file=sys.stderr)
+        return 2
     paths = sorted(str(p.relative_to(work / "mutants")) for p in (work / "mutants").rglob("*.py")
                    if in_scope(str(p.relative_to(work / "mutants")), args.scope)
                    and (p.with_name(p.name + ".meta")).exists())
@@ -156,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sorted(n for n, t in text.items() if not t and n not in equiv)
     # One mutmut run for all (each run starts with a clean run of the selected tests and a
     # forced-fail check, minutes on a loaded machine); batches only bound the command line.
-    for i in range(0, len(run), BATCH):
+    for i in range(0, len(run), BATCH) if not args.report_only else ():
         mutmut(work, run[i:i + BATCH], args.jobs)
     codes = results(work, paths)
     killed = sorted(n for n in run if codes.get(n) in KILLED)
