@@ -404,3 +404,97 @@ def test_the_flush_path_table_names_what_each_backend_shows():
     assert BY_NAME["steal-time"].revealed_on("pvm") == "kvm:kvm_pv_tlb_flush need_flush_tlb=1"
     assert BY_NAME["hyperv"].revealed_on("pvm") == ""
     assert BY_NAME["invpcid"].revealed_on("svm") == "kvm:kvm_exit invpcid"
+
+
+# ============================================================================ more handler details
+
+def test_a_sync_roots_before_the_flush_function_is_not_its_sync():
+    # kvm_mmu_sync_roots ran before kvm_vcpu_flush_tlb_guest() was entered (a fault's
+    # KVM_REQ_MMU_SYNC): the flush itself then synced nothing, the pre-5.13 path.
+    s = unsynced()
+    s.fn(Kind.SYNC_ROOTS, V1).fn(Kind.FLUSH_GUEST_ENTRY, V1).fn(Kind.FLUSH_GUEST_RETURN, V1)
+    s.run(V1)
+    w, _ = one(s, FN_META)
+    assert (w.verdict, w.started_inside, w.pattern) == ("violation", False, "hardware-flush-only")
+
+
+def test_two_syncs_in_a_window_count_two():
+    s = built()
+    s.unsync(V0, 4).unsync(V0, 5).run(V0)
+    s.pv(V1, 1, need_flush=1).sync(HELPER, 4).sync(HELPER, 5).run(V1)
+    w, _ = one(s)
+    assert (w.synced, w.verdict) == (2, "ok")
+
+
+def test_an_own_thread_sync_of_a_page_unsynced_inside_the_window_times_the_sync():
+    s = built()
+    s.pv(V1, 1, need_flush=1).unsync(V0, 5).sync(V1, 5).run(V1)
+    w, _ = one(s)
+    assert (w.synced, w.synced_here, w.latency_ns) == (0, True, 20)
+
+
+def test_a_zap_of_an_unrelated_sp_keeps_every_root():
+    s = unsynced()
+    s.get(V0, 9, 3).run(V0).zap(HELPER, 9, level=3).pv(V1, 1, need_flush=1).run(V1)
+    w, _ = one(s)
+    assert w.verdict == "violation" and [o.reachable for o in w.outstanding] == [True]
+
+
+def test_a_cr3_switch_to_a_known_root_takes_its_level_for_later_faults():
+    # After the switch to SP 9 (fast_pgd_switch), the fault path's get_page chain hangs
+    # under root 9: SP 32 is reachable from the root vCPU1 runs on.
+    s = unsynced()
+    s.get(V0, 9, 4).run(V0)
+    cr3(s, V1, 9 << 12, need_flush=0)
+    s.get(V1, 30, 3).get(V1, 31, 2).get(V1, 32, 1).run(V1)
+    s.unsync(V0, 32).run(V0)
+    s.pv(V1, 1, need_flush=1).run(V1)
+    w, _ = one(s)
+    assert [(o.gfn, o.reachable) for o in w.outstanding] == [(4, False), (32, True)]
+    assert w.verdict == "violation"
+
+
+def test_a_cr3_switch_inside_a_window_is_in_its_record():
+    s = unsynced()
+    s.pv(V1, 1, need_flush=1)
+    cr3(s, V1, 0x77000, need_flush=0).run(V1)
+    w, res = one(s)
+    assert w.root_switched and kinds_of(w)[-2:] == ["FLUSH_CR3", "SPTE_INSTALL"]
+    assert res.findings[0]["events"][-2]["event"] == "flush_cr3"
+
+
+def test_a_level4_sp_under_a_level5_root_is_no_root_even_for_a_later_fault():
+    # 5-level paging: root 9 (level 5); a later fault fetches another level-4 SP (8): a
+    # child of the root, not a root.  SP 4 stays reachable from root 9.
+    s = Stream()
+    s.pv(V1, 1).get(V1, 9, 5).get(V1, 1, 4).get(V1, 2, 3).get(V1, 3, 2).get(V1, 4, 1).run(V1)
+    s.get(V1, 8, 4).run(V1)
+    s.unsync(V0, 4).run(V0)
+    s.pv(V1, 1, need_flush=1).run(V1)
+    w, _ = one(s)
+    assert w.verdict == "violation" and [o.reachable for o in w.outstanding] == [True]
+
+
+def test_a_vm_first_seen_in_a_chunk_after_an_unplaced_loss_is_tainted():
+    s = Stream()
+    s.lost(4)
+    s.pv(V1, 1).get(V1, 2, 3).run(V1)
+    s.pv(V1, 1, need_flush=1).run(V1)
+    frame = s.frame()
+    r = Replayer()
+    r.feed(frame.iloc[:1])              # the loss, before any event of the VM
+    (w,) = r.feed(frame.iloc[1:])
+    assert w.lost_before_ts == s.rows[0]["ts"] and w.verdict == "inconclusive"
+
+
+def test_a_top_walk_edge_teaches_a_thread_whose_root_is_unknown():
+    # vCPU1 (root 1 known) walks: its top entry points at table 20, which no SP shadows
+    # yet.  vCPU0, whose root a CR0 write made unknown, then fetches SPs 20 -> 21 -> 22:
+    # 20 hangs under root 1 by the walk, so 22 is reachable from vCPU1's root.
+    s = built()
+    walk(s, V1, [(4, table(20)), (3, table(21)), (2, table(22)), (1, table(0x50))])
+    s.add(Kind.CR_WRITE, V0, level=0).get(V0, 20, 3).get(V0, 21, 2).get(V0, 22, 1).run(V0)
+    s.unsync(V0, 22).run(V0)
+    s.pv(V1, 1, need_flush=1).run(V1)
+    w, _ = one(s)
+    assert [(o.gfn, o.reachable) for o in w.outstanding] == [(22, True)]
