@@ -308,3 +308,50 @@ def test_a_source_without_tids_keys_threads_by_negative_vcpu_keys():
     rows = rows_of([(-1, Kind.GUEST_ENTRY, {"vcpu": 3}), (-1, Kind.GUEST_ENTRY, {"vcpu": 0})])
     sel = select(rows)
     assert sorted(sel.threads) == [(1, -5, 3, ""), (1, -2, 0, "")]
+
+
+def test_walks_of_two_threads_cut_by_a_chunk_boundary_chain_on_per_thread():
+    # Each thread's last walker row of a chunk is where its walk goes on in the next.
+    spec = [(A, Kind.WALK_START, {"value": 0}),
+            (A, Kind.WALK_ELEMENT, {"level": 4, "value": table_pte(20)}),
+            (A, Kind.WALK_ELEMENT, {"level": 3, "value": table_pte(30)}),
+            (B, Kind.WALK_START, {"value": 0}),
+            (B, Kind.WALK_ELEMENT, {"level": 4, "value": table_pte(21)}),
+            (A, Kind.WALK_ELEMENT, {"level": 2, "value": table_pte(40)}),     # next chunk
+            (B, Kind.WALK_ELEMENT, {"level": 3, "value": table_pte(31)})]
+    rows = rows_of(spec)
+    selector = ChunkSelector()
+    select(rows[:5], selector)
+    second = select(rows[5:], selector)
+    assert {int(second.cols["tid"][i]): int(second.cols["aux"][i]) for i in second.rows} == {
+        A: 30, B: 21}
+
+
+def test_an_edge_already_handed_on_in_an_earlier_chunk_is_not_handed_on_again():
+    spec = walk(A, [2, 3, 4], 0x50)
+    selector = ChunkSelector()
+    first = select(rows_of(spec), selector)
+    again = [{**r, "ts": r["ts"] + 1000} for r in rows_of(spec)]
+    second = select(again, selector)
+    walked = lambda sel, rows: [i for i in sel.rows.tolist() if rows[i]["kind"] == Kind.WALK_ELEMENT]
+    assert len(walked(first, rows_of(spec))) == 3 and walked(second, again) == []
+
+
+def test_the_same_tables_at_another_level_are_another_edge():
+    # A guest table that maps itself one level down (a recursive entry) gives the pair
+    # (5 -> 6) at level 3 and at level 2: two edges.
+    spec = [(A, Kind.WALK_START, {"value": 0}),
+            (A, Kind.WALK_ELEMENT, {"level": 4, "value": table_pte(5)}),
+            (A, Kind.WALK_ELEMENT, {"level": 3, "value": table_pte(6)})]
+    selector = ChunkSelector()
+    select(rows_of(spec), selector)
+    later = rows_of([(A, Kind.WALK_START, {"value": 0}),
+                     (A, Kind.WALK_ELEMENT, {"level": 3, "value": table_pte(5)}),
+                     (A, Kind.WALK_ELEMENT, {"level": 2, "value": table_pte(6)})])
+    later = [{**r, "ts": r["ts"] + 1000} for r in later]
+    sel = select(later, selector)
+    assert [int(sel.cols["aux"][i]) for i in sel.rows if later[i]["kind"] == Kind.WALK_ELEMENT] == [-1, 5]
+
+
+def table_pte(gfn: int) -> int:
+    return (gfn << 12) | 0x27
