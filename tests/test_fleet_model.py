@@ -167,3 +167,15 @@ def test_a_result_without_some_evidence_keys_counts_them_as_zero():
     res["evidence"] = {"inferred": 4}
     row = vm_row(res, host="h", vm=1, kernel="")
     assert (row["evidence_inferred"], row["evidence_exact"], row["evidence_none"]) == (4, 0, 0)
+
+
+def test_conclude_distrusts_on_the_sources_doubts_and_keeps_skipped_lines():
+    from kvmtrace.analysis import Replayer
+    from kvmtrace.analysis.fleet import conclude
+    rep = Replayer(meta())
+    rep.feed(flush_with_sync().frame())
+    skipped = {"total": 2, "decisive": 0, "by_reason": [{"reason": "garbage", "count": 2,
+                                                         "examples": ["x"]}]}
+    res = conclude(rep, meta(), doubts=["3 lines were undecodable"], skipped=skipped)
+    assert "3 lines were undecodable; every window is inconclusive" in res.notes
+    assert res.verdict == "inconclusive" and res.skipped_lines == skipped

@@ -162,3 +162,10 @@ def test_merging_traces_adds_everything_up():
     lossy = AnalysisResult("inconclusive", "unknown", one.windows, [], [], 0, 7, 0)
     assert merge([one, lossy]).lost_events == 7
     assert merge([one]) is one
+
+
+def test_merging_results_that_lack_some_evidence_keys_counts_them_as_zero():
+    one = replay_frame(flush_with_sync().frame(), source="a")
+    two = replay_frame(flush_with_sync().frame(), source="b")
+    two.evidence = {"inferred": 1}
+    assert merge([one, two]).evidence == {"exact": 0, "inferred": 2, "none": 0}

@@ -174,3 +174,26 @@ def test_dropping_the_root_forgets_its_level_and_path():
     th.path[3] = (2, 0x3703)
     th.drop_root()
     assert (th.root, th.root_level, th.path) == (None, 0, {})
+
+
+def test_a_clean_reading_decides_a_synced_function_probe_window_exactly():
+    # kvm_mmu_sync_roots seen and KVM's own roots read clean: the exact evidence decides.
+    clean = Reading(snap((1, 0, 0)), explained=True)
+    w = judge(win(saw_sync_roots=True), [page(None)], fn_mode=True, reading=clean)
+    assert (w.verdict, w.evidence) == ("ok", "exact")
+    w = judge(win(saw_unload=True), [page(None)], fn_mode=True, reading=clean)
+    assert (w.verdict, w.evidence) == ("ok", "exact")
+
+
+def test_losses_are_discounted_on_a_shadow_host_and_not_under_tdp():
+    w = win(unsync_at_open=0, lost_before_ts=1_000_000_000)
+    decide(w, [], tdp=False, shadow_vm=True, fn_mode=False)
+    assert (w.verdict, w.loss_demoted) == ("inconclusive", True)
+    w = win(unsync_at_open=0, lost_before_ts=1_000_000_000)
+    decide(w, [], tdp=True, shadow_vm=False, fn_mode=False)
+    assert (w.verdict, w.loss_demoted) == ("ok", False)
+
+
+def test_loss_times_are_seconds_with_six_decimals():
+    w = judge(win(unsync_at_open=0, lost_before_ts=10_800_123_456_789))    # 3 h after boot
+    assert w.reason.startswith("events lost at 10800.123457 could have unsynced")
