@@ -498,3 +498,140 @@ def test_a_top_walk_edge_teaches_a_thread_whose_root_is_unknown():
     s.pv(V1, 1, need_flush=1).run(V1)
     w, _ = one(s)
     assert [(o.gfn, o.reachable) for o in w.outstanding] == [(22, True)]
+
+
+# ============================================================================ exact rows and window bookkeeping
+
+def root_read(s: Stream, tid: int, children: int, gfn: int = 1) -> Stream:
+    """vcpu->arch.mmu->root read by the exact probes (one slot)."""
+    return s.add(Kind.ROOT_STATE, tid, gfn=gfn, role=role(4) if gfn >= 0 else -1, value=0,
+                 unsync=0, unsync_children=children)
+
+
+def sp_link(s: Stream, tid: int, child: int, parent: int, present: int = 1) -> Stream:
+    return s.add(Kind.SP_LINK, tid, gfn=child, role=role(1), parent_gfn=parent,
+                 parent_role=role(2), value=present)
+
+
+def test_a_cr2_write_after_the_root_read_leaves_the_read_deciding():
+    # CR2/CR8 switch nothing: the clean root read still decides, exactly.
+    s = unsynced()
+    s.pv(V1, 1, need_flush=1)
+    root_read(s, V1, 0).add(Kind.CR_WRITE, V1, level=2).run(V1)
+    w, _ = one(s)
+    assert (w.verdict, w.evidence) == ("ok", "exact")
+
+
+def test_a_parent_link_read_after_the_root_read_leaves_the_read_deciding():
+    s = unsynced()
+    s.pv(V1, 1, need_flush=1)
+    root_read(s, V1, 0)
+    sp_link(s, V1, 4, 3).run(V1)
+    w, _ = one(s)
+    assert (w.verdict, w.evidence) == ("ok", "exact")
+
+
+def test_a_link_row_alone_shows_the_shadow_mmu_tracepoints_were_there():
+    s = Stream()
+    s.pv(V1, 1).run(V1)
+    sp_link(s, V0, 4, 3)
+    s.pv(V1, 1, need_flush=1).run(V1)
+    w, _ = one(s)
+    assert w.verdict == "ok" and "nothing was unsync" in w.reason
+    r = Replayer()
+    r.feed(s.frame())
+    pages = r.vms[TGID].shadow.pages
+    assert (pages[(4, role(1))].level, pages[(3, role(2))].level) == (1, 2)
+
+
+@pytest.mark.parametrize("children,gfn,clean", [(0, 1, True), (2, 1, False), (-1, 1, False),
+                                                (0, -1, True), (3, -1, True)])
+def test_a_root_read_re_establishes_the_vcpu_when_nothing_is_unsync_below(children, gfn, clean):
+    # unsync_children 0 (or no valid root at all): nothing unsync below, whatever a loss hid.
+    s = built()
+    s.lost(1).pv(V1, 1, need_flush=1)
+    root_read(s, V1, children, gfn=gfn).run(V1)
+    w, _ = one(s)
+    assert w.reestablished is clean
+
+
+def test_a_root_read_names_the_root_and_its_level():
+    s = built()
+    root_read(s, V0, 0, gfn=0)
+    r = Replayer()
+    r.feed(s.frame())
+    th = r.vms[TGID].threads[V0]
+    assert (th.root, th.root_level) == ((0, role(4)), 4)
+
+
+def test_a_second_opener_joins_the_window_and_confirms_a_tentative_one():
+    s = unsynced()
+    s.pv(V1, 1, need_flush=1).add(Kind.FLUSH_REQUEST_GUEST, V1).run(V1)
+    w, _ = one(s)
+    assert (w.opened_ts, w.opener) == (s.rows[-3]["ts"], "steal-time")
+    s = unsynced()
+    s.fn(Kind.FLUSH_SERVICE, V1).pv(V1, 1, need_flush=1).run(V1)
+    w, res = one(s)
+    assert res.windows["total"] == 1 and w.opener == "flush-function"
+
+
+def test_a_loss_before_a_re_established_vcpu_does_not_taint_its_later_windows():
+    s = built()
+    s.lost(1).get(V1, 1, 4, created=0).run(V1)       # kvm_mmu_load: a full sync
+    s.pv(V1, 1, need_flush=1).run(V1)
+    w, _ = one(s)
+    assert (w.lost_before_ts, w.verdict) == (None, "ok")
+
+
+def test_a_window_the_trace_began_inside_names_no_pattern_from_inferred_links():
+    s = unsynced()
+    s.fn(Kind.FLUSH_GUEST_RETURN, V1).run(V1)
+    w, _ = one(s)
+    assert (w.verdict, w.pattern) == ("inconclusive", "unknown")
+    assert [o.reachable for o in w.outstanding] == [None]
+
+
+def test_a_cr4_write_of_unknown_value_resets_the_root():
+    s = unsynced()
+    cr4(s, V1, -1, need_flush=1).run(V1)
+    w, _ = one(s)
+    assert [o.reachable for o in w.outstanding] == [None] and w.verdict == "suspect"
+
+
+def test_a_get_page_level_column_wins_over_the_role_bits():
+    s = Stream()
+    s.add(Kind.SP_GET, V1, gfn=5, role=0x3700, level=1, created=1)
+    s.add(Kind.SP_UNSYNC, V1, gfn=6, role=0x3700, level=1)
+    r = Replayer()
+    r.feed(s.frame())
+    pages = r.vms[TGID].shadow.pages
+    assert (pages[(5, 0x3700)].level, pages[(6, 0x3700)].level) == (1, 1)
+
+
+def test_a_direct_sp_fetched_later_does_not_replace_the_root():
+    s = unsynced()
+    s.get(V1, 7, 4, r=role(4) | 0x80).run(V1)
+    s.pv(V1, 1, need_flush=1).run(V1)
+    w, _ = one(s)
+    assert w.verdict == "violation" and [o.reachable for o in w.outstanding] == [True]
+
+
+def test_an_unsync_seen_again_after_a_loss_replaces_the_old_record():
+    # The loss may have hidden its sync: the new unsync line is a fresh record, not a second
+    # SP printing alike, and it is not in doubt.
+    s = built()
+    s.unsync(V0, 4).lost(1).get(V1, 1, 4, created=0).unsync(V0, 4).run(V0)
+    s.pv(V1, 1, need_flush=1).run(V1)
+    w, _ = one(s)
+    assert [(o.ambiguous, o.doubtful) for o in w.outstanding] == [(False, False)]
+    assert w.verdict == "violation"
+
+
+def test_open_rows_count_confirmed_open_windows_per_vcpu():
+    s = unsynced()
+    s.pv(V1, 1, need_flush=1).fn(Kind.FLUSH_SERVICE, V0)
+    r = Replayer()
+    r.feed(s.frame())
+    assert r.open_rows() == {(TGID, 1, -1): 1}
+    r.feed(Stream().run(V1).frame().assign(ts=10_000))
+    assert r.open_rows() == {}
