@@ -130,3 +130,25 @@ def test_pvm_hypercall_probe_only_with_its_btf_fields():
 def test_pvm_hypercall_probe_off_without_the_msr_tracepoint():
     lay = _with_pvm(layout(), write_msr=False)
     assert "write_msr" in lay.pvm_hypercall_problem()
+
+
+def test_invlpg_address_read_only_with_its_btf_fields():
+    from kvmtrace.host.btf import Member
+    facts = gather(HOSTS / "pvm_6_18")
+    bare = build(facts, "auto", kprobes(facts), None, layout())
+    assert "x86_emulate_ctxt" in bare.exact.invlpg_address_problem()
+    text = generate(ProgramConfig((1234,)), bare.tracepoints, bare.functions, bare.exact)
+    assert "#define KT_INVLPG_EA" not in text
+    lay = layout()
+    lay.members.update({
+        "vcpu_emulate_ctxt": Member("arch.emulate_ctxt", 2368, 8, 0, 0, "struct x86_emulate_ctxt *"),
+        "emul_mode": Member("mode", 88, 4, 0, 0, "enum x86emul_mode"),
+        "emul_src_ea": Member("src.addr.mem.ea", 184, 8, 0, 0, "ulong"),
+        "emul_src_seg": Member("src.addr.mem.seg", 192, 4, 0, 0, "unsigned int")})
+    assert "X86EMUL_MODE_PROT64" in lay.invlpg_address_problem()
+    lay.mode_prot64 = 4
+    p = build(facts, "auto", kprobes(facts), None, lay)
+    text = generate(ProgramConfig((1234,)), p.tracepoints, p.functions, p.exact)
+    assert "#define KT_INVLPG_EA 1" in text and "#define KT_EMUL_MODE_PROT64 4" in text
+    assert "#define KT_OFF_EMUL_SRC_EA 184" in text
+    assert "static __always_inline s64 kt_invlpg_address(void);" in text

@@ -136,6 +136,30 @@ def test_real_invlpg_recording_is_suspect_not_ok():
     assert res.verdict == "suspect" and res.by_path["invlpg"]["suspect"] >= info["flushes_requested"]
 
 
+def test_real_invlpg_exact_recording_has_addresses_and_no_false_violation():
+    """Exact mode: KVM's root state after an INVLPG shows the SPs still unsync (INVLPG syncs
+    only its address's SPTEs): that must not read as a missed sync."""
+    from kvmtrace.schema import Kind
+    from kvmtrace.sources.stream import load as load_trace
+    ev = load_trace(REAL / "flushvia_invlpg.parquet").events
+    assert (ev.kind == int(Kind.ROOT_STATE)).any()
+    inv = ev[ev.kind == int(Kind.FLUSH_INVLPG)]
+    assert len(inv) and (inv.value >= 0).all()      # the address, from the emulator context
+    res = analyze_path(str(REAL / "flushvia_invlpg.parquet"))
+    assert res.by_path["invlpg"].get("violation", 0) == 0
+
+
+def test_real_one_page_invlpg_is_ok_when_the_guest_refaults_the_address():
+    info = _sidecar("invlpg_1page")
+    res = analyze_path(str(REAL / "flushvia_invlpg_1page.parquet"))
+    assert res.verdict == "ok" and info["stale_read_count"] == 0
+    assert res.by_path["invlpg"]["ok"] >= info["flushes_requested"] == 12
+    assert res.evidence["inferred"] >= 12
+    # the text has no address: suspect, never ok
+    text = analyze_path(str(REAL / "flushvia_invlpg_1page.ftrace.txt.gz"))
+    assert text.verdict == "suspect"
+
+
 def test_real_pvm_hypercall_tracefs_text_opens_nothing_but_says_so():
     res = analyze_path(str(REAL / "flushvia_pvm-hypercall.ftrace.txt.gz"))
     assert _sidecar("pvm-hypercall")["flushes_requested"] > 0

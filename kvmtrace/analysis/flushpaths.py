@@ -174,10 +174,13 @@ PATHS: tuple[FlushPath, ...] = (
         "mmu->sync_spte() (6.4+); FNAME(invlpg) zaps the leaf SPTE (4.x-6.3)",
         {VMX: "kvm:kvm_exit reason INVLPG (info1 = address)",
          SVM: "kvm:kvm_exit invlpg (exit_info1 = address)",
-         PVM: "kvm:kvm_emulate_insn bytes 0f 01 /7 (invlpg m)"},
+         PVM: "kvm:kvm_emulate_insn bytes 0f 01 /7 (invlpg m); exact mode: the address from "
+              "vcpu->arch.emulate_ctxt->src.addr.mem"},
         ADDRESS, limits={
-            PVM: "the emulated INVLPG's address is in a guest register, not in the event, "
-                 "and mmu->sync_spte() emits nothing: its windows are suspect at best",
+            PVM: "mmu->sync_spte() emits nothing and the SPs stay unsync by design (root "
+                 "state cannot judge it): a window is ok only when the guest's next access "
+                 "re-faults on the address (read from KVM's emulator context in exact mode), "
+                 "and back-to-back INVLPGs close each other's windows first: suspect",
             VMX: "mmu->sync_spte() emits nothing and kvm_entry follows at once: windows "
                  "with unsync SPs left are suspect at best",
             SVM: "mmu->sync_spte() emits nothing and kvm_entry follows at once: windows "

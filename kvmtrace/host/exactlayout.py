@@ -19,7 +19,13 @@ The exact probe mode reads, with ``bpf_probe_read_kernel``:
   ``VCPU_REGS_RAX`` = 0); ``kvm_vcpu.stat.exits`` (``++vcpu->stat.exits`` once per exit in
   arch/x86/kvm/x86.c ``vcpu_enter_guest()``) tells one exit from the next; and the
   ``msr:write_msr`` tracepoint must exist (BTF ``btf_trace_write_msr``).  Absent (VMX, SVM,
-  another PVM): that revealer is off with the reason (``pvm_hypercall_problem``).
+  another PVM): that revealer is off with the reason (``pvm_hypercall_problem``);
+- optional, the address of an emulated INVLPG: ``kvm_vcpu.arch.emulate_ctxt`` (a ``struct
+  x86_emulate_ctxt *``), whose ``src.addr.mem`` {ea, seg} is INVLPG's memory operand once
+  decoded, and ``mode`` (``enum x86emul_mode``; only 64-bit mode, where ES/CS/SS/DS have
+  base 0, gives the linear address).  ``kvm:kvm_emulate_insn`` fires after the decode
+  (arch/x86/kvm/x86.c ``x86_decode_emulated_instruction()`` -> ``trace_kvm_emulate_insn_start``,
+  6.x); ``em_invlpg()`` (arch/x86/kvm/emulate.c) linearizes that operand.
 
 Every offset comes from BTF; a field that is absent (another kernel, another config) is
 named, and the exact mode is off with that reason.  Nothing here branches on a version.
@@ -31,7 +37,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kvmtrace.host.btf import TYPEDEF, Btf, Member, load_kernel
+import struct
+
+from kvmtrace.host.btf import ENUM, TYPEDEF, Btf, Member, load_kernel
 
 # (key, struct, member path, required).  The key names the offset in the generated C.
 FIELDS: tuple[tuple[str, str, str, bool], ...] = (
@@ -59,7 +67,13 @@ FIELDS: tuple[tuple[str, str, str, bool], ...] = (
     ("pvm_exit_vector", "vcpu_pvm", "n.exit.vector", False),
     ("pvm_regs", "vcpu_pvm", "n.regs", False),
     ("vcpu_exits", "kvm_vcpu", "stat.exits", False),
+    # The address of an emulated INVLPG (optional): KVM's emulator context after decode.
+    ("vcpu_emulate_ctxt", "kvm_vcpu", "arch.emulate_ctxt", False),
+    ("emul_mode", "x86_emulate_ctxt", "mode", False),
+    ("emul_src_ea", "x86_emulate_ctxt", "src.addr.mem.ea", False),
+    ("emul_src_seg", "x86_emulate_ctxt", "src.addr.mem.seg", False),
 )
+INVLPG_KEYS = ("vcpu_emulate_ctxt", "emul_mode", "emul_src_ea", "emul_src_seg")
 PVM_HC_KEYS = ("pvm_vcpu", "pvm_exit_vector", "pvm_regs", "vcpu_exits")
 # The tracepoint that fires on the vCPU thread right after every guest exit on kvm_pvm.
 PVM_HC_TRACEPOINT = "write_msr"
@@ -68,7 +82,8 @@ _SIZES = {"sp_gfn": 8, "sp_role": 4, "sp_unsync": 1, "sp_unsync_children": 4,
           "sp_parent_ptes": 8, "sp_spt": 8, "sp_root_count": 4, "desc_more": 8,
           "desc_spte_count": 4, "task_notifiers": 8, "vcpu_id": 4, "vcpu_mmu": 8,
           "mmu_root_pgd": 8, "mmu_root_hpa": 8, "root_info_pgd": 8, "root_info_hpa": 8,
-          "pvm_exit_vector": 8, "vcpu_exits": 8}
+          "pvm_exit_vector": 8, "vcpu_exits": 8, "vcpu_emulate_ctxt": 8, "emul_mode": 4,
+          "emul_src_ea": 8, "emul_src_seg": 4}
 
 
 @dataclass
@@ -79,6 +94,7 @@ class ExactLayout:
     members: dict[str, Member | None] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     write_msr_tracepoint: bool = False    # BTF has btf_trace_write_msr
+    mode_prot64: int | None = None        # enum x86emul_mode X86EMUL_MODE_PROT64, from BTF
 
     @property
     def usable(self) -> bool:
@@ -118,6 +134,15 @@ class ExactLayout:
             return f"no {PVM_HC_TRACEPOINT} tracepoint in BTF (msr tracepoints not built)"
         return ""
 
+    def invlpg_address_problem(self) -> str:
+        """Why an emulated INVLPG's address cannot be read ("" = it can)."""
+        missing = [f"{s}.{p}" for k, s, p, _ in FIELDS if k in INVLPG_KEYS and self.members.get(k) is None]
+        if missing:
+            return "BTF lacks " + ", ".join(missing)
+        if self.mode_prot64 is None:
+            return "BTF lacks enum x86emul_mode's X86EMUL_MODE_PROT64"
+        return ""
+
     def lines(self) -> list[str]:
         """One line per field, for doctor and --ebpf."""
         out = []
@@ -149,7 +174,20 @@ def from_btf(btf: Btf, source: str) -> ExactLayout:
             if required:
                 layout.problems.append(f"{struct_name}.{path}: {problem}")
     layout.write_msr_tracepoint = btf.find("btf_trace_" + PVM_HC_TRACEPOINT, TYPEDEF) is not None
+    layout.mode_prot64 = _enum_value(btf, "x86emul_mode", "X86EMUL_MODE_PROT64")
     return layout
+
+
+def _enum_value(btf: Btf, enum: str, name: str) -> int | None:
+    """The value of enumerator ``name`` of ``enum`` (BTF_KIND_ENUM: vlen x {name_off, val})."""
+    t = btf.find(enum, ENUM)
+    if t is None:
+        return None
+    for i in range(t.vlen):
+        name_off, val = struct.unpack_from("<Ii", t.extra, 8 * i)
+        if btf._str(name_off) == name:
+            return val
+    return None
 
 
 def _shape_problem(key: str, m: Member) -> str:

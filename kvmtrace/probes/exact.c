@@ -38,6 +38,12 @@
  *   (kvm_vcpu.stat.exits tells exits apart; the write before the next entry sees
  *   RAX = the hypercall's result, not its number).  Observed on the project's
  *   host; the offsets come from BTF (kvmtrace/host/exactlayout.py).
+ * - INVLPG's address (KT_INVLPG_EA): kvm:kvm_emulate_insn fires once KVM's emulator
+ *   has decoded the instruction (x86_decode_emulated_instruction() ->
+ *   trace_kvm_emulate_insn_start); INVLPG (0f 01 /7, em_invlpg) has its memory
+ *   operand in vcpu->arch.emulate_ctxt->src.addr.mem {ea, seg}.  In 64-bit mode
+ *   ES/CS/SS/DS have base 0, so ea is the linear address; FS/GS (unknown base)
+ *   and other modes give -1 (unknown).
  */
 
 #define KT_F_PROLE 2
@@ -241,6 +247,21 @@ static __always_inline void kt_exact_evidence(u64 id)
 	if (pending)
 		kt_snap_pending.delete(&tid);
 }
+
+#ifdef KT_INVLPG_EA
+static __always_inline s64 kt_invlpg_address(void)
+{
+	u64 vcpu = kt_current_vcpu();
+	if (!vcpu)
+		return -1;
+	u64 ctxt = kt_rd64(vcpu + KT_OFF_VCPU_EMULATE_CTXT);
+	if (!ctxt || kt_rd32(ctxt + KT_OFF_EMUL_MODE) != KT_EMUL_MODE_PROT64)
+		return -1;
+	if (kt_rd32(ctxt + KT_OFF_EMUL_SRC_SEG) > KT_SREG_DS)
+		return -1;
+	return (s64)kt_rd64(ctxt + KT_OFF_EMUL_SRC_EA);
+}
+#endif
 
 static __always_inline void kt_exact_open(u32 tid)
 {

@@ -285,6 +285,11 @@ static __always_inline int kt_emulate(struct kt_record *e, int flush_kind)
 	}
 	e->kind = flush_kind;
 	e->value = -1;
+#ifdef KT_INVLPG_EA
+	/* Exact mode: INVLPG's address from KVM's emulator context (exact.c). */
+	if (flush_kind == KT_KIND_FLUSH_INVLPG)
+		e->value = kt_invlpg_address();
+#endif
 	return kt_open(e);
 }
 

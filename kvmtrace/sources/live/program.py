@@ -293,6 +293,12 @@ def exact_defines(layout: ExactLayout) -> list[str]:
                 f"#define KT_KIND_FLUSH_PVM_HYPERCALL {int(Kind.FLUSH_PVM_HYPERCALL)}",
                 f"#define KT_PVM_HC_VECTOR {int(PVM_HC_VECTOR):#x}",
                 f"#define KT_PVM_HC_FLUSH_NR(nr) ({numbers})"]
+    if not layout.invlpg_address_problem():
+        # exact.c kt_invlpg_address(); VCPU_SREG_DS = 3 (arch/x86/include/asm/kvm_host.h
+        # enum kvm_reg_seg: ES 0, CS 1, SS 2, DS 3, FS 4, GS 5).
+        out += ["#define KT_INVLPG_EA 1",
+                f"#define KT_EMUL_MODE_PROT64 {_int(layout.mode_prot64)}",
+                "#define KT_SREG_DS 3"]
     return out
 
 
@@ -319,6 +325,8 @@ def generate(config: ProgramConfig, tracepoints: list[ResolvedTracepoint],
         # Defined in exact.c, used by kvmtrace.c and the evidence handlers.
         head += ["static __always_inline void kt_exact_open(u32 tid);",
                  "static __always_inline void kt_exact_evidence(u64 id);"]
+        if not exact.invlpg_address_problem():
+            head.append("static __always_inline s64 kt_invlpg_address(void);")
         tracepoints = [rt for rt in tracepoints
                        if not (rt.probe.system == "kvmmmu" and rt.probe.event in EXACT_SP_EVENTS)]
     parts = ["\n".join(head), probes.source("kvmtrace.c")]
