@@ -190,3 +190,22 @@ def test_the_check_passes_inside_the_units_privileges(tmp_path: Path) -> None:
         cwd=REPO)
     assert none.returncode == 4, none.stdout + none.stderr
     assert samples(prom.read_text())[("kvmtrace_check_verdict", (("verdict", "error"),))] == 1
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason=NO_ANALYZE)
+def test_the_hardening_stays(tmp_path: Path) -> None:
+    """`systemd-analyze security` rates the unit 4.1 of 10 ("OK"); an unhardened unit is
+    9.6.  Dropping a protection pushes it over 4.5 (the threshold is in tenths)."""
+    service, _ = _copy(tmp_path)
+
+    def rated(path: str) -> int:
+        return subprocess.run([str(SYSTEMD_ANALYZE), "security", "--offline=true",
+                               "--threshold=45", path], capture_output=True, text=True,
+                              timeout=120).returncode
+    assert rated(service) == 0
+    text = Path(service).read_text()
+    weaker = Path(service).with_name("weaker.service")
+    weaker.write_text(text.replace("ProtectSystem=strict", "ProtectSystem=no")
+                      .replace("CapabilityBoundingSet=CAP_SYS_ADMIN CAP_BPF CAP_PERFMON",
+                               "CapabilityBoundingSet=~"))
+    assert rated(str(weaker)) != 0
