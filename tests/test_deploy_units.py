@@ -93,13 +93,19 @@ def test_a_broken_copy_does_not_verify(tmp_path: Path, what: str) -> None:
 
 
 def test_the_service_runs_a_check_kvmtrace_accepts() -> None:
+    import click
+
+    from kvmtrace.cli import cli
     from kvmtrace.commands.check import check
     svc = parse_unit(SERVICE)["Service"]
     assert svc["Type"] == ["oneshot"]
     (exec_start,) = svc["ExecStart"]
     argv = shlex.split(exec_start)
     assert argv[0] == "/usr/local/bin/kvmtrace" and argv[1] == "check"
-    params = check.make_context("check", argv[2:]).params
+    # parsed under the real group's context: click caches a command's help option from
+    # the first context it sees, so a bare make_context would lose the group's -h
+    parent = click.Context(cli, info_name="kvmtrace", **cli.context_settings)
+    params = check.make_context("check", argv[2:], parent=parent).params
     assert params["exercise"] is True and params["prom_file"] == PROM
     prom_dir = os.path.dirname(PROM)
     # writable inside ProtectSystem=strict, and created when missing
