@@ -79,5 +79,19 @@ def test_spark_rows_equal_local_and_analyze(dataset, spark):
     from kvmtrace.pipeline.fleet.spark import run
     root, expected = dataset
     assert sort_rows(run(str(root), spark=spark).rows) == expected
-    assert sort_rows(run(str(root), hosts="12*", spark=spark).rows) == \
+    # A relative DIR (as typed on a command line) names the same files.
+    relative = os.path.relpath(root)
+    assert sort_rows(run(relative, hosts="12*", spark=spark).rows) == \
         [r for r in expected if r["host"] == "123"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(NO_SPARK), reason=NO_SPARK)
+def test_spark_bad_part_is_one_error_naming_it(tmp_path, spark):
+    from kvmtrace.pipeline.fleet.spark import run
+    from kvmtrace.sources.native import TraceFileError
+    d = tmp_path / "host=h" / "vm=1"
+    d.mkdir(parents=True)
+    (d / "part-x.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(TraceFileError, match="part-x.parquet"):
+        run(str(tmp_path), spark=spark)

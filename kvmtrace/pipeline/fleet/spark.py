@@ -18,6 +18,7 @@ May import: the contract, the model and the sources.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Optional
 from urllib.parse import unquote, urlparse
@@ -63,6 +64,15 @@ def local_path(uri: str) -> str:
     return unquote(parsed.path) if parsed.scheme in ("file", "") else uri
 
 
+def spark_error_line(exc: BaseException) -> str:
+    """The one line that says what failed in a Spark job: the Python exception a worker
+    raised (its traceback's last line, e.g. a TraceFileError naming the part), else the
+    first line of the message."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    raised = [ln for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception)(: |$)", ln)]
+    return (raised[-1] if raised else lines[0] if lines else type(exc).__name__)[:300]
+
+
 def make_analyze(metas: dict):
     """The function applyInPandas runs per (host, vm) group: the group's rows back in file
     order, split by part, each with its footer's metadata -> one row."""
@@ -77,7 +87,8 @@ def make_analyze(metas: dict):
         for uri, rows in pdf.groupby(FILE_COL, sort=True):
             events = rows.drop(columns=["host", "vm", FILE_COL, ROW_COL]).reset_index(drop=True)
             path = local_path(uri)
-            parts.append((path, events, TraceMeta.from_dict(dict(metas.value[path]))))
+            meta = metas.value[os.path.realpath(path)]
+            parts.append((path, events, TraceMeta.from_dict(dict(meta))))
         row = partition_row(host, vm, parts)
         return pd.DataFrame([row], columns=list(ROW_COLUMNS))
     return analyze_group
@@ -88,10 +99,11 @@ def run(root: str, *, hosts: Optional[str] = None, master: str = "local[*]",
     """Analyse dataset ``root`` on Spark (``spark``: an existing session, else one for
     ``master``, stopped at the end)."""
     from pyspark.sql import functions as F
+    root = os.path.abspath(root)                  # Spark names files by absolute URI
     partitions = list_partitions(root, hosts)     # the selection, and the footers to read
     if not partitions:
         return FleetRun("spark", [], 0, 0, 0.0)
-    metas = {str(p): part_meta(p).to_dict() for part in partitions for p in part.parts}
+    metas = {os.path.realpath(p): part_meta(p).to_dict() for part in partitions for p in part.parts}
     own = spark is None
     spark = spark or session(master)
     try:
@@ -107,8 +119,7 @@ def run(root: str, *, hosts: Optional[str] = None, master: str = "local[*]",
     except Exception as exc:
         if type(exc).__name__ in ("Py4JJavaError", "AnalysisException", "PythonException",
                                   "SparkRuntimeException", "SparkException"):
-            first = str(exc).strip().splitlines()
-            raise DatasetError(root, f"Spark job failed: {first[0] if first else type(exc).__name__}") from None
+            raise DatasetError(root, f"Spark job failed: {spark_error_line(exc)}") from None
         raise
     finally:
         if own:
