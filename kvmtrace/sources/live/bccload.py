@@ -28,6 +28,12 @@ CAP_BPF = 39
 
 _loaded: tuple[ModuleType, str] | None = None
 
+# Compiler flags for the probe program.  -g0: no debug info, so BCC builds no BTF for the
+# program (func and line info for bpftool and verifier logs with source lines); nothing
+# kvmtrace loads needs it (ring buffer, arrays, hashes, tracepoint and raw-tracepoint
+# programs), and the compile took 15 % less CPU without it here (1.06-1.09 s vs 1.22-1.31 s).
+CFLAGS = ("-g0",)
+
 
 def _is_bcc(mod: ModuleType) -> bool:
     return hasattr(mod, "BPF") and hasattr(mod, "lib")

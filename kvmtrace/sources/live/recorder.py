@@ -40,7 +40,8 @@ from kvmtrace.sources.native import (ARROW_SCHEMA, PART_BATCH_AGE_S, PART_BATCH_
                                      native_format)
 from kvmtrace.sources.validate import Validator
 from kvmtrace.sources.live import capabilities
-from kvmtrace.sources.live.bccload import captured_stderr, headers, import_bcc, privileges, summarize_error
+from kvmtrace.sources.live.bccload import (CFLAGS, captured_stderr, headers, import_bcc, privileges,
+                                          summarize_error)
 from kvmtrace.sources.live.errors import INSTALL_HINT, LiveUnavailable
 from kvmtrace.sources.live.plan import MODES, ProbePlan, build
 from kvmtrace.sources.live.program import NKINDS, ProgramConfig, generate, resolve
@@ -299,7 +300,7 @@ class Recorder:
         text = generate(self.config, plan.tracepoints, plan.functions, plan.exact)
         with captured_stderr() as err:
             try:
-                return bcc.BPF(text=text.encode()), plan
+                return bcc.BPF(text=text.encode(), cflags=list(CFLAGS)), plan
             except Exception as exc:
                 problem = summarize_error(exc, err)
         if plan.exact is not None and self.mode == "auto":
