@@ -131,3 +131,15 @@ def test_every_table_entry_names_format_fields_and_cites_its_source():
         for src in spec.fields.values():
             assert all(0 <= i < len(spec.proto) for i in src[1:] if isinstance(i, int))
     assert checked >= 8
+
+
+def test_a_recorder_on_a_host_without_usable_btf_says_so_in_one_line():
+    """The recorder's own planning (as record and check run it) on the sample sysroot,
+    whose sys/kernel/btf/vmlinux is not BTF: every tracepoint a perf event, one line why."""
+    from kvmtrace.sources.live.recorder import Recorder
+    rec = Recorder(None, tgids=(42,), probes="tracepoints", root=HOSTS / "pvm_6_18")
+    plan = rec.plan()
+    assert plan.tracepoints and not any(t.raw for t in plan.tracepoints)
+    line = plan.transport_line()
+    assert line.startswith(f"tracepoints: {len(plan.tracepoints)} as perf events (raw tracepoints off: no BTF (")
+    assert "int kt_tp__kvm__kvm_exit(struct kt_args__kvm__kvm_exit *args)" in rec.program_text()
