@@ -140,7 +140,7 @@ class _FakeBPF:
 
     instances: list["_FakeBPF"] = []
 
-    def __init__(self, text: bytes):
+    def __init__(self, text: bytes, cflags: list[str] | None = None):
         self.attached: list[bytes] = []
         self.cleaned = False
         _FakeBPF.instances.append(self)
