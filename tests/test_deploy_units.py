@@ -195,6 +195,8 @@ def test_the_check_passes_inside_the_units_privileges(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
         cwd=REPO)
     assert none.returncode == 4, none.stdout + none.stderr
+    # ... and says which capabilities are missing, not "check the kernel headers"
+    assert "CAP_BPF" in none.stderr and "kernel headers" not in none.stderr, none.stderr
     assert samples(prom.read_text())[("kvmtrace_check_verdict", (("verdict", "error"),))] == 1
 
 

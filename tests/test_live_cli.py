@@ -188,3 +188,21 @@ def test_a_full_disk_is_one_clear_error_naming_the_partial_file(monkeypatch, tmp
         rec._write_out(force=True)                   # ... which the full disk refuses
     assert str(err.value) == (f"{out}: cannot write: No space left on device; the chunks "
                               f"written before are readable from {out}.part")
+
+
+@pytest.mark.parametrize("uid, caps, ok", [
+    (0, 1 << 21, True),                       # root with CAP_SYS_ADMIN
+    (0, 0, False),                            # root in a container without capabilities
+    (1000, (1 << 38) | (1 << 39), True),      # CAP_PERFMON + CAP_BPF without root
+    (1000, 1 << 39, False),                   # CAP_BPF alone cannot attach tracing programs
+    (0, None, True),                          # no /proc/self/status: the uid decides
+    (1000, None, False),
+])
+def test_privileges_follow_the_effective_capabilities(monkeypatch, uid, caps, ok):
+    from kvmtrace.sources.live import bccload
+    monkeypatch.setattr(bccload.os, "geteuid", lambda: uid)
+    monkeypatch.setattr(bccload, "_effective_caps", lambda: caps)
+    got, why = bccload.privileges()
+    assert got is ok, why
+    if not ok and caps is not None:
+        assert "CAP_BPF" in why

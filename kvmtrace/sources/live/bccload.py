@@ -79,14 +79,22 @@ def _try_import(prefer: str | None = None) -> ModuleType | None:
 
 
 def privileges() -> tuple[bool, str]:
-    """Can this process load and attach BPF tracing programs?"""
-    if os.geteuid() == 0:
-        return True, "running as root"
+    """Can this process load and attach BPF tracing programs?
+
+    The effective capability set decides, not the uid: root in a container or under a
+    systemd unit with a CapabilityBoundingSet may lack them (bpf(2) then fails with EPERM),
+    and a non-root process may hold them (kernel/bpf/syscall.c: bpf_capable(),
+    perfmon_capable())."""
     caps = _effective_caps()
-    if caps is not None and (caps >> CAP_SYS_ADMIN & 1
-                             or (caps >> CAP_BPF & 1 and caps >> CAP_PERFMON & 1)):
-        return True, "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)"
-    return False, "not root and without CAP_BPF+CAP_PERFMON"
+    if caps is None:                        # no /proc/self/status: the uid is all we know
+        if os.geteuid() == 0:
+            return True, "running as root"
+        return False, "not root"
+    if caps >> CAP_SYS_ADMIN & 1 or (caps >> CAP_BPF & 1 and caps >> CAP_PERFMON & 1):
+        return True, ("running as root" if os.geteuid() == 0
+                      else "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)")
+    who = "root" if os.geteuid() == 0 else "not root"
+    return False, f"{who} but without CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN (effective set {caps:#x})"
 
 
 def _effective_caps() -> int | None:

@@ -228,7 +228,9 @@ class Recorder:
         """Compile, load and attach; open the output.  Raises LiveUnavailable."""
         ok, why = privileges()
         if not ok:
-            raise LiveUnavailable(f"live tracing needs root: {why}", "run as root (sudo kvmtrace ...)")
+            raise LiveUnavailable(f"live tracing needs root with CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN): {why}",
+                                  "run as root (sudo kvmtrace ...); in a container or systemd unit, "
+                                  "grant CAP_BPF CAP_PERFMON CAP_SYS_ADMIN")
         if self.output is not None and self._output_lock is None:
             # Before compiling: a second recorder on the same output refuses at once.
             self._output_lock = OutputLock.acquire(self.output)
@@ -312,6 +314,10 @@ class Recorder:
             fallback.exact_off = f"raw tracepoints refused: {problem}"
             self._plan = fallback
             return self._compile(bcc, fallback, hdr_detail)
+        if "Operation not permitted" in problem or "EPERM" in problem:
+            raise LiveUnavailable(f"the kernel refused to load the probe program: {problem}",
+                                  "grant CAP_BPF CAP_PERFMON (or CAP_SYS_ADMIN), and check "
+                                  "kernel.unprivileged_bpf_disabled and lockdown") from None
         raise LiveUnavailable(f"BCC could not compile the probe program: {problem}",
                               f"check the kernel headers ({hdr_detail}); {INSTALL_HINT}") from None
 
