@@ -144,20 +144,26 @@ def _bounding_set() -> str:
 
 # $1: the textfile directory, kept writable; then the command.  PrivateTmp=yes: fresh
 # tmpfs on /tmp and /var/tmp (the textfile directory moved along when it is under /tmp).
+# $1: the textfile directory (stays writable); $2: the checkout (stays readable, read-only,
+# also when it lives under /tmp: CI may clone there); then the command.  PrivateTmp=yes:
+# fresh /tmp and /var/tmp; the two kept paths are moved aside and back over them.
 SANDBOX = """set -e
 mount --make-rslave /
-mount --bind "$1" "$1"
-case "$1" in
-  /tmp/*) rel="${1#/tmp/}"; mount -t tmpfs tmpfs /var/tmp; mkdir -p "/var/tmp/$rel"
-          mount --move "$1" "/var/tmp/$rel"; mount --move /var/tmp /tmp;;
-  *) mount -t tmpfs tmpfs /tmp;;
-esac
+textfile="$1"; repo="$2"; shift 2
+stage="/run/kvmtrace-sandbox.$$"
+mkdir -p "$stage"; mount -t tmpfs tmpfs "$stage"
+for p in "$textfile" "$repo"; do
+  mount --bind "$p" "$p"; mkdir -p "$stage$p"; mount --move "$p" "$stage$p"
+done
+mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /var/tmp
+for p in "$textfile" "$repo"; do
+  mkdir -p "$p"; mount --move "$stage$p" "$p"
+done
 for m in $(findmnt -rn -o TARGET | sort -u); do
-  case "$m" in "$1"|/tmp|/var/tmp|/proc|/proc/*|/dev|/dev/*) ;;
+  case "$m" in "$textfile"|/tmp|/var/tmp|/proc|/proc/*|/dev|/dev/*) ;;
     *) mount -o remount,bind,ro "$m" 2>/dev/null || true;; esac
 done
-shift
 exec "$@"
 """
 
@@ -175,12 +181,12 @@ def test_the_check_passes_inside_the_units_privileges(tmp_path: Path) -> None:
     prom = promdir / "kvmtrace.prom"
     probe = ("! touch /usr/.kvmtrace-probe 2>/dev/null && ! touch /sys/kernel/.kvmtrace-probe "
              f"2>/dev/null && touch /tmp/probe && touch {promdir}/probe")
-    ro = subprocess.run([str(UNSHARE), "-m", "sh", "-c", SANDBOX, "sandbox", str(promdir),
+    ro = subprocess.run([str(UNSHARE), "-m", "sh", "-c", SANDBOX, "sandbox", str(promdir), str(REPO),
                          "sh", "-c", probe], capture_output=True, text=True, timeout=60)
     assert ro.returncode == 0, f"the emulated sandbox is not what it claims: {ro.stderr}"
     (promdir / "probe").unlink()
     proc = subprocess.run(
-        [str(UNSHARE), "-m", "sh", "-c", SANDBOX, "sandbox", str(promdir),
+        [str(UNSHARE), "-m", "sh", "-c", SANDBOX, "sandbox", str(promdir), str(REPO),
          str(SETPRIV), "--no-new-privs", "--bounding-set", _bounding_set(), "--",
          sys.executable, "-m", "kvmtrace", "check", "--exercise", "--prom", str(prom)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -189,7 +195,7 @@ def test_the_check_passes_inside_the_units_privileges(tmp_path: Path) -> None:
     assert samples(prom.read_text())[("kvmtrace_check_verdict", (("verdict", "pass"),))] == 1
     # and the emulation does bite: with no capability at all the check cannot trace
     none = subprocess.run(
-        [str(UNSHARE), "-m", "sh", "-c", SANDBOX, "sandbox", str(promdir),
+        [str(UNSHARE), "-m", "sh", "-c", SANDBOX, "sandbox", str(promdir), str(REPO),
          str(SETPRIV), "--bounding-set", "-all", "--", sys.executable, "-m", "kvmtrace",
          "check", "--exercise", "--prom", str(prom)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
