@@ -6,7 +6,6 @@ import os
 import sys
 
 import click
-from click.utils import make_default_short_help
 
 from kvmtrace import __version__, exitcodes
 from kvmtrace.errors import fail_line
@@ -44,7 +43,8 @@ class LazyGroup(click.Group):
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         names = self.list_commands(ctx)
         limit = formatter.width - 6 - max(map(len, names))      # as click.Group does
-        rows = [(name, make_default_short_help(COMMANDS[name], limit))
+        # A bare Command shortens the summary as click shortens a loaded command's help.
+        rows = [(name, click.Command(name, help=COMMANDS[name]).get_short_help_str(limit))
                 if name in COMMANDS and name not in self.commands
                 else (name, self.commands[name].get_short_help_str(limit)) for name in names]
         with formatter.section("Commands"):
