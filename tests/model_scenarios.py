@@ -95,3 +95,18 @@ def flush_without_sync() -> Stream:
     s = unsynced()
     s.pv(V1, 1, need_flush=1).run(V1)
     return s
+
+
+def run(stream: Stream, meta=None, **kw):
+    """Replay a stream: (the windows closed while feeding it, the final result)."""
+    from kvmtrace.analysis import Replayer
+    r = Replayer(meta, **kw)
+    closed = r.feed(stream.frame())
+    return closed, r.finish()
+
+
+def one(stream: Stream, meta=None, **kw):
+    """The one window a stream closes, and the result."""
+    closed, res = run(stream, meta, **kw)
+    assert len(closed) == 1, [(w.opener, w.verdict) for w in closed]
+    return closed[0], res

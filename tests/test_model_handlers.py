@@ -12,23 +12,11 @@ import pytest
 from kvmtrace.analysis import Replayer
 from kvmtrace.schema import Kind, TraceMeta
 
-from model_scenarios import HELPER, TGID, V0, V1, Stream, built, role, unsynced
+from model_scenarios import HELPER, TGID, V0, V1, Stream, built, one, role, run, unsynced
 
 FN_META = TraceMeta(probes=["kprobe:kvm_mmu_sync_roots", "kprobe:kvm_mmu_load",
                             "kprobe:kvm_mmu_unload"])
 CR4_PGE, CR4_PCIDE, CR4_SMEP = 1 << 7, 1 << 17, 1 << 20
-
-
-def run(stream: Stream, meta=None, **kw):
-    r = Replayer(meta, **kw)
-    closed = r.feed(stream.frame())
-    return closed, r.finish()
-
-
-def one(stream: Stream, meta=None, **kw):
-    closed, res = run(stream, meta, **kw)
-    assert len(closed) == 1, [(w.opener, w.verdict) for w in closed]
-    return closed[0], res
 
 
 def kinds_of(w) -> list[str]:

@@ -17,22 +17,10 @@ from kvmtrace.analysis.selection import NEEDED
 from kvmtrace.schema import KVM_EXIT_INTR, Chunk, CommColumn, Kind, TraceMeta, as_chunk
 from kvmtrace.sources.frame import from_rows
 
-from model_scenarios import TGID, V0, V1, Stream, built, role, unsynced
+from model_scenarios import TGID, V0, V1, Stream, built, one, role, run, unsynced
 
 FN_META = TraceMeta(probes=["kprobe:kvm_mmu_sync_roots", "kprobe:kvm_mmu_load",
                             "kprobe:kvm_mmu_unload"])
-
-
-def run(stream: Stream, meta=None, **kw):
-    r = Replayer(meta, **kw)
-    closed = r.feed(stream.frame())
-    return closed, r.finish()
-
-
-def one(stream: Stream, meta=None, **kw):
-    closed, res = run(stream, meta, **kw)
-    assert len(closed) == 1, [(w.opener, w.verdict) for w in closed]
-    return closed[0], res
 
 
 def kinds_of(events) -> list[str]:
