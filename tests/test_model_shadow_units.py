@@ -6,15 +6,7 @@ from __future__ import annotations
 
 from kvmtrace.analysis.shadow import ShadowMMU, role_family
 
-ROOT, L3, L2, L1 = (1, 0x3704), (2, 0x3703), (3, 0x3702), (4, 0x3701)
-
-
-def tree(created: bool = True) -> ShadowMMU:
-    s = ShadowMMU()
-    sps = [s.page(g, r, r & 0xF, created=created) for g, r in (ROOT, L3, L2, L1)]
-    for parent, child in zip(sps, sps[1:]):
-        s.link(parent, child)
-    return s
+from test_model_shadow import L1, L2, L3, ROOT, tree   # a four-level chain of linked SPs
 
 
 def test_a_page_takes_its_level_or_the_roles_and_is_indexed_by_it():
