@@ -85,9 +85,11 @@ def test_rows_from_an_engine_are_plain_and_sorted_by_host_then_vm():
     assert list(normalise_row(rows[0])) == list(ROW_COLUMNS)
 
 
-def test_a_host_verdict_is_analyzes_precedence():
+def test_a_host_is_as_bad_as_its_worst_vm():
     assert host_verdict(["ok", "suspect", "inconclusive"]) == "suspect"
-    assert host_verdict(["ok", "inconclusive"]) == "ok"
+    # One VM that could not be judged is not hidden by an ok neighbour: the same two VMs on
+    # two hosts give an inconclusive fleet, so on one host they must too.
+    assert host_verdict(["ok", "inconclusive"]) == "inconclusive"
     assert host_verdict(["no-flushes", "inconclusive"]) == "inconclusive"
     assert host_verdict(["violation", "ok"]) == "violation"
     assert host_verdict([]) == "no-flushes"
@@ -112,16 +114,17 @@ def test_the_fleet_is_as_bad_as_its_worst_host():
     s = summarize(rows)
     assert s["verdict"] == "violation"
     assert [(h["host"], h["verdict"]) for h in s["hosts"]] == [
-        ("bad2", "violation"), ("bad", "violation"), ("meh", "suspect"), ("good", "ok"),
-        ("lossy", "ok")]
+        ("bad2", "violation"), ("bad", "violation"), ("meh", "suspect"),
+        ("lossy", "inconclusive"), ("good", "ok")]     # lossy's ok VM does not hide VM 3
     bad = s["hosts"][1]
     assert bad == {"host": "bad", "verdict": "violation", "vms": 2,
                    "vm_verdicts": {"ok": 1, "violation": 1},
                    "windows": {**{k: 0 for k in COUNT_KEYS}, "total": 6, "violation": 2, "ok": 4},
                    "events": 211, "lost_events": 11, "findings_total": 2,
                    "kernels": ["5.10.0"], "worst_vm": 6}
-    assert s["hosts"][3]["kernels"] == ["6.1.0", "6.18.0"] and s["hosts"][3]["worst_vm"] == 1
-    assert s["host_verdicts"] == {"violation": 2, "suspect": 1, "ok": 2}
+    assert s["hosts"][4]["kernels"] == ["6.1.0", "6.18.0"] and s["hosts"][4]["worst_vm"] == 1
+    assert s["hosts"][3]["worst_vm"] == 3
+    assert s["host_verdicts"] == {"violation": 2, "suspect": 1, "inconclusive": 1, "ok": 1}
     assert (s["vms"], s["events"]) == (8, sum(100 + v for v in range(1, 9)))
     by_kernel = {k["kernel"]: k for k in s["kernels"]}
     assert list(by_kernel) == ["5.10.0", "6.1.0", "6.18.0", "unknown"]
@@ -179,3 +182,21 @@ def test_conclude_distrusts_on_the_sources_doubts_and_keeps_skipped_lines():
     res = conclude(rep, meta(), doubts=["3 lines were undecodable"], skipped=skipped)
     assert "3 lines were undecodable; every window is inconclusive" in res.notes
     assert res.verdict == "inconclusive" and res.skipped_lines == skipped
+
+
+def test_a_vm_recorded_in_two_parts_lists_the_vcpus_of_both():
+    # One entry per recording in the merged result: the row's vCPUs are those of every part
+    # (here the 2-vCPU recording split by vCPU thread; every window is on vCPU 1).
+    from kvmtrace.sources.stream import load
+    from fleet_support import REAL
+    trace = load(REAL / "exercise_2vcpu.parquet")
+    ev = trace.events
+    vm = int(ev[ev["kind"] > 1]["tgid"].iloc[0])
+    owners = {v: set(ev[ev["vcpu"] == v]["tid"]) for v in (0, 1)}
+    unowned = ~ev["tid"].isin(owners[0] | owners[1])
+    parts = [(name, ev[ev["tid"].isin(owners[v]) | unowned].reset_index(drop=True), trace.meta)
+             for name, v in (("a", 0), ("b", 1))]
+    alone_b = analyze_vm_parts(parts[1:], host="h", vm=vm)[0]
+    both = analyze_vm_parts(parts, host="h", vm=vm)[0]
+    assert json.loads(alone_b["vcpus"]) == [1]
+    assert json.loads(both["vcpus"]) == [1] and both["windows_ok"] == alone_b["windows_ok"] > 0

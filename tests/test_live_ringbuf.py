@@ -224,3 +224,14 @@ def test_out_of_order_pieces_come_back_with_the_order_that_sorts_them():
     ready, order = rec._take_ready(watermark=5)
     assert len(ready) == 1 and list(ready[0]["ts"][order]) == [1, 3, 5]
     assert [list(p.view(SLOT_DTYPE)["ts"]) for p in rec._pending] == [[6]]
+
+
+def test_nothing_ready_when_every_pending_slot_is_inside_the_hold_back():
+    # Two CPUs committed out of ts order, both newer than the watermark: nothing is ready
+    # and both stay pending (this crashed _flush with an IndexError on an empty order).
+    rec = _pending_recorder(_slots([50, 40], [7, 8]))
+    ready, order = rec._take_ready(watermark=10)
+    assert ready == [] and order is None
+    assert sorted(p.view(SLOT_DTYPE)["ts"].tolist() for p in rec._pending) == [[50, 40]]
+    ready, order = rec._take_ready(watermark=None)
+    assert list(ready[0]["ts"][order]) == [40, 50]

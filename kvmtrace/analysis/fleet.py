@@ -10,10 +10,9 @@ runs the same ``Replayer(vm=...)`` and ``conclude``, and ``vm_row`` turns either
 fleet engine (local, DuckDB, Spark) calls ``analyze_vm_parts``; only where the rows come
 from differs.
 
-Host and fleet verdicts: a host's verdict is what ``analyze`` of all its VMs' traces gives
-(``report.PRECEDENCE``: a violation anywhere, else suspect, else ok where some window
-closed ok, ...).  The fleet is as bad as its worst host (``SEVERITY``): one inconclusive
-host is not hidden by the others being ok.
+Host and fleet verdicts: a host is as bad as its worst VM and the fleet as bad as its
+worst host (``SEVERITY``): one VM or host that could not be judged is not hidden by others
+being ok, however VMs are grouped into hosts.  A VM's own verdict is ``analyze --vm``'s.
 
 May import: the contract and the model (numpy/pandas); no I/O.
 """
@@ -27,7 +26,7 @@ import pandas as pd
 
 from kvmtrace.schema import TraceMeta
 from kvmtrace.analysis.replay import Replayer
-from kvmtrace.analysis.report import (COUNT_KEYS, NO_FLUSHES, PRECEDENCE, AnalysisResult, merge)
+from kvmtrace.analysis.report import (COUNT_KEYS, NO_FLUSHES, AnalysisResult, merge)
 from kvmtrace.analysis.window import EVIDENCE, INCONCLUSIVE, OK, SUSPECT, VIOLATION
 
 # The declared output schema: (column, type), type "string" or "int64".  The Spark engine
@@ -112,8 +111,9 @@ def _only_vm(events: pd.DataFrame) -> int:
 def vm_row(result: dict, *, host: str, vm: int, kernel: str) -> dict:
     """One ROW_SCHEMA row from a per-VM result (``AnalysisResult.to_dict()``, i.e. the
     output of ``analyze --json --vm TGID``)."""
-    entry = next((v for v in result["vms"] if v["tgid"] == vm), None)
-    vcpus = sorted({r["vcpu"] for r in entry["vcpus"] if r["vcpu"] is not None}) if entry else []
+    # A VM recorded in several parts has one entry per recording: the vCPUs of them all.
+    vcpus = sorted({r["vcpu"] for v in result["vms"] if v["tgid"] == vm
+                    for r in v["vcpus"] if r["vcpu"] is not None})
     row: dict[str, Any] = {"host": host, "vm": int(vm), "kernel": kernel, "vcpus": _json(vcpus),
                            "events": int(result["events"])}
     for k in COUNT_KEYS:
@@ -139,8 +139,11 @@ def sort_rows(rows: Iterable[dict]) -> list[dict]:
 # ----------------------------------------------------------------------------- hosts
 
 def host_verdict(verdicts: Iterable[str]) -> str:
-    """What analyze gives for several traces of one host (report.merge's precedence)."""
-    return min(verdicts, key=PRECEDENCE.index, default=NO_FLUSHES)
+    """A host is as bad as its worst VM (SEVERITY), as the fleet is as bad as its worst
+    host: a VM that could not be judged keeps its host from reading ok, whichever other
+    VMs share the host.  (``analyze`` of one trace ranks ok above inconclusive across the
+    trace's windows; across VMs that would make a verdict depend on how VMs are grouped.)"""
+    return min(verdicts, key=SEVERITY.index, default=NO_FLUSHES)
 
 
 def summarize(rows: Sequence[dict]) -> dict:

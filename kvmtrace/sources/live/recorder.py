@@ -505,6 +505,9 @@ class Recorder:
         order = None if bool(np.all(ts[1:] >= ts[:-1])) else np.argsort(ts, kind="stable")
         sorted_ts = ts if order is None else ts[order]
         cut = len(ts) if watermark is None else int(np.searchsorted(sorted_ts, np.uint64(max(watermark, 0)), side="right"))
+        if cut == 0:                 # everything pending is still inside the hold-back
+            self._pending = [p.view(np.uint8) for p in pending]
+            return [], None
         if order is not None:
             raw = np.concatenate(pending) if len(pending) > 1 else pending[0]
             if cut == len(raw):
