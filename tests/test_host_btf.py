@@ -147,3 +147,29 @@ def test_real_btf_layout():
         m = layout.members[key]
         assert m.offset + m.size <= sp_size
     assert btf.member("kvm_vcpu", "preempt_notifier").offset == layout.offset("vcpu_notifier")
+
+
+def test_vcpu_pvm_comes_from_kvm_pvms_own_split_btf_when_it_is_a_module(tmp_path):
+    # kvm_pvm as a module: struct vcpu_pvm is only in /sys/kernel/btf/kvm_pvm (split BTF on
+    # vmlinux); the PVM hypercall fields must be read from there, not reported missing.
+    from kvmtrace.host import exactlayout
+    base = BlobBuilder()
+    u64 = base.int_("u64", 8)
+    vcpu = base.struct("kvm_vcpu", 64, [("cpu", u64, 0)])
+    base_blob = base.blob()
+    split = BlobBuilder(base_strings=len(base.strings), first_id=3)
+    regs = split.array(u64, u64, 16)
+    exit_ = split.struct("pvm_exit", 16, [("vector", u64, 0), ("error_code", u64, 64)])
+    n = split.struct("pvm_n", 16 + 128, [("exit", exit_, 0), ("regs", regs, 128)])
+    split.struct("vcpu_pvm", 64 + 144, [("vcpu", vcpu, 0), ("n", n, 64 * 8)])
+    btf_dir = tmp_path / "sys/kernel/btf"
+    btf_dir.mkdir(parents=True)
+    (btf_dir / "vmlinux").write_bytes(base_blob)
+    before = exactlayout.discover(tmp_path)
+    assert not before.has("pvm_regs")
+    (btf_dir / "kvm_pvm").write_bytes(split.blob())
+    layout = exactlayout.discover(tmp_path)
+    assert layout.offset("pvm_vcpu") == 0
+    assert layout.offset("pvm_exit_vector") == 64
+    assert layout.offset("pvm_regs") == 64 + 16
+    assert "kvm_pvm" in layout.source

@@ -210,4 +210,25 @@ def discover(root: Path | str = Path("/")) -> ExactLayout:
     btf, detail = load_kernel(root)
     if btf is None:
         return ExactLayout("kernel BTF", problems=[detail])
-    return from_btf(btf, detail)
+    return add_pvm_module(from_btf(btf, detail), root)
+
+
+def add_pvm_module(layout: ExactLayout, root: Path | str = Path("/")) -> ExactLayout:
+    """kvm_pvm built as a module keeps ``struct vcpu_pvm`` in its own split BTF
+    (``/sys/kernel/btf/kvm_pvm``, based on vmlinux, not on kvm's): the PVM fields come from
+    there when vmlinux and kvm lack them.  Offsets inside ``struct vcpu_pvm`` need nothing
+    else.  Returns ``layout``."""
+    keys = [(k, s, p) for k, s, p, _ in FIELDS
+            if k in PVM_HC_KEYS and s == "vcpu_pvm" and layout.members.get(k) is None]
+    split = Path(root) / "sys/kernel/btf/kvm_pvm"
+    if not keys or not split.exists():
+        return layout
+    btf, detail = load_kernel(root, module="kvm_pvm")
+    if btf is None:
+        return layout
+    for key, struct_name, path in keys:
+        m = btf.member(struct_name, path)
+        if m is not None and not _shape_problem(key, m):
+            layout.members[key] = m
+    layout.source += f" + {split} (vcpu_pvm)"
+    return layout

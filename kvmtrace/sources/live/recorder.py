@@ -202,7 +202,7 @@ class Recorder:
             return None
         if btf is None:
             return exactlayout.ExactLayout("kernel BTF", problems=[detail])
-        return exactlayout.from_btf(btf, detail)
+        return exactlayout.add_pvm_module(exactlayout.from_btf(btf, detail), self.facts.root)
 
     def _custom_plan(self) -> ProbePlan:
         plan = ProbePlan("custom")
