@@ -107,8 +107,10 @@ def run(root: str, *, hosts: Optional[str] = None, master: str = "local[*]",
     own = spark is None
     spark = spark or session(master)
     try:
+        # The listed parts themselves, not their directories: Spark would list those again,
+        # and a part appended in between (or a stray file) would have no footer in metas.
         df = spark.read.option("basePath", str(root)).parquet(
-            *sorted({str(p.parts[0].parent.parent) for p in partitions}))
+            *sorted(str(p) for part in partitions for p in part.parts))
         df = (df.withColumn(FILE_COL, F.col("_metadata.file_path"))
                 .withColumn(ROW_COL, F.col("_metadata.row_index")))
         shared = spark.sparkContext.broadcast(metas)
