@@ -40,7 +40,7 @@ class Columns:
     """One chunk of schema rows as contiguous column arrays; ``comm`` as per-row codes
     into ``names``, so a thread's name is decoded once, never once per row."""
     arrays: dict                 # column name -> np.ndarray (every column but comm)
-    comm_codes: np.ndarray       # int32, index into names
+    comm_codes: np.ndarray       # int32, an index into names (an unnamed thread has "")
     names: list
 
     def __len__(self) -> int:
@@ -48,7 +48,7 @@ class Columns:
 
     def frame(self) -> pd.DataFrame:
         cols = dict(self.arrays)
-        cols["comm"] = pd.Series(self.names + [""]).array.take(self.comm_codes)
+        cols["comm"] = pd.Series(self.names, dtype=object).array.take(self.comm_codes)
         return pd.DataFrame(cols, columns=list(COLUMN_NAMES), copy=False)
 
     def batch(self, schema: pa.Schema) -> pa.RecordBatch:
@@ -56,7 +56,7 @@ class Columns:
         arrays = []
         for field in schema:
             if field.name == "comm":
-                words = pa.array(self.names + [""], type=pa.string())
+                words = pa.array(self.names, type=pa.string())
                 arrays.append(pa.DictionaryArray.from_arrays(pa.array(self.comm_codes), words)
                               .cast(field.type))
             else:
@@ -75,18 +75,13 @@ class Columns:
         """One chunk of the parts' rows in order (thread names merged)."""
         if len(parts) == 1:
             return parts[0]
-        names: list = []
-        index: dict = {}
+        index: dict = {}                         # name -> its code in the joined chunk
         codes = []
         for part in parts:
-            remap = np.array([index.setdefault(w, len(index)) for w in part.names] + [-1],
-                             dtype=np.int32)
+            remap = np.array([index.setdefault(w, len(index)) for w in part.names], dtype=np.int32)
             codes.append(remap[part.comm_codes])
-        names = list(index)
-        merged = np.concatenate(codes)
-        merged[merged < 0] = len(names)          # "" (an unnamed thread)
         arrays = {k: np.concatenate([p.arrays[k] for p in parts]) for k in parts[0].arrays}
-        return Columns(arrays, merged, names)
+        return Columns(arrays, np.concatenate(codes), list(index))
 
 
 def to_columns(slots: np.ndarray | Sequence[np.ndarray],
