@@ -15,7 +15,7 @@ command marks its phases with kvmtrace.phases (KVMTRACE_PHASES=FILE in the child
   drain    after the guest: the last records, the stop decision
   detach   detaching every probe and freeing the maps
   report   the model's finish, the verdict, the rendering
-  exit     interpreter shutdown
+  exit     interpreter shutdown (its CPU: the child's rusage past the last mark)
 
 Prints, per phase, the median and min-max over the runs of wall and CPU seconds (CPU: the
 process's, all threads; the less load-sensitive figure); the total wall time; the
@@ -60,15 +60,24 @@ def run_child(check_args: list[str]) -> tuple[dict[str, float], dict[str, float]
         env = _env()
         env[phases.ENV] = marks_file.name
         start = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "kvmtrace", "check", *check_args, "--json"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
-        end = time.monotonic()
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen([sys.executable, "-m", "kvmtrace", "check", *check_args, "--json"],
+                                    stdout=out, stderr=err, env=env, cwd=ROOT)
+            _pid, status, usage = os.wait4(proc.pid, 0)     # the child's own CPU, to the end
+            end = time.monotonic()
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read().decode(), err.read().decode()
         marks = json.loads(Path(marks_file.name).read_text() or "{}").get("marks", [])
-    report = _parse_report(proc.stdout.decode(), proc.stderr.decode(), proc.returncode)
+    report = _parse_report(stdout, stderr, proc.returncode)
     seconds = phases.durations(marks, start=("imports", start, 0.0))
     cpu = phases.durations(marks, start=("imports", start, 0.0), cpu=True)
     if marks:
+        # After the last mark (written by an atexit handler) the interpreter still shuts
+        # down: its wall and CPU count as "exit" (the CPU from the child's rusage).
         seconds["exit"] = seconds.get("exit", 0.0) + max(0.0, end - marks[-1][1])
+        cpu["exit"] = cpu.get("exit", 0.0) + max(0.0, usage.ru_utime + usage.ru_stime - marks[-1][2])
     return seconds, cpu, end - start, report
 
 

@@ -1,3 +1,3 @@
-from kvmtrace.cli import main
+from kvmtrace.cli import console
 
-main()
+console()

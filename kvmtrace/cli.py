@@ -1,9 +1,11 @@
 """The `kvmtrace` command line.  Each command lives in kvmtrace/commands/<name>.py."""
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
 import sys
+import threading
 
 import click
 
@@ -107,3 +109,82 @@ def main(argv: list[str] | None = None) -> None:
         fail_line(str(exc))
         code = exitcodes.BAD_INPUT
     sys.exit(code or 0)
+
+
+SLOW_EXIT_ENV = "KVMTRACE_SLOW_EXIT"
+
+
+def console() -> None:
+    """The ``kvmtrace`` console script and ``python -m kvmtrace``: main(), then a prompt exit.
+
+    Why: once the report is printed, CPython's own shutdown (Py_FinalizeEx) still clears
+    every module and runs the cyclic GC over the whole heap -- pandas, pyarrow, numpy, BCC
+    and the recorder's buffers, a few hundred thousand objects -- and frees them one by one:
+    110-130 ms of CPU here (perf: gc_collect_main, visit_decref, *_dealloc), after the last
+    write and before exit_group, that the user waits for and nothing needs.  The kernel
+    takes the whole address space back at exit in a few ms anyway.
+
+    So, only here (never under main(argv), CliRunner or pytest): if no non-daemon thread is
+    left (Python would join it, so the normal exit is kept), flush stdout and stderr, run the
+    atexit handlers (tempfile finalizers, logging, multiprocessing, kvmtrace.phases), and end
+    with os._exit.  Every file a command writes is closed (and fsynced, see
+    sources/native.TraceWriter) before main() returns; BPF programs, perf events and the
+    built-in guest's VM are released by their owners' close() before the report.
+    KVMTRACE_SLOW_EXIT=1 keeps CPython's full shutdown (bench/check_bench.py compares).
+    """
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    else:                                         # main() always exits; keep Python's rules
+        code = 0
+    if not isinstance(code, int):
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = 0 if code is None else 1
+    if _other_threads() or os.environ.get(SLOW_EXIT_ENV):
+        sys.exit(code)                            # Python joins the threads: its shutdown
+    _exit_now(code)
+
+
+def _other_threads() -> list[threading.Thread]:
+    """Live non-daemon threads besides this one: the interpreter's shutdown would wait."""
+    me = threading.current_thread()
+    return [t for t in threading.enumerate() if t is not me and not t.daemon and t.is_alive()]
+
+
+def _exit_now(code: int) -> None:
+    code = _flush_stdio(code)
+    atexit._run_exitfuncs()                       # what Py_FinalizeEx would run first
+    code = _flush_stdio(code)                     # handlers may print
+    os._exit(code & 0xFF)
+
+
+def _flush_stdio(code: int) -> int:
+    """Flush stdout and stderr; an output that cannot take the rest is an error (exit 120,
+    as CPython's shutdown reports it), except a reader that went away (main() ignores it)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except BrokenPipeError:
+            _silence(stream)
+        except (OSError, ValueError) as exc:
+            _silence(stream)
+            if stream is sys.stdout:
+                try:
+                    print(f"kvmtrace: cannot write the output: {exc}", file=sys.stderr, flush=True)
+                except (OSError, ValueError):
+                    pass
+            code = code or 120
+    return code
+
+
+def _silence(stream) -> None:
+    """Point a stream that failed at /dev/null, so no later flush raises again."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, stream.fileno())
+        os.close(fd)
+    except (OSError, ValueError):
+        pass

@@ -113,3 +113,22 @@ def test_ebpf_prints_the_program():
     assert re.search(r"int kt_(raw|tp)__kvm__kvm_pv_tlb_flush\(", proc.stdout)
     assert re.search(r"^/\* tracepoints: \d+ as ", proc.stdout, re.M)
     assert "#define KT_TGID_FILTER return !(tgid == 77);" in proc.stdout
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl.gz"])
+def test_fast_exit_leaves_the_whole_file(tmp_path, suffix):
+    """`python -m kvmtrace` ends with os._exit (cli.console): the file it wrote is whole --
+    every flush request of the run, the trailer / footer, a gzip stream with its CRC."""
+    out = tmp_path / f"whole{suffix}"
+    proc, err = start_record(tmp_path, out, "-d", "3", "-p", str(os.getpid()))
+    result = guest_run()
+    assert proc.wait(timeout=60) == 0, err.read_text()
+    assert out.exists() and not Path(str(out) + ".part").exists()
+    if suffix == ".jsonl.gz":
+        import gzip
+        lines = gzip.decompress(out.read_bytes()).decode().splitlines()   # CRC checked
+        assert lines[-1].startswith('{"kvmtrace_end"')
+    trace = load(out)
+    assert trace.recovery is None
+    ev = trace.events
+    assert int(((ev["kind"] == Kind.FLUSH_REQUEST_PV) & (ev["need_flush"] == 1)).sum()) == result.flushes_requested

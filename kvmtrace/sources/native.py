@@ -13,6 +13,7 @@ Crash safety.  The recorder writes through ``TraceWriter`` in chunks:
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import io
 import json
@@ -295,6 +296,32 @@ class OutputLock:
         self._fd = None
 
 
+def _fsync(fd: int) -> None:
+    """fsync(2); an output that cannot be synced (a pipe, a character device: EINVAL) is
+    not an error.  A closed file is only in the page cache: ``kvmtrace`` ends with
+    os._exit (cli.console), and a crash right after it must not lose a finished trace."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EROFS):
+            raise
+
+
+def _fsync_parent(path: Path) -> None:
+    """Sync the directory holding path, so that its new name is on disk too (regular
+    files only: a FIFO or /dev/stdout has no entry to make durable)."""
+    try:
+        if not path.is_file():
+            return
+        fd = os.open(path.resolve().parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        _fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _unlink_quietly(path: Path) -> None:
     try:
         path.unlink()
@@ -402,9 +429,18 @@ class TraceWriter:
                 self._raw.close()
                 self._finish_parquet()
             else:
-                assert self._text is not None
+                assert self._text is not None and self._raw is not None
                 self._text.write(json.dumps({JSONL_TRAILER: _stamped(self.meta)}, sort_keys=True) + "\n")
-                self._text.close()
+                self._text.flush()
+                if isinstance(self._text.buffer, gzip.GzipFile):
+                    # Its close writes the CRC trailer into _raw but never flushes or closes
+                    # a fileobj it was handed: those 8 bytes waited for the garbage collector.
+                    self._text.buffer.close()
+                self._raw.flush()
+                _fsync(self._raw.fileno())
+                self._text.close()    # closes _raw too (plain .jsonl)
+                self._raw.close()
+                _fsync_parent(self.path)
         except BaseException:
             self.abort()              # no .tmp left; a .part with chunks stays to recover
             raise
@@ -451,11 +487,14 @@ class TraceWriter:
                 if pending:
                     out.write_table(pa.Table.from_batches(pending, schema=ARROW_SCHEMA),
                                     row_group_size=ROW_GROUP_ROWS)
+            with open(tmp, "rb") as done:
+                _fsync(done.fileno())  # the data on disk before the name points at it
             os.replace(tmp, self.path)
         except BaseException:
             _unlink_quietly(tmp)      # the .part stays: every reader of OUT recovers it
             raise
         os.unlink(self.part)
+        _fsync_parent(self.path)
 
     def __enter__(self) -> "TraceWriter":
         return self
