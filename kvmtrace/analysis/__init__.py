@@ -1,7 +1,7 @@
 """The shadow-MMU replay model: the leaf layer.
 
-May import: ``kvmtrace.schema`` (the event contract), numpy, and pandas for hash
-factorisation.  Never files, importers, BCC, the live recorder, outputs or the CLI
+May import: ``kvmtrace.schema`` (the event contract), numpy, and ``kvmtrace.factorize``
+(which imports pandas for big chunks only).  Never files, importers, BCC, the live recorder, outputs or the CLI
 (``tests/test_layers.py`` checks it).
 
 - shadow.py     one VM's shadow pages (``struct kvm_mmu_page``), unsync set, known SP tree

@@ -24,10 +24,12 @@ proves nothing, and a violation needs a path from a root known to be current.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Optional, Protocol
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Protocol
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:                                  # pandas only in hints: never imported here
+    import pandas as pd
 
 from kvmtrace.schema import (COLUMN_NAMES, KIND_NAMES, KVM_EXIT_INTR, ROLE_DIRECT, Chunk, Kind,
                              TraceMeta, as_chunk)

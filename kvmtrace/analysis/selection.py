@@ -18,8 +18,9 @@ The model changes state only at:
   at table C" (P = the previous element's table in the same walk, or the thread's root
   for the top level); only the first occurrence of each distinct edge in the chunk is kept.
 
-Threads are grouped with a hash factorisation and a stable radix sort of 16-bit thread
-codes, both linear in the chunk size.  Everything else is replay.py's job.
+Threads are grouped with a factorisation (kvmtrace.factorize: pandas' hash table for big
+chunks, numpy for small ones, so a short live check never imports pandas) and a stable
+radix sort of 16-bit thread codes.  Everything else is replay.py's job.
 """
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
-import pandas as pd
 
+from kvmtrace.factorize import factorize, factorize_rows
 from kvmtrace.kinds import EVIDENCE, GATE, STATE, WALK, kinds_with
 from kvmtrace.schema import (COLUMN_BY_NAME, KIND_NAMES, KVM_EXIT_INTR, SP_KINDS, Chunk,
                              CommColumn, Kind, SchemaError, columns_added_after)
@@ -176,7 +177,7 @@ class ChunkSelector:
         vcpu = cols["vcpu"]
         tkey = thread_keys(cols["tid"], vcpu)
         combined = (cols["tgid"].astype(np.int64) << 32) | (tkey & 0xFFFFFFFF)
-        codes, uniques = pd.factorize(combined)
+        codes, uniques = factorize(combined)
         # Stable argsort of 16-bit keys is a radix sort: linear in the chunk.
         tcodes = codes.astype(np.uint16) if len(uniques) < 65536 else codes
         state = _STATE[kind]
@@ -236,7 +237,7 @@ def _incomplete(cols: dict, rows: np.ndarray) -> int:
 
 def _first_occurrences(keys: np.ndarray) -> np.ndarray:
     """Indices of the first row of each distinct key, in row order."""
-    sub = pd.factorize(keys)[0]                     # codes follow first appearance
+    sub = factorize(keys)[0]                        # codes follow first appearance
     return np.flatnonzero(np.r_[True, sub[1:] > np.maximum.accumulate(sub)[:-1]])
 
 
@@ -245,7 +246,7 @@ def _first_per_code(codes: np.ndarray, mask: np.ndarray) -> dict[int, int]:
     idx = np.flatnonzero(mask)
     if not len(idx):
         return {}
-    sub, ucodes = pd.factorize(codes[idx])           # sub codes follow first appearance
+    sub, ucodes = factorize(codes[idx])              # sub codes follow first appearance
     first = np.flatnonzero(np.r_[True, sub[1:] > np.maximum.accumulate(sub)[:-1]])
     return dict(zip(ucodes[sub[first]].tolist(), idx[first].tolist()))
 
@@ -330,17 +331,16 @@ def _walk_edges(codes, thread, walk, level, value, tgid, aux, seen: Optional[set
     # on the thread's root, so it is distinct per thread.
     top = parent == WALK_FROM_ROOT
     owner = np.where(top, thread[rows], -1)
-    vm_codes = pd.factorize(tgid[rows])[0].astype(np.int64)
+    vm_codes = factorize(tgid[rows])[0].astype(np.int64)
     thread_codes = codes[rows].astype(np.int64)
     offset = int(thread_codes.max()) + 1
     if offset + len(vm_codes) < 1 << 19:     # (unit, child, level) packs into 63 bits
         unit = np.where(top, thread_codes, offset + vm_codes)
         packed = (unit << 44) | (child << 4) | lv
-        k1 = pd.factorize(packed)[0].astype(np.int64)
+        k1 = factorize(packed)[0].astype(np.int64)
     else:
-        k1 = pd.MultiIndex.from_arrays([tgid[rows], owner, lv, child]).factorize()[0]
-        k1 = k1.astype(np.int64)
-    k2 = pd.factorize(parent)[0].astype(np.int64)
+        k1 = factorize_rows(tgid[rows], owner, lv, child).astype(np.int64)
+    k2 = factorize(parent)[0].astype(np.int64)
     first = _first_occurrences(k1 * (int(k2.max()) + 1) + k2)
     new = []
     for i, k in zip(first.tolist(), zip(tgid[rows[first]].tolist(), owner[first].tolist(),

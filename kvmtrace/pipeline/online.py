@@ -20,10 +20,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:                                  # pandas only in hints: never imported here
+    import pandas as pd
 
 from kvmtrace.analysis import AnalysisResult, FlushWindow, Replayer
 from kvmtrace.analysis.replay import ReplayListener

@@ -15,12 +15,12 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Protocol, Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Protocol, Sequence
 
 from kvmtrace.schema import NUMERIC_COLUMNS, Chunk, TraceMeta
-from kvmtrace.sources.stream import open_events
+
+if TYPE_CHECKING:        # the live path needs neither the file readers nor pandas/pyarrow
+    from kvmtrace.sources.live.records import Columns
 
 OnChunk = Callable[[Chunk], None]
 
@@ -66,16 +66,16 @@ class LiveSource:
     def open(self) -> SourceInfo:
         from kvmtrace.sources.live import Recorder
         self._recorder = Recorder(self.output, tgids=self.tgids, probes=self.probes,
-                                  on_chunk=self._deliver)
+                                  on_columns=self._deliver)
         report = self._recorder.attach()
         assert self._recorder.meta is not None
         return SourceInfo(meta=self._recorder.meta, attached=list(report.attached),
                           skipped=list(report.skipped), notes=list(report.notes), live=True,
                           label="live")
 
-    def _deliver(self, frame: pd.DataFrame) -> None:
+    def _deliver(self, columns: Columns) -> None:
         if self._on_chunk is not None:
-            self._on_chunk(Chunk.from_frame(frame, self.columns))
+            self._on_chunk(columns.chunk(self.columns))
 
     def run(self, on_chunk: OnChunk, duration: Optional[float], stop: threading.Event) -> None:
         if self._recorder is None:
@@ -112,6 +112,7 @@ class FileSource:
         self._meta: Optional[TraceMeta] = None
 
     def open(self) -> SourceInfo:
+        from kvmtrace.sources.stream import open_events
         stream = open_events(self.path, columns=self.columns, chunk_rows=self.chunk_rows,
                              tgid_map=self.tgid_map)
         meta = stream.meta

@@ -19,15 +19,18 @@ Ranges (kernel facts, x86):
 - ts: positive (no trace clock reads 0 at an event) and within MAX_SPAN_NS of the first
   chunk's median time.
 
-May import: the contract (schema), numpy, pandas.
+May import: the contract (schema), numpy, pandas (check_frame only: the recorder checks
+column arrays and never imports it).
 """
 from __future__ import annotations
 
 from collections import Counter
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from kvmtrace.schema import COLUMN_BY_NAME, COLUMN_NAMES, Kind, SP_KINDS, TraceMeta
 
@@ -202,6 +205,7 @@ class Validator:
         checked = self.check_cols(cols)
         if checked is cols:
             return df
+        import pandas as pd
         return pd.DataFrame(checked, columns=list(df.columns))
 
     # ------------------------------------------------------------------ reporting

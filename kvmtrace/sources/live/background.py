@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from kvmtrace.sources.live.records import Columns
-from kvmtrace.sources.native import ARROW_SCHEMA, TraceWriter
+
+if TYPE_CHECKING:          # native.py (pyarrow) is imported by the writer thread, to write
+    from kvmtrace.sources.native import TraceWriter
 
 QUEUED_CHUNKS = 8          # at most this many chunks (each <= a few MB) wait for the disk
 
@@ -68,6 +70,7 @@ class BackgroundWriter:
                 self._queue.task_done()
 
     def _write(self, chunks: list[Columns]) -> None:
+        from kvmtrace.sources.native import ARROW_SCHEMA
         chunk = Columns.concat(chunks)
         if self.writer.fmt == "parquet":
             # Columns have the schema's dtypes: straight to Arrow, no DataFrame, no conform().

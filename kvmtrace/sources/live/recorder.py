@@ -23,11 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 
 from kvmtrace import __version__, phases
 from kvmtrace.host import FormatError, HostFacts, gather
@@ -35,9 +33,8 @@ from kvmtrace.host import exactlayout
 from kvmtrace.host.btf import load_kernel
 from kvmtrace.schema import KIND_NAMES, TraceMeta
 from kvmtrace.sources.live.background import BackgroundWriter
-from kvmtrace.sources.native import (ARROW_SCHEMA, PART_BATCH_AGE_S, PART_BATCH_ROWS, PART_MAX_AGE_S,
-                                     PART_MIN_ROWS, OutputLock, TraceFileError, TraceWriter,
-                                     native_format)
+from kvmtrace.sources.nativefile import (PART_BATCH_AGE_S, PART_BATCH_ROWS, PART_MAX_AGE_S,
+                                         PART_MIN_ROWS, OutputLock, TraceFileError, native_format)
 from kvmtrace.sources.validate import Validator
 from kvmtrace.sources.live import capabilities
 from kvmtrace.sources.live.bccload import (CFLAGS, captured_stderr, headers, import_bcc, privileges,
@@ -45,9 +42,13 @@ from kvmtrace.sources.live.bccload import (CFLAGS, captured_stderr, headers, imp
 from kvmtrace.sources.live.errors import INSTALL_HINT, LiveUnavailable
 from kvmtrace.sources.live.plan import MODES, ProbePlan, build
 from kvmtrace.sources.live.program import NKINDS, ProgramConfig, generate, resolve
-from kvmtrace.sources.live.records import SLOT_DTYPE, Columns, lost_frame, to_columns
+from kvmtrace.sources.live.records import SLOT_DTYPE, Columns, lost_columns, to_columns
 from kvmtrace.sources.live.ringbuf import RingbufReader, page_size
 from kvmtrace.sources.live.tracepoints import TracepointProbe
+
+if TYPE_CHECKING:        # pandas and pyarrow only where a frame or a file is asked for
+    import pandas as pd
+    from kvmtrace.sources.native import TraceWriter
 
 # Records per drain and per chunk at most.  Keeping each buffer well under glibc's
 # largest mmap threshold (32 MiB) lets malloc reuse memory instead of faulting in fresh
@@ -103,13 +104,15 @@ class Recorder:
     """One recording: plan and attach the probes, then run() until stopped, then close().
 
     ``on_chunk`` receives every chunk of schema rows, in timestamp order, from the thread
-    that calls run() (about every ``flush_interval`` seconds, ``holdback_ns`` behind).
+    that calls run() (about every ``flush_interval`` seconds, ``holdback_ns`` behind), as a
+    DataFrame; ``on_columns`` receives the same chunks as records.Columns (no pandas).
     ``close()`` finishes the file; call it after run() returned (stop it with ``stop``).
     """
 
     def __init__(self, output: str | os.PathLike | None = None, tgids: Sequence[int] = (),
                  probes: str = "auto",
                  on_chunk: Callable[[pd.DataFrame], None] | None = None, *,
+                 on_columns: Callable[[Columns], None] | None = None,
                  ringbuf_pages: int = 8192, evidence_budget: int = 4,
                  flush_interval: float = 0.1, holdback_ns: int = 20_000_000,
                  tracepoints: Sequence[TracepointProbe] | None = None,
@@ -125,6 +128,7 @@ class Recorder:
             raise ValueError(f"probes must be one of {', '.join(MODES)}, not {probes!r}")
         self.mode = probes
         self.on_chunk = on_chunk
+        self.on_columns = on_columns
         self.config = ProgramConfig(self.tgids, ringbuf_pages, evidence_budget)
         self.config.validate()
         self.flush_interval = flush_interval
@@ -272,6 +276,7 @@ class Recorder:
             self._reader = RingbufReader.open(table.map_fd, self.config.ringbuf_pages * page_size(), SLOT_DTYPE)
             self.meta = self._initial_meta(report)
             if self.output is not None:
+                from kvmtrace.sources.native import TraceWriter     # pyarrow: only to write
                 self._writer = TraceWriter(self.output, self.meta, lock=self._output_lock)
                 self._background = BackgroundWriter(self._writer)
         except BaseException:
@@ -484,7 +489,7 @@ class Recorder:
         lost = self._read_lost()
         if lost:
             lost_ts = self._last_ts if final else max(self._last_ts, now_ns - self.holdback_ns)
-            chunks.append(Columns.of_frame(lost_frame(lost_ts, lost)))
+            chunks.append(lost_columns(lost_ts, lost))
             self._last_ts = lost_ts
             self.stats.lost += sum(lost.values())
         for chunk in chunks:
@@ -539,6 +544,8 @@ class Recorder:
             self._out_rows += len(chunk)
             self._write_out(force=False)
         self.stats.events += len(chunk)
+        if self.on_columns is not None:
+            self.on_columns(chunk)
         if self.on_chunk is not None:
             self.on_chunk(chunk.frame())
 

@@ -3,13 +3,16 @@ to schema rows, vectorised."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 
-from kvmtrace.schema import COLUMN_BY_NAME, COLUMNS, COLUMN_NAMES, Kind
+from kvmtrace.factorize import factorize
+from kvmtrace.schema import COLUMN_BY_NAME, COLUMNS, COLUMN_NAMES, Chunk, CommColumn, Kind, empty_columns
+
+if TYPE_CHECKING:        # pandas and pyarrow are imported by the methods that return their types
+    import pandas as pd
+    import pyarrow as pa
 
 # One ring buffer slot: the kernel's 8-byte record header, then struct kt_record.
 SLOT_DTYPE = np.dtype([
@@ -46,13 +49,20 @@ class Columns:
     def __len__(self) -> int:
         return len(self.comm_codes)
 
+    def chunk(self, columns: Sequence[str]) -> Chunk:
+        """The model's view of these rows: ``columns`` (those present) and the names."""
+        return Chunk({c: self.arrays[c] for c in columns if c in self.arrays},
+                     CommColumn(self.names, self.comm_codes))
+
     def frame(self) -> pd.DataFrame:
+        import pandas as pd
         cols = dict(self.arrays)
         cols["comm"] = pd.Series(self.names, dtype=object).array.take(self.comm_codes)
         return pd.DataFrame(cols, columns=list(COLUMN_NAMES), copy=False)
 
     def batch(self, schema: pa.Schema) -> pa.RecordBatch:
         """The chunk as a record batch of ``schema`` (the native ARROW_SCHEMA)."""
+        import pyarrow as pa
         arrays = []
         for field in schema:
             if field.name == "comm":
@@ -65,7 +75,8 @@ class Columns:
 
     @staticmethod
     def of_frame(frame: pd.DataFrame) -> "Columns":
-        """The rows of a schema frame (small ones: LOST markers)."""
+        """The rows of a schema frame (small ones: tests)."""
+        import pandas as pd
         codes, names = pd.factorize(frame["comm"].astype(str))
         arrays = {c.name: frame[c.name].to_numpy(dtype=c.dtype) for c in COLUMNS if c.dtype != "str"}
         return Columns(arrays, codes.astype(np.int32, copy=False), list(names))
@@ -111,7 +122,8 @@ def to_columns(slots: np.ndarray | Sequence[np.ndarray],
     for col in COLUMNS:                          # columns the slot does not carry
         if col.name not in arrays and col.dtype != "str":
             arrays[col.name] = np.full(n, col.missing, dtype=col.dtype)
-    codes, uniq = pd.factorize(arrays["tid"])
+    # Never imports pandas: a 0.4 s import in the drain would lose events.
+    codes, uniq = factorize(arrays["tid"], allow_import=False)
     lookup = comm_of.get if isinstance(comm_of, Mapping) else comm_of
     names = [lookup(int(t)) or "" for t in uniq]
     return Columns(arrays, codes.astype(np.int32, copy=False), names)
@@ -123,14 +135,20 @@ def to_frame(slots: np.ndarray, comm_of: Callable[[int], str] | Mapping[int, str
     return to_columns(slots, comm_of, order).frame()
 
 
-def lost_frame(ts: int, lost_by_cpu: Mapping[int, int]) -> pd.DataFrame:
+def lost_columns(ts: int, lost_by_cpu: Mapping[int, int]) -> Columns:
     """LOST marker rows: one per CPU that dropped records, value = how many."""
     cpus = sorted(c for c, v in lost_by_cpu.items() if v > 0)
     n = len(cpus)
-    from kvmtrace.schema import empty_columns
     cols = empty_columns(n)
     cols["ts"][:] = ts
     cols["cpu"][:] = cpus
     cols["kind"][:] = int(Kind.LOST)
     cols["value"][:] = [lost_by_cpu[c] for c in cpus]
-    return pd.DataFrame(cols, columns=list(COLUMN_NAMES))
+    comm = cols.pop("comm")
+    names = [comm[0]] if n else []               # every marker has the missing (empty) name
+    return Columns(cols, np.zeros(n, dtype=np.int32), names)
+
+
+def lost_frame(ts: int, lost_by_cpu: Mapping[int, int]) -> pd.DataFrame:
+    """lost_columns as a DataFrame (tests)."""
+    return lost_columns(ts, lost_by_cpu).frame()
