@@ -199,3 +199,41 @@ def test_format_errors_are_reported():
         parse_format("name: x\nID: 1\nformat:\n", "s", "x")
     with pytest.raises(FormatError):
         host("pvm_6_18").tracefs.format("kvm", "x; rm -rf /")
+
+
+def _kallsyms_texts():
+    texts = {p.parent.parent.name: p.read_text() for p in HOSTS.glob("*/proc/kallsyms")}
+    texts["tricky"] = ("ffffffff81000000 T kvm_mmu_load\n"
+                       "ffffffff81000010 T __kvm_mmu_load\n"          # the name inside another
+                       "ffffffff81000020 D kvm_mmu_data\n"            # not text
+                       "ffffffff81000030 t kvm_mmu_sync_roots.isra.0\t[kvm]\n"
+                       "zzzz T kvm_not_a_symbol\n"                    # no address
+                       "ffffffff81000040 T kvm_x[weird]\n"
+                       "ffffffff81000050 W kvm_weak")
+    try:
+        texts["this host"] = Path("/proc/kallsyms").read_text()
+    except OSError:
+        pass
+    return texts
+
+
+@pytest.mark.parametrize("name", sorted(_kallsyms_texts()))
+def test_kallsyms_family_lookups_agree_with_the_full_name_set(name):
+    """has()/clones_of() scan one family of names; they must say what the full set says."""
+    text = _kallsyms_texts()[name]
+    full = Kallsyms.parse(text).names
+    from kvmtrace.functions import PROBED_FUNCTIONS
+    from kvmtrace.host.backend import RUN_SYMBOL
+    asked = {f.name for f in PROBED_FUNCTIONS} | set(RUN_SYMBOL.values()) | {"kvm_vcpu_ioctl"}
+    asked |= set(sorted(full)[::max(1, len(full) // 10)])           # and ~10 of every kind
+    bases = sorted({c.split(".")[0] for c in full if ".isra" in c or ".constprop" in c})
+    asked |= set(bases[::max(1, len(bases) // 10)])                  # ~10 with clones
+    asked |= {"kvm_not_a_symbol", "kvm_mmu_data", "kvm_x", "kvm_weak", "kv", ""}
+    ks = Kallsyms.parse(text)
+    from kvmtrace.host.kallsyms import _CLONE_RE
+    dotted = [c for c in full if "." in c and ".cold" not in c]
+    for n in sorted(asked):
+        assert ks.has(n) == (n in full), n
+        clones = sorted(c for c in dotted if (m := _CLONE_RE.match(c)) and m.group("base") == n)
+        assert ks.clones_of(n) == clones, n
+    assert ks.names == full

@@ -173,3 +173,44 @@ def test_vcpu_pvm_comes_from_kvm_pvms_own_split_btf_when_it_is_a_module(tmp_path
     assert layout.offset("pvm_exit_vector") == 64
     assert layout.offset("pvm_regs") == 64 + 16
     assert "kvm_pvm" in layout.source
+
+
+def _reference_walk(data: bytes) -> list[int]:
+    """Where each type starts, record by record (the reader's vectorized walk must agree)."""
+    import struct
+    from kvmtrace.host.btf import HEADER, TYPE, _extra_size
+    _m, _v, _f, hdr_len, type_off, type_len, _so, _sl = HEADER.unpack_from(data)
+    pos, end, out = hdr_len + type_off, hdr_len + type_off + type_len, []
+    while pos < end:
+        out.append(pos)
+        _name, info, _st = TYPE.unpack_from(data, pos)
+        pos += TYPE.size + _extra_size((info >> 24) & 0x1F, info & 0xFFFF)
+    return out
+
+
+def test_walk_matches_a_record_by_record_walk_on_a_hand_built_blob():
+    b = BlobBuilder()
+    kvm_like(b)
+    data = b.blob()
+    assert list(Btf(data, "hand")._offsets) == _reference_walk(data)
+
+
+@pytest.mark.skipif(not REAL.exists(), reason="no /sys/kernel/btf/vmlinux on this machine")
+def test_real_btf_walk_and_name_lookups_agree_with_decoding_every_type():
+    from kvmtrace.host.btf import ENUM, INT, STRUCT, TYPEDEF, UNION
+    data = REAL.read_bytes()
+    btf = Btf(data, str(REAL))
+    assert list(btf._offsets) == _reference_walk(data)
+    by_name: dict[tuple[int, str], list] = {}
+    for tid in range(1, btf._next_id):
+        t = btf.type(tid)
+        if t.name and t.kind in (STRUCT, UNION, TYPEDEF, INT, ENUM):
+            by_name.setdefault((t.kind, t.name), []).append(t)
+    keys = sorted(by_name)
+    for kind, name in keys[::max(1, len(keys) // 300)] + [(STRUCT, "kvm_mmu_page"), (INT, "u64")]:
+        if (kind, name) not in by_name:
+            continue
+        types = by_name[(kind, name)]
+        want = next((t for t in types if t.vlen), types[0]) if kind in (STRUCT, UNION) else types[0]
+        assert btf.find(name, kind).id == want.id, (kind, name)
+    assert btf.find("no_such_struct_anywhere") is None
