@@ -56,9 +56,9 @@ def prog_stats(rec: Recorder) -> dict[str, tuple[int, int]]:
     BPF statistics, on while kernel.bpf_stats_enabled is 1: kernel/bpf/syscall.c
     bpf_prog_show_fdinfo)."""
     out = {}
-    for name, fn in rec._bpf.funcs.items():
+    for name, fd in rec._prog.prog_fds().items():
         fields = {}
-        for line in Path(f"/proc/self/fdinfo/{fn.fd}").read_text().splitlines():
+        for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
             k, _, v = line.partition(":")
             fields[k.strip()] = v.strip()
         if "run_cnt" in fields:

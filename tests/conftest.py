@@ -13,6 +13,16 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+# Compiled probe programs (sources/live/progcache.py) go to one cache per test session, not
+# the host's /var/cache/kvmtrace: each distinct program is compiled once per run, and a
+# test never loads an object an earlier checkout compiled.  Tests of the cache set their own.
+if "KVMTRACE_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+    os.environ["KVMTRACE_CACHE_DIR"] = tempfile.mkdtemp(prefix="kvmtrace-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["KVMTRACE_CACHE_DIR"], True)
+
 from cli_support import LAB
 from host_facts import facts, require_live
 

@@ -62,12 +62,12 @@ def test_generated_program_reads_btf_offsets():
     assert "#define KT_PREV_ROOTS 3" in text and "#define KT_DESC_SLOTS 4" in text
     assert "#define KT_OFF_SP_ROOT_COUNT" not in text                 # absent: not read
     for e in EXACT_SP_EVENTS:
-        assert f"RAW_TRACEPOINT_PROBE({e})" in text
+        assert f"KT_EXACT_PROBE({e})" in text
         assert f"kt_tp__kvmmmu__{e}(" not in text
     # every guest-run evidence handler checks for a due root snapshot
     handler = text.split("int kt_tp__kvmmmu__kvm_mmu_set_spte(")[1].split("\n}")[0]
     assert "kt_exact_evidence(id);" in handler
-    assert "tgid == 1234" in text
+    assert "#define KT_TGID_SLOTS 4" in text and "1234" not in text
 
 
 def test_no_offsets_without_a_usable_layout():
@@ -79,7 +79,7 @@ def test_no_offsets_without_a_usable_layout():
 def test_tracepoint_program_has_no_exact_code():
     p = plan("tracepoints")
     text = generate(ProgramConfig(), p.tracepoints, p.functions)
-    assert "KT_EXACT" not in text.split("#include")[0] and "RAW_TRACEPOINT_PROBE" not in text
+    assert "KT_EXACT" not in text.split("#include")[0] and "KT_EXACT_PROBE" not in text
 
 
 def test_recorder_exact_mode_off_names_the_reason():
@@ -120,7 +120,7 @@ def test_pvm_hypercall_probe_only_with_its_btf_fields():
     assert p.exact.pvm_hypercall_problem() == ""
     assert "raw_tracepoint:write_msr" in p.names
     text = generate(ProgramConfig((1234,)), p.tracepoints, p.functions, p.exact)
-    assert "#define KT_PVM_HC 1" in text and "RAW_TRACEPOINT_PROBE(write_msr)" in text
+    assert "#define KT_PVM_HC 1" in text and "KT_EXACT_PROBE(write_msr)" in text
     assert "#define KT_OFF_PVM_EXIT_VECTOR 51064" in text and "#define KT_OFF_PVM_REGS 50912" in text
     assert "#define KT_PVM_HC_VECTOR 0x1b" in text
     assert "(nr) == 0x1007ULL || (nr) == 0x100eULL" in text

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from kvmtrace.host import gather, parse_format
 from kvmtrace.sources.live.capabilities import kprobes
 from kvmtrace.sources.live.plan import build
 from kvmtrace.sources.live.program import (FunctionProbe, ProgramConfig, ProgramError, args_struct,
-                                   generate, resolve, tracepoint_handler)
+                                   generate, resolve, tracepoint_handler, tgid_filter_value)
 from kvmtrace.sources.live.tracepoints import BY_NAME, TRACEPOINTS
 from kvmtrace.schema import Kind
 
@@ -133,9 +134,19 @@ def test_only_valid_tgids_reach_the_c_text(tgids):
 
 
 def test_tgid_filter_text():
+    # The TGIDs themselves go into kt_tgid_filter: the text depends on how many at most.
     text = generate(ProgramConfig(tgids=(42, 4242)), [], [])
-    assert "#define KT_TGID_FILTER return !(tgid == 42 || tgid == 4242);" in text
-    assert "#define KT_TGID_FILTER return 0;" in generate(ProgramConfig(), [], [])
+    assert "#define KT_TGID_SLOTS 4" in text and "4242" not in text
+    assert text == generate(ProgramConfig(tgids=(7, 8, 9)), [], [])
+    assert "#define KT_TGID_SLOTS 0" in generate(ProgramConfig(), [], [])
+    assert "#define KT_TGID_SLOTS 16" in generate(ProgramConfig(tgids=tuple(range(1, 6))), [], [])
+    assert "#define KT_TGID_SLOTS 64" in generate(ProgramConfig(tgids=tuple(range(1, 65))), [], [])
+
+
+def test_tgid_filter_value_is_struct_kt_tgids():
+    value = tgid_filter_value((42, 4242))
+    assert struct.unpack("<5I", value) == (2, 42, 4242, 0, 0)
+    assert len(tgid_filter_value(tuple(range(1, 17)))) == 4 * 17
 
 
 @pytest.mark.parametrize("pages", [0, 3, 1000, 1 << 20, "64"])

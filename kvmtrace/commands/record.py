@@ -70,6 +70,9 @@ def record(output: str | None, tgids: tuple[int, ...], duration: float | None, p
             if ebpf:
                 click.echo(f"/* {rec.plan().exact_line()} */")
                 click.echo(f"/* {rec.plan().transport_line()} */")
+                if tgids:
+                    click.echo(f"/* kt_tgid_filter (written before attaching): "
+                               f"{', '.join(map(str, rec.tgids))} */")
                 click.echo(rec.program_text(), nl=False)
                 return
             warn_absent_tgids(tgids, "recording")

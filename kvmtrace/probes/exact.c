@@ -60,6 +60,10 @@ struct kt_sp_info {
 	u32 pad;
 };
 
+/* A raw tracepoint of the exact mode, attached by name (kvmtrace/sources/live/program.py
+ * exact_fn(); not BCC's RAW_TRACEPOINT_PROBE, which BCC would load and attach itself). */
+#define KT_EXACT_PROBE(event) int kt_exact__##event(struct bpf_raw_tracepoint_args *ctx)
+
 /* spt page (kernel virtual) -> the SP that owns it. */
 BPF_TABLE("lru_hash", u64, struct kt_sp_info, kt_spt, KT_MAX_SPS);
 /* [0] = learnt direct-map base (0 = not yet); [1] = link lists cut at KT_MAX_PARENTS. */
@@ -269,24 +273,24 @@ static __always_inline void kt_exact_open(u32 tid)
 	kt_snap_pending.update(&tid, &one);
 }
 
-RAW_TRACEPOINT_PROBE(kvm_mmu_get_page)
+KT_EXACT_PROBE(kvm_mmu_get_page)
 {
 	/* An existing SP (created == 0) shows its current parents. */
 	int created = ctx->args[1] != 0;
 	return kt_sp_event(ctx->args[0], KT_KIND_SP_GET, created, !created, 1);
 }
 
-RAW_TRACEPOINT_PROBE(kvm_mmu_unsync_page)
+KT_EXACT_PROBE(kvm_mmu_unsync_page)
 {
 	return kt_sp_event(ctx->args[0], KT_KIND_SP_UNSYNC, -1, 1, 1);
 }
 
-RAW_TRACEPOINT_PROBE(kvm_mmu_sync_page)
+KT_EXACT_PROBE(kvm_mmu_sync_page)
 {
 	return kt_sp_event(ctx->args[0], KT_KIND_SP_SYNC, -1, 1, 1);
 }
 
-RAW_TRACEPOINT_PROBE(kvm_mmu_prepare_zap_page)
+KT_EXACT_PROBE(kvm_mmu_prepare_zap_page)
 {
 	/* __kvm_mmu_prepare_zap_page() unlinks the parents right after this event. */
 	return kt_sp_event(ctx->args[0], KT_KIND_SP_ZAP, -1, 1, 0);
@@ -304,7 +308,7 @@ static __always_inline void kt_stat_add_pvm(u32 i)
 		__sync_fetch_and_add(v, 1);
 }
 
-RAW_TRACEPOINT_PROBE(write_msr)
+KT_EXACT_PROBE(write_msr)
 {
 	u64 id = bpf_get_current_pid_tgid();
 	if (kt_skip(id >> 32))

@@ -104,9 +104,35 @@ static __always_inline u64 kt_select(u64 c, u64 a, u64 b)
 	return c ? a : b;
 }
 
+#if KT_TGID_SLOTS
+/* The TGIDs to record, written by user space before any probe is attached.  A map, not
+ * constants in the text: the compiled program then serves every run (progcache.py). */
+struct kt_tgids {
+	u32 n;
+	u32 tgid[KT_TGID_SLOTS];
+};
+BPF_ARRAY(kt_tgid_filter, struct kt_tgids, 1);
+#endif
+
 static __always_inline int kt_skip(u32 tgid)
 {
-	KT_TGID_FILTER
+#if KT_TGID_SLOTS
+	u32 zero = 0;
+	struct kt_tgids *f = kt_tgid_filter.lookup(&zero);
+	if (!f)
+		return 1;
+	u32 n = f->n;
+#pragma unroll
+	for (int i = 0; i < KT_TGID_SLOTS; i++) {
+		if (i >= n)
+			return 1;
+		if (f->tgid[i] == tgid)
+			return 0;
+	}
+	return 1;
+#else
+	return 0;
+#endif
 }
 
 static __always_inline void kt_init(struct kt_record *e, u8 kind, u64 pid_tgid)

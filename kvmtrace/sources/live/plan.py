@@ -16,7 +16,9 @@ from kvmtrace.host.probepoints import FunctionStatus, discover
 from kvmtrace.schema import Kind
 from kvmtrace.sources.live.capabilities import Capability
 from kvmtrace.sources.live import rawtp
-from kvmtrace.sources.live.program import EXACT_SP_EVENTS, FunctionProbe, ResolvedTracepoint, resolve
+from kvmtrace.sources.live.bpfsys import PROG_TYPE_RAW_TRACEPOINT, PROG_TYPE_TRACEPOINT
+from kvmtrace.sources.live.program import (EXACT_SP_EVENTS, FunctionProbe, ResolvedTracepoint, exact_fn,
+                                           resolve)
 from kvmtrace.sources.live.tracepoints import TRACEPOINTS
 
 MODES = ("auto", "exact", "tracepoints", "functions")
@@ -35,13 +37,18 @@ class ProbePlan:
     raw_off: str = ""                    # why no tracepoint is read raw (no BTF, refused ...)
 
     @property
-    def raw_names(self) -> list[str]:
+    def exact_events(self) -> list[str]:
+        """The raw tracepoints of the exact mode (kvmtrace/probes/exact.c)."""
         if self.exact is None:
             return []
-        names = [f"raw_tracepoint:{e}" for e in EXACT_SP_EVENTS]
+        events = list(EXACT_SP_EVENTS)
         if not self.exact.pvm_hypercall_problem():
-            names.append(f"raw_tracepoint:{PVM_HC_TRACEPOINT}")
-        return names
+            events.append(PVM_HC_TRACEPOINT)
+        return events
+
+    @property
+    def raw_names(self) -> list[str]:
+        return [f"raw_tracepoint:{e}" for e in self.exact_events]
 
     @property
     def names(self) -> list[str]:
@@ -77,6 +84,14 @@ class ProbePlan:
                   else f"PVM flush hypercalls not seen: {why}")
             return f"exact mode: on (raw tracepoints, offsets from {self.exact.source}; {hc})"
         return f"exact mode: off ({self.exact_off or 'mode ' + self.mode})"
+
+
+def prog_types(plan: ProbePlan) -> dict[str, int]:
+    """Every tracepoint function of the plan's program and its BPF program type."""
+    types = {exact_fn(e): PROG_TYPE_RAW_TRACEPOINT for e in plan.exact_events}
+    for rt in plan.tracepoints:
+        types[rt.fn_name] = PROG_TYPE_RAW_TRACEPOINT if rt.raw else PROG_TYPE_TRACEPOINT
+    return types
 
 
 def function_probes(status: list[FunctionStatus]) -> list[FunctionProbe]:

@@ -11,6 +11,7 @@ the compiler check every offset against it.
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass, field
 
 from kvmtrace.analysis.flushpaths import PVM_FLUSH_HYPERCALLS, PVM_HC_VECTOR
@@ -247,10 +248,23 @@ def function_handler(fp: FunctionProbe) -> str:
     return "\n".join(lines)
 
 
-def _filter(tgids: tuple[int, ...]) -> str:
+def tgid_slots(tgids: tuple[int, ...]) -> int:
+    """Slots of kt_tgid_filter (0: no filter).  Rounded up so the program text, and with it
+    the cached compiled program, depends on how many TGIDs at most, not which."""
     if not tgids:
-        return "return 0;"
-    return "return !(" + " || ".join(f"tgid == {int(t)}" for t in tgids) + ");"
+        return 0
+    return next(s for s in (4, 16, MAX_TGIDS) if len(tgids) <= s)
+
+
+def tgid_filter_value(tgids: tuple[int, ...]) -> bytes:
+    """The one value of kt_tgid_filter (struct kt_tgids in kvmtrace.c)."""
+    slots = tgid_slots(tgids)
+    return struct.pack(f"<I{slots}I", len(tgids), *tgids, *([0] * (slots - len(tgids))))
+
+
+def exact_fn(event: str) -> str:
+    """The function name of the exact mode's raw tracepoint ``event`` (exact.c KT_EXACT_PROBE)."""
+    return f"kt_exact__{event}"
 
 
 # The kvmmmu tracepoints the exact mode takes as raw tracepoints (arg0 = struct
@@ -313,7 +327,7 @@ def generate(config: ProgramConfig, tracepoints: list[ResolvedTracepoint],
         f"#define KT_NKINDS {NKINDS}",
         f"#define KT_MAX_THREADS {config.max_threads}",
         f"#define KT_EVIDENCE_BUDGET {config.evidence_budget}",
-        f"#define KT_TGID_FILTER {_filter(config.tgids)}",
+        f"#define KT_TGID_SLOTS {tgid_slots(config.tgids)}",
         f"#define KT_KIND_FLUSH_REQUEST_GUEST {int(Kind.FLUSH_REQUEST_GUEST)}",
         f"#define KT_KIND_FLUSH_CR3 {int(Kind.FLUSH_CR3)}",
         f"#define KT_KIND_FLUSH_CR4 {int(Kind.FLUSH_CR4)}",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +36,12 @@ from kvmtrace.sources.nativefile import (PART_BATCH_AGE_S, PART_BATCH_ROWS, PART
                                          PART_MIN_ROWS, OutputLock, TraceFileError, native_format)
 from kvmtrace.sources.validate import Validator
 from kvmtrace.sources.live import capabilities
-from kvmtrace.sources.live.bccload import (CFLAGS, captured_stderr, headers, import_bcc, privileges,
-                                          summarize_error)
+from kvmtrace.sources.live.bccload import headers, privileges
+from kvmtrace.sources.live.loader import CompileFailed, LoadFailed, Program, compile_and_load
 from kvmtrace.sources.live.errors import INSTALL_HINT, LiveUnavailable
-from kvmtrace.sources.live.plan import MODES, ProbePlan, build
-from kvmtrace.sources.live.program import NKINDS, ProgramConfig, generate, resolve
+from kvmtrace.sources.live.plan import MODES, ProbePlan, build, prog_types
+from kvmtrace.sources.live.program import (NKINDS, ProgramConfig, exact_fn, generate, resolve,
+                                           tgid_filter_value)
 from kvmtrace.sources.live.records import SLOT_DTYPE, Columns, lost_columns, to_columns
 from kvmtrace.sources.live.ringbuf import RingbufReader, page_size
 from kvmtrace.sources.live.tracepoints import TracepointProbe
@@ -144,7 +144,7 @@ class Recorder:
         self._plan: ProbePlan | None = None
         self._btf = None                     # the kernel's BTF (raw tracepoints, exact mode)
         self._btf_problem = "no BTF"
-        self._bpf = None
+        self._prog: Program | None = None
         self._reader: RingbufReader | None = None
         self._writer: TraceWriter | None = None
         self._background: BackgroundWriter | None = None     # feeds _writer from a thread
@@ -248,32 +248,32 @@ class Recorder:
 
     def _attach(self) -> AttachReport:
         plan = self.plan()
-        phases.mark("imports")
-        bcc, how = import_bcc()
-        phases.mark("compile")
         hdr, hdr_detail = headers(self.facts.kernel_release, self.facts.root)
         if hdr is None:
             raise LiveUnavailable(f"no kernel headers for BCC ({hdr_detail})", INSTALL_HINT)
-        self._bpf, plan = self._compile(bcc, plan, hdr_detail)
+        phases.mark("compile")
+        self._prog, plan, notes = self._load(plan, hdr, hdr_detail)
+        notes.append(f"headers: {hdr_detail}")
         phases.mark("attach")
         try:
-            report = self._attach_plan(plan, how, hdr_detail)
+            report = self._attach_plan(plan, notes)
         except _RawRefused as exc:
             # This kernel will not open raw tracepoints: every tracepoint as a perf event.
-            detach_all(self._bpf)
-            self._bpf = None
+            self._prog.close()
+            self._prog = None
             self._plan = plan.without_raw(f"the kernel refused one: {exc}")
             phases.mark("compile")
-            self._bpf, plan = self._compile(bcc, self._plan, hdr_detail)
+            self._prog, plan, notes = self._load(self._plan, hdr, hdr_detail)
+            notes.append(f"headers: {hdr_detail}")
             phases.mark("attach")
-            report = self._attach_plan(plan, how, hdr_detail)
+            report = self._attach_plan(plan, notes)
         try:
             if not report.attached:
                 raise LiveUnavailable("no probe could be attached: " +
                                       "; ".join(f"{n}: {w}" for n, w in report.skipped[:4]),
                                       "see kvmtrace doctor")
-            table = self._bpf[b"kt_events"]
-            self._reader = RingbufReader.open(table.map_fd, self.config.ringbuf_pages * page_size(), SLOT_DTYPE)
+            self._reader = RingbufReader.open(self._prog.maps.fds["kt_events"],
+                                              self.config.ringbuf_pages * page_size(), SLOT_DTYPE)
             self.meta = self._initial_meta(report)
             if self.output is not None:
                 from kvmtrace.sources.native import TraceWriter     # pyarrow: only to write
@@ -286,12 +286,11 @@ class Recorder:
             raise
         return report
 
-    def _attach_plan(self, plan: ProbePlan, how: str, hdr_detail: str) -> AttachReport:
-        report = AttachReport(skipped=list(plan.skipped), notes=[f"BCC: {how}", f"headers: {hdr_detail}",
-                                                                 plan.exact_line(), plan.transport_line()])
-        if plan.exact is not None:
-            # BCC attached the RAW_TRACEPOINT_PROBE handlers while loading them.
-            report.attached.extend(plan.raw_names)
+    def _attach_plan(self, plan: ProbePlan, notes: list[str]) -> AttachReport:
+        assert self._prog is not None
+        report = AttachReport(skipped=list(plan.skipped),
+                              notes=notes + [plan.exact_line(), plan.transport_line()])
+        report.attached.extend(plan.raw_names)      # attached by _load()
         try:
             self._attach_all(plan, report)
         except _RawRefused:
@@ -301,16 +300,36 @@ class Recorder:
             raise
         return report
 
-    def _compile(self, bcc, plan: ProbePlan, hdr_detail: str):
-        """Load the program (BCC attaches the exact mode's raw tracepoints as it loads).
-        In mode auto, an exact mode the kernel refuses falls back to the tracepoints."""
+    def _load(self, plan: ProbePlan, hdr: Path, hdr_detail: str) -> tuple[Program, ProbePlan, list[str]]:
+        """The program of ``plan`` compiled (or from the cache), its maps created, the TGID
+        filter set and the exact mode's raw tracepoints attached.  In mode auto, an exact
+        mode the compiler or the kernel refuses falls back to the tracepoints."""
         text = generate(self.config, plan.tracepoints, plan.functions, plan.exact)
-        with captured_stderr() as err:
-            try:
-                return bcc.BPF(text=text.encode(), cflags=list(CFLAGS)), plan
-            except Exception as exc:
-                problem = summarize_error(exc, err)
+        assert self.facts.tracefs is not None
+        try:
+            prog, notes = compile_and_load(text, prog_types(plan), hdr, self.facts.tracefs.path,
+                                           bool(plan.functions), self.facts.root)
+        except (CompileFailed, LoadFailed) as exc:
+            return self._load_failed(plan, exc, hdr, hdr_detail)
+        try:
+            if self.config.tgids:
+                # Before the first probe is attached: until then every event would be skipped.
+                prog.maps.put("kt_tgid_filter", 0, tgid_filter_value(self.config.tgids))
+            prog.preload(list(prog_types(plan)))
+            for event in plan.exact_events:
+                prog.attach_raw(event, exact_fn(event))
+        except (LoadFailed, OSError) as exc:
+            prog.close()
+            return self._load_failed(plan, exc, hdr, hdr_detail)
+        except BaseException:
+            prog.close()
+            raise
+        return prog, plan, notes + [prog.how]
+
+    def _load_failed(self, plan: ProbePlan, exc: BaseException, hdr: Path, hdr_detail: str):
+        problem = str(exc)
         if plan.exact is not None and self.mode == "auto":
+            assert self.facts.tracefs is not None
             kp = capabilities.kprobes(self.facts)
             fallback = build(self.facts, self.mode, kp, self.facts.tracefs.filter_functions(), None,
                              self._btf, self._btf_problem)
@@ -318,13 +337,16 @@ class Recorder:
                 fallback = fallback.without_raw(plan.raw_off)
             fallback.exact_off = f"raw tracepoints refused: {problem}"
             self._plan = fallback
-            return self._compile(bcc, fallback, hdr_detail)
-        if "Operation not permitted" in problem or "EPERM" in problem:
+            return self._load(fallback, hdr, hdr_detail)
+        if getattr(exc, "eperm", False) or "Operation not permitted" in problem or "EPERM" in problem:
             raise LiveUnavailable(f"the kernel refused to load the probe program: {problem}",
                                   "grant CAP_BPF CAP_PERFMON (or CAP_SYS_ADMIN), and check "
                                   "kernel.unprivileged_bpf_disabled and lockdown") from None
-        raise LiveUnavailable(f"BCC could not compile the probe program: {problem}",
-                              f"check the kernel headers ({hdr_detail}); {INSTALL_HINT}") from None
+        if isinstance(exc, CompileFailed):
+            raise LiveUnavailable(f"BCC could not compile the probe program: {problem}",
+                                  f"check the kernel headers ({hdr_detail}); {INSTALL_HINT}") from None
+        raise LiveUnavailable(f"the kernel refused the probe program: {problem}",
+                              "see kvmtrace doctor") from None
 
     def _abandon(self) -> None:
         self._closed = True
@@ -337,35 +359,30 @@ class Recorder:
         finally:
             if self._reader is not None:
                 self._reader.close()
-            if self._bpf is not None:
-                detach_all(self._bpf)
+            if self._prog is not None:
+                self._prog.close()
 
     def _attach_all(self, plan: ProbePlan, report: AttachReport) -> None:
-        b = self._bpf
+        assert self._prog is not None
         for rt in plan.tracepoints:
             name = rt.probe_name
-            with captured_stderr() as err:
-                try:
-                    if rt.raw:
-                        b.attach_raw_tracepoint(tp=rt.probe.event.encode(), fn_name=rt.fn_name.encode())
-                    else:
-                        b.attach_tracepoint(tp=rt.name.encode(), fn_name=rt.fn_name.encode())
-                except Exception as exc:
-                    if rt.raw:
-                        raise _RawRefused(f"{name}: {summarize_error(exc, err)}") from None
-                    report.skipped.append((name, summarize_error(exc, err)))
-                    continue
+            try:
+                if rt.raw:
+                    self._prog.attach_raw(rt.probe.event, rt.fn_name)
+                else:
+                    self._prog.attach_tracepoint(rt.probe.system, rt.probe.event, rt.fn_name)
+            except LoadFailed as exc:
+                if rt.raw:
+                    raise _RawRefused(f"{name}: {exc}") from None
+                report.skipped.append((name, str(exc)))
+                continue
             report.attached.append(name)
         for fp in plan.functions:
-            with captured_stderr() as err:
-                try:
-                    if fp.is_return:
-                        b.attach_kretprobe(event=fp.symbol.encode(), fn_name=fp.fn_name.encode())
-                    else:
-                        b.attach_kprobe(event=fp.symbol.encode(), fn_name=fp.fn_name.encode())
-                except Exception as exc:
-                    report.skipped.append((fp.name, summarize_error(exc, err)))
-                    continue
+            try:
+                self._prog.attach_kprobe(fp.symbol, fp.fn_name, fp.is_return)
+            except LoadFailed as exc:
+                report.skipped.append((fp.name, str(exc)))
+                continue
             report.attached.append(fp.name)
 
     def _initial_meta(self, report: AttachReport) -> TraceMeta:
@@ -459,8 +476,7 @@ class Recorder:
 
     def _read_lost(self) -> dict[int, int]:
         """Per-CPU increase of the kernel's lost-record counters since the last read."""
-        table = self._bpf[b"kt_lost"]
-        values = table.getvalue(table.Key(0))
+        values = self._prog.maps.per_cpu_u64("kt_lost", 0)
         delta = {}
         for cpu, v in enumerate(values):
             v = int(v)
@@ -579,25 +595,20 @@ class Recorder:
         return name or ""
 
     def _comm_from_map(self, tid: int) -> str:
-        table = self._bpf[b"kt_comm"]
-        try:
-            value = table[table.Key(tid)]
-        except KeyError:
-            return ""
-        return bytes(value.comm).split(b"\0", 1)[0].decode(errors="replace")
+        value = self._prog.maps.get("kt_comm", tid)
+        return value.split(b"\0", 1)[0].decode(errors="replace") if value else ""
 
     # ------------------------------------------------------------------ closing
 
     def counted(self) -> dict[str, int]:
         """Events the kernel counted but did not record, by kind name."""
-        if self._bpf is None:
+        if self._prog is None:
             return {}
-        table = self._bpf[b"kt_counted"]
         out = {}
         for k, name in KIND_NAMES.items():
             if k >= NKINDS:
                 continue
-            total = sum(int(v) for v in table.getvalue(table.Key(k)))
+            total = sum(self._prog.maps.per_cpu_u64("kt_counted", k))
             if total:
                 out[name] = total
         return out
@@ -606,17 +617,16 @@ class Recorder:
         """What the exact mode learnt or had to cut (kt_exact_stat in exact.c)."""
         if self._plan is None or self._plan.exact is None:
             return []
-        table = self._bpf[b"kt_exact_stat"]
-        base = int(table[table.Key(0)].value)
-        cut = int(table[table.Key(1)].value)
+        maps = self._prog.maps
+        base = maps.u64("kt_exact_stat", 0)
+        cut = maps.u64("kt_exact_stat", 1)
         out = [("exact: direct-map base learnt from an SPTE, root slots resolved to their SPs"
                 if base else "exact: direct-map base never learnt (no SP link seen): "
                              "root slots not identified (gfn -1, unsync -1)")]
         if cut:
             out.append(f"exact: {cut} parent lists longer than the probe follows were cut")
         if not self._plan.exact.pvm_hypercall_problem():
-            hc = self._bpf[b"kt_pvm_hc_stat"]
-            seen, flushes = (int(hc[hc.Key(i)].value) for i in (0, 1))
+            seen, flushes = (maps.u64("kt_pvm_hc_stat", i) for i in (0, 1))
             out.append(f"exact: msr:write_msr fired {seen} times on vCPU threads, "
                        f"{flushes} of them after a PVM flush hypercall exit (int 0x1b)")
         return out
@@ -628,7 +638,7 @@ class Recorder:
                 return self.meta
             self._closed = True
             try:
-                if self.meta is not None and self._bpf is not None:
+                if self.meta is not None and self._prog is not None:
                     self._finish_meta()
                 if self._writer is not None:
                     self._finish_writing()
@@ -639,8 +649,9 @@ class Recorder:
             finally:
                 if self._reader is not None:
                     self._reader.close()
-                if self._bpf is not None:
-                    detach_all(self._bpf)
+                if self._prog is not None:
+                    phases.mark("detach")
+                    self._prog.close()
             return self.meta
 
     def _finish_writing(self) -> None:
@@ -682,30 +693,6 @@ class Recorder:
 
 class _RawRefused(Exception):
     """The kernel refused to open a raw tracepoint (the message says which and why)."""
-
-
-def detach_all(bpf) -> None:
-    """Detach every probe, the perf-event ones in parallel, then let BCC clean up.
-
-    Closing a tracepoint's or kprobe's perf event waits in the kernel for an RCU grace
-    period (perf_event_release_kernel; 72-88 ms each measured here), so BCC's one-by-one
-    cleanup() spent 1.3 s on 17 tracepoints.  The closes are ctypes calls that release the
-    GIL, so a thread each lets the grace periods overlap.  Raw-tracepoint links detach in
-    microseconds and are left to cleanup()."""
-    phases.mark("detach")
-    jobs = [(bpf.detach_tracepoint, k) for k in list(getattr(bpf, "tracepoint_fds", ()))]
-    jobs += [(bpf.detach_kprobe_event, k) for k in list(getattr(bpf, "kprobe_fds", ()))]
-
-    def run(job) -> None:
-        fn, key = job
-        try:
-            fn(key)
-        except Exception:            # cleanup() below retries whatever is still attached
-            pass
-    if jobs:
-        with ThreadPoolExecutor(max_workers=min(32, len(jobs))) as pool:
-            list(pool.map(run, jobs))
-    bpf.cleanup()
 
 
 def _comm_from_proc(tid: int) -> str:
