@@ -3,6 +3,7 @@ where it can, doctor tells the truth about this host.  The refusal paths run any
 from __future__ import annotations
 
 import os
+import types
 
 import json
 import subprocess
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from kvmtrace.cli import cli
 from kvmtrace.host import gather
 from kvmtrace.sources.live import recorder as recorder_mod
+from kvmtrace.sources.live import loader as loader_mod
 from kvmtrace.sources.live import doctor as doctor_mod
 from kvmtrace.sources.live.errors import LiveUnavailable
 
@@ -49,7 +51,9 @@ def test_record_without_bcc_says_what_to_install(monkeypatch, tmp_path):
                               "on Debian/Ubuntu: apt install python3-bpfcc linux-headers-$(uname -r)")
     monkeypatch.setattr(recorder_mod, "privileges", lambda: (True, "root"))
     monkeypatch.setattr(recorder_mod, "gather", lambda root: gather(HOSTS / "pvm_6_18"))
-    monkeypatch.setattr(recorder_mod, "import_bcc", no_bcc)
+    # BCC is needed to compile: an empty program cache, so nothing compiled is at hand.
+    monkeypatch.setenv("KVMTRACE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(loader_mod, "import_bcc", no_bcc)
     res = run(["record", "-o", str(tmp_path / "x.parquet")])
     assert res.exit_code == 4
     line = one_line(res)
@@ -59,7 +63,6 @@ def test_record_without_bcc_says_what_to_install(monkeypatch, tmp_path):
 def test_record_without_headers_exits_4(monkeypatch, tmp_path):
     monkeypatch.setattr(recorder_mod, "privileges", lambda: (True, "root"))
     monkeypatch.setattr(recorder_mod, "gather", lambda root: gather(HOSTS / "pvm_6_18"))
-    monkeypatch.setattr(recorder_mod, "import_bcc", lambda: (object(), "test"))
     monkeypatch.setattr(recorder_mod, "headers", lambda rel, root: (None, f"/lib/modules/{rel}/build missing"))
     res = run(["record", "-o", str(tmp_path / "x.parquet")])
     assert res.exit_code == 4
@@ -135,37 +138,48 @@ def test_doctor_tells_the_truth_about_this_host():
                                                             or bool(facts.kallsyms.clones_of(name)))
 
 
-class _FakeBPF:
-    """Stands in for bcc.BPF: the second attach is interrupted (Ctrl-C while attaching)."""
+class _FakeProgram:
+    """Stands in for the loaded program (loader.Program): the second attach is interrupted
+    (Ctrl-C while attaching)."""
 
-    instances: list["_FakeBPF"] = []
+    instances: list["_FakeProgram"] = []
+    how = "program: fake"
 
-    def __init__(self, text: bytes, cflags: list[str] | None = None):
-        self.attached: list[bytes] = []
+    def __init__(self):
+        self.attached: list[str] = []
         self.cleaned = False
-        _FakeBPF.instances.append(self)
+        self.maps = types.SimpleNamespace(put=lambda *a: None)
+        _FakeProgram.instances.append(self)
 
-    def attach_tracepoint(self, tp: bytes, fn_name: bytes) -> None:
+    def preload(self, names: list[str]) -> None:
+        pass
+
+    def _attach(self, name: str) -> None:
         if len(self.attached) == 1:
             raise KeyboardInterrupt
-        self.attached.append(tp)
+        self.attached.append(name)
 
-    def cleanup(self) -> None:
+    def attach_raw(self, event: str, fn: str) -> None:
+        self._attach(event)
+
+    def attach_tracepoint(self, system: str, event: str, fn: str) -> None:
+        self._attach(f"{system}:{event}")
+
+    def close(self) -> None:
         self.cleaned = True
 
 
 def test_attach_interrupted_half_way_detaches_and_leaves_no_file(monkeypatch, tmp_path):
-    import types
     monkeypatch.setattr(recorder_mod, "privileges", lambda: (True, "root"))
     monkeypatch.setattr(recorder_mod, "gather", lambda root: gather(HOSTS / "pvm_6_18"))
-    monkeypatch.setattr(recorder_mod, "import_bcc", lambda: (types.SimpleNamespace(BPF=_FakeBPF), "fake"))
+    monkeypatch.setattr(recorder_mod, "compile_and_load", lambda *a, **kw: (_FakeProgram(), []))
     monkeypatch.setattr(recorder_mod, "headers", lambda rel, root: (Path("/"), "fake"))
     out = tmp_path / "x.parquet"
     rec = recorder_mod.Recorder(out)
     with pytest.raises(KeyboardInterrupt):
         rec.attach()
-    (bpf,) = _FakeBPF.instances
-    assert bpf.attached and bpf.cleaned
+    (prog,) = _FakeProgram.instances
+    assert prog.attached and prog.cleaned
     assert not out.exists() and not (tmp_path / "x.parquet.part").exists()
     rec.close()                                      # still safe to call
 
