@@ -1,6 +1,6 @@
-"""`check --exercise`, `watch` and `record` without a Parquet file import neither pandas nor
-pyarrow (~0.45 s of start-up here, bench/check_bench.py's "imports" phase): the live chunk
-path (recorder -> records.Columns -> schema.Chunk -> the model) is numpy only.
+"""`check --exercise` and `watch` (without -o) import neither pandas nor pyarrow (~0.3 s of
+CPU at start-up here, bench/check_bench.py's "imports" phase): the live chunk path
+(recorder -> records.Columns -> schema.Chunk -> the model) is numpy only.
 
 The probes run in a fresh interpreter: this test process has pandas loaded already.
 """
