@@ -9,7 +9,8 @@ command marks its phases with kvmtrace.phases (KVMTRACE_PHASES=FILE in the child
   imports  interpreter start, the CLI and the modules the pipeline imports (pandas, BCC ...)
   setup    the host self-setup and the /dev/kvm check
   plan     host facts: tracefs formats, kallsyms, BTF offsets; the probe plan
-  compile  generating the BPF C and BCC's compile and load
+  compile  generating the BPF C; BCC's compile or the cached object; maps, program loads
+           (the verifier) and the exact mode's raw tracepoints
   attach   attaching the probes, opening the ring buffer
   guest    the built-in guest's run (the recorder drains meanwhile)
   drain    after the guest: the last records, the stop decision
@@ -17,11 +18,16 @@ command marks its phases with kvmtrace.phases (KVMTRACE_PHASES=FILE in the child
   report   the model's finish, the verdict, the rendering
   exit     interpreter shutdown (its CPU: the child's rusage past the last mark)
 
-Prints, per phase, the median and min-max over the runs of wall and CPU seconds (CPU: the
+Each of the runs is two processes with their own program cache (KVMTRACE_CACHE_DIR, see
+kvmtrace/sources/live/progcache.py): first empty, so BCC compiles (a check's first run on
+a kernel), then the same cache again, so the compiled program is loaded (every later run).
+
+Prints, for both cases, per phase, the median and min-max over the runs of wall and CPU seconds (CPU: the
 process's, all threads; the less load-sensitive figure); the total wall time; the
 verdict and windows of every run (they must not change with speed); `python -c pass` and
 `kvmtrace --help` timed in the same runs as the floor; and the load average before and
-after (the host's 2 cores are shared).  Needs root and /dev/kvm (exit 4 otherwise).
+after (the host's 2 cores are shared).  Needs root and /dev/kvm (exit 4 otherwise); exits
+1 when a run's verdict is not pass.
 """
 from __future__ import annotations
 
@@ -42,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from kvmtrace import phases  # noqa: E402
 
+CACHE_ENV = "KVMTRACE_CACHE_DIR"
 PHASES = ("imports", "setup", "plan", "compile", "attach", "guest", "drain", "detach",
           "report", "exit")
 BASELINES = {"python -c pass": [sys.executable, "-c", "pass"],
@@ -54,10 +61,12 @@ def _env() -> dict:
     return env
 
 
-def run_child(check_args: list[str]) -> tuple[dict[str, float], dict[str, float], float, dict]:
-    """(phase wall seconds, phase CPU seconds, wall seconds, check JSON) of one fresh process."""
+def run_child(check_args: list[str], cache: str) -> tuple[dict[str, float], dict[str, float], float, dict]:
+    """(phase wall seconds, phase CPU seconds, wall seconds, check JSON) of one fresh process
+    whose program cache (sources/live/progcache.py) is the directory ``cache``."""
     with tempfile.NamedTemporaryFile(suffix=".json") as marks_file:
         env = _env()
+        env[CACHE_ENV] = cache
         env[phases.ENV] = marks_file.name
         start = time.monotonic()
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -81,8 +90,9 @@ def run_child(check_args: list[str]) -> tuple[dict[str, float], dict[str, float]
     return seconds, cpu, end - start, report
 
 
-def run_inprocess(check_args: list[str]) -> tuple[dict[str, float], dict[str, float], float, dict]:
+def run_inprocess(check_args: list[str], cache: str) -> tuple[dict[str, float], dict[str, float], float, dict]:
     from kvmtrace.cli import main
+    os.environ[CACHE_ENV] = cache
     out = io.StringIO()
     marks = phases.enable()
     start = ("imports", time.monotonic(), time.process_time())
@@ -109,7 +119,9 @@ def _parse_report(stdout: str, stderr: str, code: int) -> dict:
     return {"verdict": d.get("verdict"), "exit_code": code, "windows": w.get("total"),
             "meaningful_ok": w.get("meaningful_ok"), "violation": w.get("violation"),
             "events": d.get("events"), "attached": len(d.get("probes", {}).get("attached", [])),
-            "notes": [n for n in d.get("notes", []) if "mode" in n]}
+            "notes": [n for n in d.get("notes", []) if "mode" in n],
+            "program": next((n for n in d.get("probes", {}).get("notes", [])
+                             if n.startswith("program:")), "")}
 
 
 def time_cmd(argv: list[str]) -> float:
@@ -146,41 +158,61 @@ def main() -> int:
         print("check_bench: needs root and /dev/kvm (the check traces live)", file=sys.stderr)
         return 4
     load_before = loadavg()
-    runs, walls, base = [], [], {k: [] for k in BASELINES}
+    runs: dict[str, list[dict]] = {"cached": [], "compiled": []}
+    base: dict[str, list[float]] = {k: [] for k in BASELINES}
+    run = run_inprocess if args.inprocess else run_child
     for _ in range(max(1, args.runs)):       # interleaved: load affects every case alike
         for name, argv in BASELINES.items():
             base[name].append(time_cmd(argv))
-        seconds, cpu, wall, report = (run_inprocess if args.inprocess else run_child)(args.check_args)
-        runs.append({"phases": seconds, "cpu": cpu, "wall_s": wall, "report": report})
-        walls.append(wall)
-    out = {"runs": len(runs), "mode": "in-process" if args.inprocess else "child process",
+        with tempfile.TemporaryDirectory(prefix="check-bench-cache-") as cache:
+            # An empty program cache: BCC compiles (the first check on a kernel); then the
+            # same cache again: the compiled program is loaded (every later check).
+            for case in ("compiled", "cached"):
+                seconds, cpu, wall, report = run(args.check_args, cache)
+                runs[case].append({"phases": seconds, "cpu": cpu, "wall_s": wall, "report": report})
+    out = {"runs": args.runs, "mode": "in-process" if args.inprocess else "child process",
            "check_args": args.check_args, "load_before": load_before, "load_after": loadavg(),
-           "cpus": os.cpu_count(),
-           "phases": {p: summary([r["phases"].get(p, 0.0) for r in runs]) for p in PHASES},
-           "cpu": {p: summary([r["cpu"].get(p, 0.0) for r in runs]) for p in PHASES},
-           "wall": summary(walls), "cpu_total": summary([sum(r["cpu"].values()) for r in runs]), "baselines": {k: summary(v) for k, v in base.items()},
-           "reports": [r["report"] for r in runs]}
+           "cpus": os.cpu_count(), "baselines": {k: summary(v) for k, v in base.items()},
+           "cases": {case: _case(rs) for case, rs in runs.items()}}
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     print(f"kvmtrace check {' '.join(args.check_args)}: {out['runs']} runs ({out['mode']}), "
           f"{out['cpus']} CPUs, load average {load_before} before, {out['load_after']} after")
-    print(f"  {'phase':<8} {'wall median':>11} {'(min-max)':>13}   {'CPU median':>10} {'(min-max)':>13}")
-    for p in [*PHASES, "total"]:
-        s = out["phases"][p] if p != "total" else out["wall"]
-        c = out["cpu"][p] if p != "total" else out["cpu_total"]
-        print(f"  {p:<8} {s['median_s'] * 1e3:8.0f} ms {_range(s):>13}   {c['median_s'] * 1e3:7.0f} ms "
-              f"{_range(c):>13}")
-    w = out["wall"]
+    for case, c in out["cases"].items():
+        what = ("program from the cache (every check after the first on a kernel)" if case == "cached"
+                else "empty program cache: BCC compiles (the first check on a kernel)")
+        print(f"\n {case}: {what}")
+        _print_case(c)
+    print()
+    w = out["cases"]["cached"]["wall"]
     for name, s in out["baselines"].items():
         print(f"  baseline {name}: median {s['median_s'] * 1e3:.0f} ms, range "
-              f"{s['min_s'] * 1e3:.0f}-{s['max_s'] * 1e3:.0f} ms; check = "
+              f"{s['min_s'] * 1e3:.0f}-{s['max_s'] * 1e3:.0f} ms; cached check = "
               f"{w['median_s'] / s['median_s']:.1f}x")
-    for i, r in enumerate(out["reports"], 1):
+    bad = [r for c in out["cases"].values() for r in c["reports"] if r.get("verdict") != "pass"]
+    return 1 if bad else 0
+
+
+def _case(runs: list[dict]) -> dict:
+    return {"phases": {p: summary([r["phases"].get(p, 0.0) for r in runs]) for p in PHASES},
+            "cpu": {p: summary([r["cpu"].get(p, 0.0) for r in runs]) for p in PHASES},
+            "wall": summary([r["wall_s"] for r in runs]),
+            "cpu_total": summary([sum(r["cpu"].values()) for r in runs]),
+            "reports": [r["report"] for r in runs]}
+
+
+def _print_case(c: dict) -> None:
+    print(f"  {'phase':<8} {'wall median':>11} {'(min-max)':>13}   {'CPU median':>10} {'(min-max)':>13}")
+    for p in [*PHASES, "total"]:
+        s = c["phases"][p] if p != "total" else c["wall"]
+        u = c["cpu"][p] if p != "total" else c["cpu_total"]
+        print(f"  {p:<8} {s['median_s'] * 1e3:8.0f} ms {_range(s):>13}   {u['median_s'] * 1e3:7.0f} ms "
+              f"{_range(u):>13}")
+    for i, r in enumerate(c["reports"], 1):
         print(f"  run {i}: {r.get('verdict')}, windows {r.get('windows')} "
               f"({r.get('meaningful_ok')} meaningful ok, {r.get('violation')} violation), "
-              f"{r.get('events')} events, {r.get('attached')} probes")
-    return 0
+              f"{r.get('events')} events, {r.get('attached')} probes; {r.get('program') or 'no program note'}")
 
 
 if __name__ == "__main__":

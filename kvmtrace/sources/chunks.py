@@ -37,8 +37,11 @@ class SourceInfo:
     label: str = ""
 
     def probes_dict(self) -> dict:
-        return {"attached": list(self.attached),
-                "not_attached": [{"probe": n, "why": w} for n, w in self.skipped]}
+        out = {"attached": list(self.attached),
+               "not_attached": [{"probe": n, "why": w} for n, w in self.skipped]}
+        if self.live:
+            out["notes"] = list(self.notes)     # how the program was compiled and attached
+        return out
 
 
 class ChunkSource(Protocol):
