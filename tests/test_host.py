@@ -237,3 +237,58 @@ def test_kallsyms_family_lookups_agree_with_the_full_name_set(name):
         clones = sorted(c for c in dotted if (m := _CLONE_RE.match(c)) and m.group("base") == n)
         assert ks.clones_of(n) == clones, n
     assert ks.names == full
+
+
+def _fake_root(tmp_path, kallsyms: str, modules: str) -> Path:
+    (tmp_path / "proc").mkdir(exist_ok=True)
+    (tmp_path / "proc/kallsyms").write_text(kallsyms)
+    (tmp_path / "proc/modules").write_text(modules)
+    return tmp_path
+
+
+def _copied(root: Path, size: int) -> None:
+    """Wait until the prefetching child has copied ``size`` bytes."""
+    import os
+    import time
+    from kvmtrace.host import kallsyms as K
+    job = K._pending[str(root / "proc/kallsyms")]
+    deadline = time.monotonic() + 30
+    while os.fstat(job.fd).st_size < size:
+        assert time.monotonic() < deadline, "cat did not copy the file"
+        time.sleep(0.01)
+
+
+OLD = "ffffffff81000000 T kvm_mmu_load\n"
+NEW = "ffffffff81000000 T kvm_mmu_unload\n"
+
+
+def test_prefetched_kallsyms_is_the_copy_taken_when_it_started(tmp_path):
+    from kvmtrace.host import kallsyms as K
+    root = _fake_root(tmp_path, OLD, "kvm 1 0 - Live 0x0\n")
+    assert K.prefetch(root)
+    _copied(root, len(OLD))
+    (root / "proc/kallsyms").write_text(NEW)
+    ks = Kallsyms.load(root)
+    assert ks.has("kvm_mmu_load") and not ks.has("kvm_mmu_unload")    # the copy
+    assert Kallsyms.load(root).has("kvm_mmu_unload")                 # used once only
+
+
+def test_prefetch_is_dropped_when_modules_changed_or_it_is_old(tmp_path):
+    from kvmtrace.host import kallsyms as K
+    root = _fake_root(tmp_path, OLD, "kvm 1 0 - Live 0x0\n")
+    K.prefetch(root)
+    _copied(root, len(OLD))
+    _fake_root(tmp_path, NEW, "kvm 1 0 - Live 0x0\nkvm_intel 1 0 - Live 0x0\n")   # a module came
+    assert Kallsyms.load(root).has("kvm_mmu_unload")
+    _fake_root(tmp_path, OLD, "kvm 1 0 - Live 0x0\n")
+    K.prefetch(root)
+    _copied(root, len(OLD))
+    K._pending[str(root / "proc/kallsyms")].started -= K.MAX_AGE + 1
+    (root / "proc/kallsyms").write_text(NEW)
+    assert Kallsyms.load(root).has("kvm_mmu_unload")
+
+
+def test_prefetch_of_an_unreadable_kallsyms_reads_as_none(tmp_path):
+    from kvmtrace.host import kallsyms as K
+    assert K.prefetch(tmp_path)                 # no proc/kallsyms: cat fails
+    assert Kallsyms.load(tmp_path) is None

@@ -11,7 +11,8 @@ import click
 
 from kvmtrace import exitcodes, phases
 from kvmtrace.errors import fail_line
-from kvmtrace.commands.options import StatusLine, no_setup_option, prepare_host, warn_absent_tgids
+from kvmtrace.commands.options import (StatusLine, no_setup_option, prefetch_host_facts, prepare_host,
+                                       warn_absent_tgids)
 from kvmtrace.commands.writing import check_output_dir, report_option, write_session_report
 
 EPILOG = """\b
@@ -90,6 +91,7 @@ def _fail(message: str, code: int) -> None:
 def _check(duration: float, tgids: tuple[int, ...], exercise: bool, min_windows: int,
            as_json: bool, prom_file: str | None, replay: str | None,
            report_file: str | None, no_setup: bool) -> None:
+    prefetch_host_facts(live=not replay)
     from kvmtrace.pipeline.check import CheckConfig, run_check
     from kvmtrace.sources.live import LiveUnavailable
     from kvmtrace.pipeline.session import stop_on_signals

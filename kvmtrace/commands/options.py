@@ -84,3 +84,11 @@ def selected(trace, loaded, vm: int | None, vcpu: int | None):
     except SelectionError as exc:
         fail_line(str(exc))
         raise click.exceptions.Exit(2)
+
+
+def prefetch_host_facts(live: bool = True) -> None:
+    """Start reading what the probe plan needs and the kernel is slow to produce
+    (/proc/kallsyms: host.kallsyms.prefetch), while the command imports its pipeline."""
+    if live:
+        from kvmtrace.host.kallsyms import prefetch
+        prefetch()

@@ -8,7 +8,8 @@ import click
 
 from kvmtrace import exitcodes
 from kvmtrace.errors import fail_line
-from kvmtrace.commands.options import StatusLine, no_setup_option, prepare_host, warn_absent_tgids
+from kvmtrace.commands.options import (StatusLine, no_setup_option, prefetch_host_facts, prepare_host,
+                                       warn_absent_tgids)
 
 
 @click.command(epilog="""\b
@@ -51,6 +52,7 @@ def record(output: str | None, tgids: tuple[int, ...], duration: float | None, p
            ebpf: bool, no_setup: bool, dataset: str | None = None,
            host: str | None = None) -> None:
     """Record KVM guest-flush, shadow-page and guest-run events with BPF."""
+    prefetch_host_facts()
     from kvmtrace.sources.live import LiveUnavailable, Recorder
     from kvmtrace.pipeline.session import stop_on_signals
     if output and dataset:

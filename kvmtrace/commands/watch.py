@@ -9,7 +9,7 @@ import click
 from kvmtrace import exitcodes
 from kvmtrace.commands.writing import check_output_dir, report_option, write_session_report
 from kvmtrace.errors import fail_line
-from kvmtrace.commands.options import no_setup_option, prepare_host
+from kvmtrace.commands.options import no_setup_option, prefetch_host_facts, prepare_host
 
 EPILOG = """\b
 On a terminal the table is refreshed in place and each violation is printed above it
@@ -44,6 +44,7 @@ Exit codes, by the final verdict as for kvmtrace analyze: 0 ok or no flushes see
 def watch(tgids: tuple[int, ...], as_json: bool, output: str | None, interval: float | None,
           replay: str | None, report_file: str | None, no_setup: bool) -> None:
     """Watch guest TLB flush windows live and report each violation as it happens."""
+    prefetch_host_facts(live=not replay)
     from kvmtrace.sources.live import LiveUnavailable
     from kvmtrace.outputs.livetable import AnsiTable, JsonLines, PlainLines
     from kvmtrace.pipeline.session import stop_on_signals

@@ -109,6 +109,7 @@ class Btf:
         self._strings = b""
         self._index: _NameIndex | None = None   # built on the first find()
         self._decoded: dict[int, BtfType] = {}
+        self._members: dict[int, list[tuple[str, int, int, int]]] = {}
         self._found: dict[tuple[int, str], int | None] = {}
         self._parse(data)
 
@@ -248,13 +249,14 @@ class Btf:
         """(name, type id, bit offset, bitfield size) of a struct or union's members."""
         if t.kind not in (STRUCT, UNION):
             return []
-        out = []
-        for i in range(t.vlen):
-            name_off, mtype, off = struct.unpack_from("<III", t.extra, 12 * i)
-            # kind_flag: offset = bitfield_size << 24 | bit_offset (btf.rst, STRUCT)
-            bits, bitsize = (off & 0xFFFFFF, off >> 24) if t.kflag else (off, 0)
-            out.append((self._str(name_off), mtype, bits, bitsize))
-        return out
+        out = self._members.get(t.id)
+        if out is None:                     # kvm_vcpu_arch has ~200: decode them once
+            out = self._members[t.id] = []
+            for name_off, mtype, off in struct.iter_unpack("<III", t.extra):
+                # kind_flag: offset = bitfield_size << 24 | bit_offset (btf.rst, STRUCT)
+                bits, bitsize = (off & 0xFFFFFF, off >> 24) if t.kflag else (off, 0)
+                out.append((self._str(name_off), mtype, bits, bitsize))
+        return list(out)
 
     def member(self, struct_name: str, path: str, kind: int = STRUCT) -> Member | None:
         """Member ``path`` ("arch.mmu", "root.hpa") of ``struct struct_name``; None when
@@ -397,8 +399,9 @@ class _NameIndex:
         name_offs = words[starts].astype(np.int64)
         keep = np.isin(kinds, list(_NAMED)) & (name_offs != 0)
         self._ids = np.flatnonzero(keep) + btf._first_id
-        strings = np.frombuffer(btf._all_strings() + bytes(8), dtype=np.uint8)
-        offs = np.minimum(name_offs[keep], len(strings) - 8)
+        self._strings = btf._all_strings()
+        strings = np.frombuffer(self._strings + bytes(8), dtype=np.uint8)
+        offs = self._offs = np.minimum(name_offs[keep], len(strings) - 8)
         head = strings[offs[:, None] + np.arange(8)]
         nul = head == 0
         head[np.cumsum(nul, axis=1) > nul] = 0          # bytes after the first NUL
@@ -410,9 +413,13 @@ class _NameIndex:
         return int.from_bytes(b + bytes(8 - len(b)), "little")
 
     def ids(self, name: str) -> list[int]:
-        """Type ids (ascending) whose name may be ``name`` (the caller compares names)."""
+        """Type ids (ascending) named ``name`` (names sharing 8 bytes are many:
+        kvm_mmu_*, btf_trace_kvm_*; they are told apart here, before decoding any)."""
         import numpy as np
-        return [int(i) for i in self._ids[np.flatnonzero(self._keys == self.key(name))]]
+        at = np.flatnonzero(self._keys == self.key(name))
+        want, strings = name.encode() + b"\0", self._strings
+        return [int(tid) for tid, off in zip(self._ids[at].tolist(), self._offs[at].tolist())
+                if strings[off:off + len(want)] == want]
 
 
 def load_kernel(root: Path | str = Path("/"), module: str = "kvm") -> tuple[Btf | None, str]:

@@ -8,7 +8,10 @@ separately: a clone is attachable, but only the calls that use it go through it.
 """
 from __future__ import annotations
 
+import mmap
+import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +97,9 @@ class Kallsyms:
 
     @classmethod
     def load(cls, root: Path = Path("/")) -> "Kallsyms | None":
+        text = _take_prefetched(root)
+        if text is not None:
+            return cls.parse(text)
         try:
             return cls.parse((root / "proc/kallsyms").read_text())
         except OSError:
@@ -118,3 +124,79 @@ class Kallsyms:
 
     def __len__(self) -> int:
         return len(self.names)
+
+
+# ----------------------------------------------------------------------------- prefetch
+#
+# The kernel formats /proc/kallsyms one seq_file page per read(2) (fs/seq_file.c
+# seq_read_iter; kernel/kallsyms.c s_show): 1 300 reads and ~35 ms of CPU here, which the
+# probe plan waited for.  prefetch() has a child process (cat) copy it into a memfd while
+# this one is still importing (pandas, the pipeline): on another core, and without the
+# GIL (a thread would need the GIL back after each of those reads).  load() then takes the
+# copy -- unless /proc/modules changed meanwhile (opening /dev/kvm can autoload kvm): a
+# module's symbols come and go with it, so the file is read again -- or if it is older
+# than MAX_AGE (a command that failed before planning, in a long-lived process).
+
+@dataclass
+class _Prefetch:
+    pid: int
+    fd: int                 # the memfd the child writes
+    modules: bytes | None   # /proc/modules when it started
+    started: float          # time.monotonic()
+
+
+_pending: dict[str, _Prefetch] = {}
+MAX_AGE = 30.0              # seconds: an older copy (a command that never used it) is dropped
+
+
+def _modules(root: Path) -> bytes | None:
+    try:
+        return (root / "proc/modules").read_bytes()
+    except OSError:
+        return None
+
+
+def prefetch(root: Path | str = Path("/")) -> bool:
+    """Start copying root/proc/kallsyms into memory in the background (see above); False
+    when that cannot start here (load() then reads the file itself)."""
+    root = Path(root)
+    path = str(root / "proc/kallsyms")
+    if path in _pending:
+        return True
+    if not hasattr(os, "memfd_create") or not hasattr(os, "posix_spawnp"):
+        return False
+    try:
+        fd = os.memfd_create("kvmtrace-kallsyms", os.MFD_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        pid = os.posix_spawnp("cat", ["cat", "--", path], os.environ, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, fd, 1),
+            (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)])
+    except OSError:
+        os.close(fd)
+        return False
+    _pending[path] = _Prefetch(pid, fd, _modules(root), time.monotonic())
+    return True
+
+
+def _take_prefetched(root: Path) -> str | None:
+    """The prefetched text of root/proc/kallsyms, None when there is none to trust."""
+    job = _pending.pop(str(root / "proc/kallsyms"), None)
+    if job is None:
+        return None
+    try:
+        _pid, status = os.waitpid(job.pid, 0)
+        if (os.waitstatus_to_exitcode(status) != 0 or _modules(root) != job.modules
+                or time.monotonic() - job.started > MAX_AGE):
+            return None
+        size = os.fstat(job.fd).st_size
+        if not size:
+            return ""
+        with mmap.mmap(job.fd, size, prot=mmap.PROT_READ) as data:    # decoded in place
+            return str(data, "utf-8", "replace")
+    except OSError:                     # ChildProcessError: someone reaped it
+        return None
+    finally:
+        os.close(job.fd)
