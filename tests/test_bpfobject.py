@@ -157,3 +157,11 @@ def test_old_objects_are_pruned(cache, monkeypatch):
         os.utime(path, (1000 + i, 1000 + i))
     left = sorted(p.name[:64] for p in cache.dir.glob("*.bpfobj"))
     assert left == [f"{i:064x}" for i in (2, 3, 4)]
+
+
+def test_doctor_says_where_the_cache_is_and_whether_it_is_used(cache):
+    assert "empty" in cache.describe()
+    cache.put("a" * 64, sample())
+    assert cache.describe().startswith(f"{cache.dir}: 1 compiled program ")
+    os.chmod(cache.dir, 0o770)
+    assert cache.describe().startswith("not used: ") and "writable by group" in cache.describe()

@@ -15,6 +15,7 @@ from kvmtrace.host import exactlayout
 from kvmtrace.host.probepoints import OTHER_BACKEND, discover
 from kvmtrace.sources.live import capabilities
 from kvmtrace.sources.live.bccload import headers, import_bcc, privileges
+from kvmtrace.sources.live.progcache import ProgramCache
 from kvmtrace.sources.live.errors import INSTALL_HINT, LiveUnavailable
 from kvmtrace.sources.live.program import resolve
 from kvmtrace.sources.live.tracepoints import REQUIRED, TRACEPOINTS
@@ -70,6 +71,7 @@ def diagnose(root: str = "/") -> Diagnosis:
     checks.append(_fentry(bcc, facts, ok and hdr is not None))
     checks.append(_functions(facts, kp.usable))
     checks.append(_self_setup(facts))
+    checks.append(Check("program-cache", INFO, ProgramCache().describe()))
     host = {"kernel_release": facts.kernel_release, "kvm_backend": facts.kvm_backend,
             "tdp": facts.tdp, "paging": facts.backend.paging, "exposed": facts.backend.exposed,
             "tracefs": str(facts.tracefs.path) if facts.tracefs else None}

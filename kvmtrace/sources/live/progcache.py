@@ -105,6 +105,19 @@ class ProgramCache:
         self.dir = default_dir() if directory is None else directory
         self.note = "" if self.dir is not None else f"program cache off ({ENV}=off)"
 
+    def describe(self) -> str:
+        """One line for kvmtrace doctor: where the cache is, how full, whether it is used."""
+        if self.dir is None:
+            return self.note
+        if not self.dir.is_dir():
+            return f"{self.dir} (empty: the first live command compiles and stores the program)"
+        why = _trusted(self.dir, True)
+        if why:
+            return f"not used: {why}"
+        n = len(list(self.dir.glob(f"*{SUFFIX}")))
+        return (f"{self.dir}: {n} compiled program{'s' if n != 1 else ''} (a program not there "
+                f"is compiled by BCC, about a second, and stored)")
+
     def _path(self, k: str) -> Path:
         assert self.dir is not None
         return self.dir / f"{k}{SUFFIX}"
