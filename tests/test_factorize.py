@@ -38,6 +38,27 @@ def test_numpy_factorize_is_pandas_factorize(keys):
     _same(fz.factorize_numpy(keys), keys)
 
 
+@settings(max_examples=200)
+@given(KEYS)
+def test_the_table_and_the_sort_each_are_pandas_factorize(keys):
+    """Both numpy strategies, whichever factorize_numpy would pick for these keys."""
+    if not len(keys):
+        return
+    _same(fz._sorted_factorize(keys), keys)
+    span = int(keys.max()) - int(keys.min()) + 1
+    if span <= 1 << 16:
+        _same(fz._dense_factorize(keys, keys.min(), span), keys)
+
+
+def test_thread_ids_over_the_whole_pid_range_take_the_table(monkeypatch):
+    rng = np.random.default_rng(5)
+    keys = rng.choice(np.array([1, 4_194_303, 77, 2_000_000], dtype=np.uint32), 1 << 16)
+    used = []
+    monkeypatch.setattr(fz, "_sorted_factorize", lambda k: used.append(k) or None)
+    _same(fz.factorize_numpy(keys), keys)
+    assert used == []
+
+
 @settings(max_examples=100)
 @given(KEYS)
 def test_factorize_is_pandas_factorize_either_way(keys):
