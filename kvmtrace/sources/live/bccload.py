@@ -67,6 +67,7 @@ def identity() -> str:
     """What changes when BCC changes (its Python package and libbcc.so.0), found without
     importing it: the import alone costs 0.1-0.15 s here, which a cached program skips."""
     import importlib.util
+    from kvmtrace.sources.live.progcache import file_identity
     parts = []
     try:
         spec = importlib.util.find_spec("bcc")
@@ -76,21 +77,13 @@ def identity() -> str:
     if origin is None or not os.path.exists(origin):
         origin = os.path.join(DEBIAN_DIST, "bcc", "__init__.py")
     version = os.path.join(os.path.dirname(origin), "version.py")
-    parts.append(_identity(origin) + " " + _identity(version))
+    parts.append(file_identity(origin) + " " + file_identity(version))
     for d in LIB_DIRS:
         lib = os.path.join(d, "libbcc.so.0")
         if os.path.exists(lib):
-            parts.append(_identity(lib))
+            parts.append(file_identity(lib))
             break
     return "; ".join(parts) or "bcc not found"
-
-
-def _identity(path: str) -> str:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return f"{path}: absent"
-    return f"{os.path.realpath(path)} {st.st_size} {st.st_mtime_ns}"
 
 
 def _try_import(prefer: str | None = None) -> ModuleType | None:

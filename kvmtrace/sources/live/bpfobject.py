@@ -137,22 +137,27 @@ def relocatable(name: str, insns: bytes, fd_to_map: dict[int, int]) -> tuple[byt
     return bytes(code), tuple(relocs)
 
 
-def extract(bpf, lib, prog_types: dict[str, int]) -> ProgramObject:
-    """The object of BCC's compiled module ``bpf`` (a bcc.BPF, not yet loaded), for the
-    functions in ``prog_types`` (name -> BPF_PROG_TYPE_*).  ``lib`` is bcc's libbcc."""
+def bcc_tables(bpf, lib) -> list[tuple[str, int]]:
+    """(name, fd) of every map BCC created for the module of ``bpf`` (libbcc's table API;
+    the Python wrapper of Debian's BCC 0.26 does not declare these three functions)."""
     import ctypes
-    module = bpf.module
     lib.bpf_num_tables.restype = ctypes.c_ulonglong
     lib.bpf_num_tables.argtypes = [ctypes.c_void_p]
     lib.bpf_table_name.restype = ctypes.c_char_p
     lib.bpf_table_name.argtypes = [ctypes.c_void_p, ctypes.c_ulonglong]
     lib.bpf_table_fd_id.restype = ctypes.c_int
     lib.bpf_table_fd_id.argtypes = [ctypes.c_void_p, ctypes.c_ulonglong]
+    return [(lib.bpf_table_name(bpf.module, t).decode(), int(lib.bpf_table_fd_id(bpf.module, t)))
+            for t in range(int(lib.bpf_num_tables(bpf.module)))]
+
+
+def extract(bpf, lib, prog_types: dict[str, int]) -> ProgramObject:
+    """The object of BCC's compiled module ``bpf`` (a bcc.BPF, not yet loaded), for the
+    functions in ``prog_types`` (name -> BPF_PROG_TYPE_*).  ``lib`` is bcc's libbcc."""
+    module = bpf.module
     maps: list[MapSpec] = []
     fd_to_map: dict[int, int] = {}
-    for t in range(int(lib.bpf_num_tables(module))):
-        name = lib.bpf_table_name(module, t).decode()
-        fd = int(lib.bpf_table_fd_id(module, t))
+    for name, fd in bcc_tables(bpf, lib):
         info = bpfsys.map_info(fd)
         fd_to_map[fd] = len(maps)
         maps.append(MapSpec(name, int(info["type"]), int(info["key_size"]),

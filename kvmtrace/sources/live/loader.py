@@ -21,7 +21,8 @@ from pathlib import Path
 
 from kvmtrace.sources.live import bpfsys
 from kvmtrace.sources.live.bccload import CFLAGS, captured_stderr, identity, import_bcc, summarize_error
-from kvmtrace.sources.live.bpfobject import LoadedProgram, ObjectError, ProgramObject, extract, load
+from kvmtrace.sources.live.bpfobject import (LoadedProgram, ObjectError, ProgramObject, bcc_tables,
+                                             extract, load)
 from kvmtrace.sources.live.progcache import ProgramCache, key
 
 RAW = bpfsys.PROG_TYPE_RAW_TRACEPOINT
@@ -161,7 +162,7 @@ class BccProgram(Program):
     def __init__(self, bpf, how: str):
         self.bpf = bpf
         self.how = how
-        self.maps = MapView({name: bpf[name.encode()].map_fd for name in _table_names(bpf)})
+        self.maps = MapView(dict(bcc_tables(bpf, import_bcc()[0].lib)))
 
     def prog_fds(self) -> dict[str, int]:
         return {(k.decode() if isinstance(k, bytes) else k): fn.fd for k, fn in self.bpf.funcs.items()}
@@ -209,16 +210,6 @@ def detach_all(bpf) -> None:
         with ThreadPoolExecutor(max_workers=min(32, len(jobs))) as pool:
             list(pool.map(run, jobs))
     bpf.cleanup()
-
-
-def _table_names(bpf) -> list[str]:
-    import ctypes
-    lib = import_bcc()[0].lib
-    lib.bpf_num_tables.restype = ctypes.c_ulonglong
-    lib.bpf_num_tables.argtypes = [ctypes.c_void_p]
-    lib.bpf_table_name.restype = ctypes.c_char_p
-    lib.bpf_table_name.argtypes = [ctypes.c_void_p, ctypes.c_ulonglong]
-    return [lib.bpf_table_name(bpf.module, i).decode() for i in range(int(lib.bpf_num_tables(bpf.module)))]
 
 
 def compile_and_load(text: str, prog_types: dict[str, int], headers: Path, tracefs: Path,
