@@ -214,3 +214,33 @@ def test_real_btf_walk_and_name_lookups_agree_with_decoding_every_type():
         want = next((t for t in types if t.vlen), types[0]) if kind in (STRUCT, UNION) else types[0]
         assert btf.find(name, kind).id == want.id, (kind, name)
     assert btf.find("no_such_struct_anywhere") is None
+
+
+@pytest.mark.parametrize("count", range(0, 18))
+def test_walk_of_any_number_of_types(count):
+    """The walk goes 8 records per step: every count, and every kind of record length."""
+    b = BlobBuilder()
+    u64 = b.int_("u64", 8)
+    makers = [lambda i: b.ptr(u64), lambda i: b.struct(f"s{i}", 8, [("a", u64, 0)] * (i % 4)),
+              lambda i: b.func_proto(u64, [u64] * (i % 3)), lambda i: b.array(u64, u64, i),
+              lambda i: b.typedef(f"t{i}", u64)]
+    for i in range(count):
+        makers[i % len(makers)](i)
+    data = b.blob()
+    btf = Btf(data, "hand")
+    assert list(btf._offsets) == _reference_walk(data)
+    assert btf._next_id == count + 2
+
+
+def test_a_record_running_past_the_type_section_is_an_error():
+    import struct
+    b = BlobBuilder()
+    u64 = b.int_("u64", 8)
+    b.struct("s", 8, [("a", u64, 0)])
+    data = bytearray(b.blob())
+    # the struct (second record, after the 16-byte int) claims 3 members, has 1
+    at = 24 + 16 + 4
+    name_off, info = struct.unpack_from("<II", data, at - 4)
+    struct.pack_into("<I", data, at, (info & ~0xFFFF) | 3)
+    with pytest.raises(BtfError, match="type 2 runs past the type section"):
+        Btf(bytes(data), "x")
