@@ -410,9 +410,12 @@ def _walk(source: str, data: bytes, t0: int, type_len: int, first_id: int):
 
 
 class _NameIndex:
-    """The types of the kinds find() looks up (_NAMED), by the first 8 bytes of their name
-    (NUL included, zero after it): a lookup compares one u64 per type instead of searching
-    the 2-3 MB string section for every name."""
+    """The types of the kinds find() looks up (_NAMED), by the first 16 bytes of their name
+    (NUL included, zero after it): a lookup compares two u64 per type instead of searching
+    the 2-3 MB string section for every name.  (8 bytes were too few: "btf_trac" starts
+    the ~2 000 btf_trace_* typedefs.)"""
+
+    WIDTH = 16
 
     def __init__(self, btf: Btf):
         import numpy as np
@@ -422,23 +425,25 @@ class _NameIndex:
         keep = np.isin(kinds, list(_NAMED)) & (name_offs != 0)
         self._ids = np.flatnonzero(keep) + btf._first_id
         self._strings = btf._all_strings()
-        strings = np.frombuffer(self._strings + bytes(8), dtype=np.uint8)
-        offs = self._offs = np.minimum(name_offs[keep], len(strings) - 8)
-        head = strings[offs[:, None] + np.arange(8)]
+        strings = np.frombuffer(self._strings + bytes(self.WIDTH), dtype=np.uint8)
+        offs = self._offs = np.minimum(name_offs[keep], len(strings) - self.WIDTH)
+        head = strings[offs[:, None] + np.arange(self.WIDTH)]
         nul = head == 0
         head[np.cumsum(nul, axis=1) > nul] = 0          # bytes after the first NUL
-        self._keys = np.ascontiguousarray(head).view("<u8").ravel()
+        self._keys = np.ascontiguousarray(head).view("<u8")     # (types, 2)
 
-    @staticmethod
-    def key(name: str) -> int:
-        b = (name.encode() + b"\0")[:8]
-        return int.from_bytes(b + bytes(8 - len(b)), "little")
+    @classmethod
+    def key(cls, name: str) -> tuple[int, int]:
+        b = (name.encode() + b"\0")[:cls.WIDTH]
+        b += bytes(cls.WIDTH - len(b))
+        return int.from_bytes(b[:8], "little"), int.from_bytes(b[8:], "little")
 
     def ids(self, name: str) -> list[int]:
-        """Type ids (ascending) named ``name`` (names sharing 8 bytes are many:
-        kvm_mmu_*, btf_trace_kvm_*; they are told apart here, before decoding any)."""
+        """Type ids (ascending) named ``name`` (names sharing 16 bytes, e.g. the
+        btf_trace_kvm_mmu_* typedefs, are told apart here, before decoding any)."""
         import numpy as np
-        at = np.flatnonzero(self._keys == self.key(name))
+        k0, k1 = self.key(name)
+        at = np.flatnonzero((self._keys[:, 0] == k0) & (self._keys[:, 1] == k1))
         want, strings = name.encode() + b"\0", self._strings
         return [int(tid) for tid, off in zip(self._ids[at].tolist(), self._offs[at].tolist())
                 if strings[off:off + len(want)] == want]
