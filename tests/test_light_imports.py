@@ -122,3 +122,12 @@ except SystemExit as exc:
 @pytest.mark.skipif(KVM_REASON is not None, reason=f"live check --exercise: {KVM_REASON}")
 def test_a_live_check_with_the_exercise_imports_neither():
     assert heavy_after(CLI) == []
+
+
+def test_a_recorder_with_an_output_loads_the_writer_before_it_attaches(tmp_path):
+    """With -o, pyarrow is imported when the Recorder is made (before compile and attach),
+    never between attaching and the first drain, where 0.4 s would fill the ring buffer."""
+    hosts = ROOT / "tests" / "data" / "hosts" / "pvm_6_18"
+    make = "from kvmtrace.sources.live.recorder import Recorder\nRecorder(%r, root=%r)"
+    assert "pyarrow" in heavy_after(make % (str(tmp_path / "x.parquet"), str(hosts)))
+    assert heavy_after(make % (None, str(hosts))) == []

@@ -123,6 +123,8 @@ class Recorder:
         self.output = None if output is None else Path(output)
         if self.output is not None:
             native_format(self.output)          # reject unknown suffixes before attaching
+            # The writer's pyarrow now (~0.4 s), not between attaching and the first drain.
+            import kvmtrace.sources.native  # noqa: F401
         self.tgids = _validate_tgids(tgids)
         if probes not in MODES:
             raise ValueError(f"probes must be one of {', '.join(MODES)}, not {probes!r}")
