@@ -235,3 +235,30 @@ def test_nothing_ready_when_every_pending_slot_is_inside_the_hold_back():
     assert sorted(p.view(SLOT_DTYPE)["ts"].tolist() for p in rec._pending) == [[50, 40]]
     ready, order = rec._take_ready(watermark=None)
     assert list(ready[0]["ts"][order]) == [40, 50]
+
+
+def test_wake_ends_a_wait_at_once_and_rearms():
+    """Session.close sets stop, then wake(): the drain loop must not sit out its epoll
+    timeout (no record comes once the guest is done)."""
+    import os
+    import threading
+    import time
+    size = 4096
+    quiet_r, quiet_w = os.pipe()                      # a map fd that never becomes readable
+    reader = RingbufReader(np.zeros(1, np.uint64), np.zeros(1, np.uint64),
+                           np.zeros(2 * size, np.uint8), size, SLOT_DTYPE, fd=quiet_r)
+    try:
+        assert reader.wait(0.01) is False             # nothing: the timeout passes
+        woke: list[float] = []
+        t = threading.Thread(target=lambda: woke.append((reader.wait(30.0), time.monotonic())[1]))
+        start = time.monotonic()
+        t.start()
+        time.sleep(0.05)
+        reader.wake()
+        t.join(10)
+        assert woke and woke[0] - start < 5.0         # not the 30 s timeout
+        assert reader.wait(0.01) is False             # re-armed: the next wait waits again
+    finally:
+        reader.close()
+        os.close(quiet_r)
+        os.close(quiet_w)

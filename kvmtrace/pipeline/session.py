@@ -83,6 +83,9 @@ class Session:
             return self.final_meta
         self._closed = True
         self.stop.set()
+        wake = getattr(self.source, "wake", None)     # a live source waits on its ring buffer
+        if wake is not None and self._thread is not None:
+            wake()
         try:
             if self._thread is not None:
                 self._thread.join()

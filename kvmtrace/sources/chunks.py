@@ -86,6 +86,11 @@ class LiveSource:
         self._on_chunk = on_chunk
         self._recorder.run(duration=duration, stop=stop)
 
+    def wake(self) -> None:
+        """run() sees its stop event now (Session.close calls it after setting stop)."""
+        if self._recorder is not None:
+            self._recorder.wake()
+
     def close(self) -> Optional[TraceMeta]:
         return self._recorder.close() if self._recorder is not None else None
 

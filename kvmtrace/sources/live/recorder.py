@@ -438,6 +438,13 @@ class Recorder:
             progress(stats)
         return stats
 
+    def wake(self) -> None:
+        """Make run() look at its stop event now, not after its wait times out (call it
+        after setting stop, from another thread, before close())."""
+        with self._lock:
+            if self._reader is not None and not self._closed:
+                self._reader.wake()
+
     def collect(self) -> int:
         """Drain the ring buffer completely now and hand every record on (writer,
         on_chunk), without waiting for the hold-back; returns how many records."""

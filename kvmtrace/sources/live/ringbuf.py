@@ -60,9 +60,12 @@ class RingbufReader:
         self._cons, self._prod, self._data = cons, prod, data
         self._maps = maps
         self._epoll: select.epoll | None = None
+        self._wake_fd: int | None = None       # an eventfd: wake() ends a wait() at once
         if fd is not None:
             self._epoll = select.epoll()
             self._epoll.register(fd, select.EPOLLIN)
+            self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._epoll.register(self._wake_fd, select.EPOLLIN)
         self.discarded = 0
 
     @classmethod
@@ -80,15 +83,29 @@ class RingbufReader:
         return int(self._prod[0]) - int(self._cons[0])
 
     def wait(self, timeout: float) -> bool:
-        """Block until the kernel signals new data or timeout seconds pass."""
+        """Block until the kernel signals new data, wake() is called or timeout seconds
+        pass; True unless the timeout passed."""
         if self.pending_bytes() > 0:
             return True
         if self._epoll is None:
             return False
         try:
-            return bool(self._epoll.poll(timeout))
+            events = self._epoll.poll(timeout)
         except InterruptedError:
             return False
+        if any(fd == self._wake_fd for fd, _ in events):
+            try:
+                os.eventfd_read(self._wake_fd)            # re-arm
+            except BlockingIOError:
+                pass
+        return bool(events)
+
+    def wake(self) -> None:
+        """End a wait() in another thread now (a stop was asked for).  Once the guest is
+        done no record arrives to wake the epoll, and the drain loop waited out its
+        timeout (50 ms) before it saw the stop."""
+        if self._wake_fd is not None:
+            os.eventfd_write(self._wake_fd, 1)
 
     def drain(self, max_records: int | None = None) -> np.ndarray:
         """Copy out every committed record from the consumer position on; advance it."""
@@ -132,6 +149,9 @@ class RingbufReader:
     def close(self) -> None:
         if self._epoll is not None:
             self._epoll.close()
+        if self._wake_fd is not None:
+            fd, self._wake_fd = self._wake_fd, None
+            os.close(fd)
         del self._cons, self._prod, self._data
         for m in self._maps:
             m.close()
