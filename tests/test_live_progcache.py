@@ -91,3 +91,53 @@ def test_the_verifier_refusal_is_reported():
         assert "R0" in err.value.log
     finally:
         loaded.close()
+
+
+def test_bccs_own_loader_still_records(tmp_path, monkeypatch):
+    # The path of programs with kprobes (none here: this kernel has no kprobes) keeps BCC
+    # as the loader; forced for a tracepoint program, it must record the same events.
+    from kvmtrace.sources.live import loader, recorder
+    real = loader.compile_and_load
+    monkeypatch.setattr(recorder, "compile_and_load",
+                        lambda text, types, hdr, tracefs, with_kprobes, root: real(
+                            text, types, hdr, tracefs, True, root))
+    events, notes = record(2000)
+    assert "program: compiled and loaded by BCC (kprobes)" in notes, notes
+    assert len(events) == 2000 and set(events["tgid"]) == {os.getpid()}
+    assert events["comm"].iloc[0] != ""                      # kt_comm read through its fd
+
+
+def _refusing(monkeypatch, prefix: str) -> None:
+    from kvmtrace.sources.live import loader
+    real = loader.OwnProgram.attach_raw
+
+    def attach_raw(self, event: str, fn: str) -> None:
+        if fn.startswith(prefix):
+            raise loader.LoadFailed(f"loading raw tracepoint {event}: Invalid argument (test)")
+        real(self, event, fn)
+    monkeypatch.setattr(loader.OwnProgram, "attach_raw", attach_raw)
+
+
+def test_a_refused_exact_program_falls_back_to_the_tracepoints(monkeypatch):
+    _refusing(monkeypatch, "kt_exact__")
+    rec = Recorder(None, tgids=(os.getpid(),))
+    if rec.plan().exact is None:
+        pytest.skip(f"the exact mode is off on this host: {rec.plan().exact_off}")
+    report = rec.attach()
+    rec.close()
+    assert rec.plan().exact is None
+    assert any(n.startswith("exact mode: off (raw tracepoints refused: loading raw tracepoint")
+               for n in report.notes), report.notes
+    assert not any(a.startswith("raw_tracepoint:kvm_mmu_get_page") for a in report.attached)
+    # the SP events come from their tracepoints again (the exact mode had taken them over)
+    assert "tracepoint:kvmmmu:kvm_mmu_sync_page" in report.attached, report.attached
+
+
+def test_a_refused_raw_tracepoint_puts_every_tracepoint_on_perf(monkeypatch):
+    _refusing(monkeypatch, "kt_raw__")
+    rec = Recorder(None, tgids=(os.getpid(),), probes="tracepoints")
+    report = rec.attach()
+    rec.close()
+    assert rec.plan().raw_off.startswith("the kernel refused one: ")
+    assert report.attached and all(a.startswith("tracepoint:") for a in report.attached)
+    assert any(n.startswith("tracepoints: ") and "raw tracepoints off" in n for n in report.notes)
