@@ -19,7 +19,7 @@ from kvmtrace.sources.live.bpfobject import MapSpec, ProgramObject, ProgSpec, lo
 from kvmtrace.sources.live.progcache import ENV
 from kvmtrace.sources.live.selftest import GETPPID
 
-from live_support import bpf_unavailable_reason
+from live_support import bpf_unavailable_reason, kvm_tracing_unavailable_reason
 
 REASON = bpf_unavailable_reason()
 pytestmark = [pytest.mark.live, pytest.mark.skipif(REASON is not None, reason=f"live BPF: {REASON}")]
@@ -118,11 +118,15 @@ def _refusing(monkeypatch, prefix: str) -> None:
     monkeypatch.setattr(loader.OwnProgram, "attach_raw", attach_raw)
 
 
+EXACT_REASON = kvm_tracing_unavailable_reason() or (
+    None if Path("/sys/kernel/btf/vmlinux").exists() else "no kernel BTF (/sys/kernel/btf/vmlinux)")
+
+
+@pytest.mark.skipif(EXACT_REASON is not None, reason=f"{EXACT_REASON}")
 def test_a_refused_exact_program_falls_back_to_the_tracepoints(monkeypatch):
     _refusing(monkeypatch, "kt_exact__")
     rec = Recorder(None, tgids=(os.getpid(),))
-    if rec.plan().exact is None:
-        pytest.skip(f"the exact mode is off on this host: {rec.plan().exact_off}")
+    assert rec.plan().exact is not None, rec.plan().exact_off      # on where KVM and BTF are
     report = rec.attach()
     rec.close()
     assert rec.plan().exact is None
