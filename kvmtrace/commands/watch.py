@@ -59,6 +59,10 @@ def watch(tgids: tuple[int, ...], as_json: bool, output: str | None, interval: f
         interval = 0.5 if tty else 10.0
     if not replay:
         prepare_host(no_setup)
+        # On a busy host the first chunk of 64 Ki rows would import pandas (factorize.py) in
+        # the drain thread: ~0.4 s while the ring buffer fills.  A watch runs for minutes,
+        # so it pays that now, before any probe is attached.
+        import pandas  # noqa: F401
     source = FileSource(replay) if replay else LiveSource(tgids=tgids, output=output)
     stop = threading.Event()
     collector = None
