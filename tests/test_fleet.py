@@ -156,6 +156,36 @@ def test_no_partial_part_is_visible_when_writing_fails(tmp_path, monkeypatch):
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
+def test_a_filesystem_without_hard_links_gets_the_part_by_rename(tmp_path, monkeypatch):
+    trace = load(REAL / "exercise_2vcpu.parquet")
+    import kvmtrace.sources.dataset as ds
+
+    def no_links(src, dst):
+        raise OSError(1, "Operation not permitted")       # vfat, some FUSE filesystems
+    monkeypatch.setattr(ds.os, "link", no_links)
+    written = write_dataset(tmp_path, trace.events, trace.meta, host="h")
+    assert written and all(w.path.exists() for w in written)
+    assert not [p for p in tmp_path.rglob(".*.tmp")]
+    [p] = list_partitions(tmp_path)
+    assert sum(len(pq.read_table(x)) for x in p.parts) == len(trace.events)
+
+
+def test_new_partition_directories_are_synced_in_their_parents(tmp_path, monkeypatch):
+    trace = load(REAL / "exercise_2vcpu.parquet")
+    import kvmtrace.sources.dataset as ds
+    synced: list[Path] = []
+    real = ds._fsync_dir
+    monkeypatch.setattr(ds, "_fsync_dir", lambda d: (synced.append(Path(d)), real(d)))
+    (written,) = write_dataset(tmp_path / "new", trace.events, trace.meta, host="h")
+    vm_dir = written.path.parent
+    # the dataset root, host=h and vm=N entries, then the part's own entry
+    assert synced[:3] == [tmp_path, tmp_path / "new", tmp_path / "new" / "host=h"]
+    assert synced.count(vm_dir) == 1 and synced[-1] == vm_dir
+    synced.clear()
+    write_dataset(tmp_path / "new", trace.events, trace.meta, host="h")
+    assert synced == [vm_dir]                      # nothing new to make durable but the part
+
+
 def test_bad_part_is_one_line_exit_2(tmp_path):
     d = tmp_path / "host=h" / "vm=1"
     d.mkdir(parents=True)

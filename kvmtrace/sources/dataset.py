@@ -23,6 +23,7 @@ May import: the contract and the other source modules.
 """
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import re
@@ -116,7 +117,7 @@ def write_dataset(root: str | os.PathLike, events: pd.DataFrame, meta: TraceMeta
 def _write_part(directory: Path, events: pd.DataFrame, meta: TraceMeta) -> Path:
     """One part, atomically: a hidden temporary file, fsync, rename to a unique name."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        _make_dirs(directory)
     except OSError as exc:
         raise DatasetError(directory, f"cannot create: {exc.strerror or exc}") from None
     name = f"part-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}-{secrets.token_hex(6)}.parquet"
@@ -129,9 +130,7 @@ def _write_part(directory: Path, events: pd.DataFrame, meta: TraceMeta) -> Path:
             pq.write_table(table, f, compression="zstd", row_group_size=ROW_GROUP_ROWS)
             f.flush()
             os.fsync(f.fileno())
-        # link() fails if the name exists (never replaces another writer's part).
-        os.link(tmp, final)
-        os.unlink(tmp)
+        _publish(tmp, final)
         _fsync_dir(directory)
     except BaseException as exc:
         for p in (tmp,):
@@ -143,6 +142,38 @@ def _write_part(directory: Path, events: pd.DataFrame, meta: TraceMeta) -> Path:
             raise DatasetError(final, f"cannot write: {exc.strerror or exc}") from None
         raise
     return final
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Give the written part its final name.  link() fails if the name exists, so it never
+    replaces another writer's part; a filesystem without hard links (vfat, some FUSE and
+    network filesystems: EPERM, EOPNOTSUPP, ENOSYS) gets rename(), safe because the name is
+    unique (time, pid and 48 random bits)."""
+    try:
+        os.link(tmp, final)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS) or final.exists():
+            raise
+        os.rename(tmp, final)
+        return
+    os.unlink(tmp)
+
+
+def _make_dirs(directory: Path) -> None:
+    """Create the partition's missing directories, each made durable in its parent: after a
+    crash, an fsynced part is no use if the new ``host=``/``vm=`` entry leading to it was
+    never written (fsync of a file does not sync its directory's entry, fsync(2))."""
+    missing: list[Path] = []
+    d = directory
+    while not d.is_dir() and d != d.parent:      # bounded by the path's depth
+        missing.append(d)
+        d = d.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            pass                                  # a concurrent writer made it
+        _fsync_dir(d.parent)
 
 
 def _fsync_dir(directory: Path) -> None:
