@@ -209,7 +209,11 @@ def _kallsyms_texts():
                        "ffffffff81000030 t kvm_mmu_sync_roots.isra.0\t[kvm]\n"
                        "zzzz T kvm_not_a_symbol\n"                    # no address
                        "ffffffff81000040 T kvm_x[weird]\n"
-                       "ffffffff81000050 W kvm_weak")
+                       "ffffffff81000050 W kvm_weak\n"
+                       "ffffffff81000060 T aaaa\n"                    # keys that overlap
+                       "ffffffff81000070 T xaaa\n"                    # themselves ("aaa")
+                       "ffffffff81000080 t aaaaaaa\n"
+                       "ffffffff81000090 T [aaaa\n")
     try:
         texts["this host"] = Path("/proc/kallsyms").read_text()
     except OSError:
@@ -228,7 +232,8 @@ def test_kallsyms_family_lookups_agree_with_the_full_name_set(name):
     asked |= set(sorted(full)[::max(1, len(full) // 10)])           # and ~10 of every kind
     bases = sorted({c.split(".")[0] for c in full if ".isra" in c or ".constprop" in c})
     asked |= set(bases[::max(1, len(bases) // 10)])                  # ~10 with clones
-    asked |= {"kvm_not_a_symbol", "kvm_mmu_data", "kvm_x", "kvm_weak", "kv", ""}
+    asked |= {"kvm_not_a_symbol", "kvm_mmu_data", "kvm_x", "kvm_weak", "kv", "",
+              "aaaa", "xaaa", "aaaaaaa", "aaaaa", "[aaaa"}
     ks = Kallsyms.parse(text)
     from kvmtrace.host.kallsyms import _CLONE_RE
     dotted = [c for c in full if "." in c and ".cold" not in c]
