@@ -165,3 +165,48 @@ def test_doctor_says_where_the_cache_is_and_whether_it_is_used(cache):
     assert cache.describe().startswith(f"{cache.dir}: 1 compiled program ")
     os.chmod(cache.dir, 0o770)
     assert cache.describe().startswith("not used: ") and "writable by group" in cache.describe()
+
+
+def test_duplicate_names_and_sizes_out_of_range_are_refused():
+    obj = sample()
+    twice = ProgramObject(obj.maps + obj.maps[:1], obj.progs)
+    with pytest.raises(ObjectError, match="map name appears twice"):
+        twice.validate()
+    huge = ProgramObject((MapSpec("kt_events", 27, 0, 0, 1 << 40),) + obj.maps[1:], obj.progs)
+    with pytest.raises(ObjectError, match="out of range"):
+        huge.validate()
+
+
+def test_maps_are_created_again_with_the_memlock_limit_lifted_on_eperm(monkeypatch):
+    # Before Linux 5.11 maps count against RLIMIT_MEMLOCK: EPERM until it is lifted.
+    from kvmtrace.sources.live import bpfobject, bpfsys
+    lifted = []
+    fds = iter(range(100, 200))
+
+    def map_create(*args):
+        if not lifted:
+            raise bpfsys.BpfError("creating map", 1)
+        return next(fds)
+    monkeypatch.setattr(bpfsys, "map_create", map_create)
+    monkeypatch.setattr(bpfsys, "raise_memlock", lambda: lifted.append(1) or True)
+    monkeypatch.setattr(bpfobject, "_close", lambda fd: None)
+    loaded = bpfobject.load(sample())
+    assert lifted == [1] and loaded.map_fds == {"kt_events": 100, "kt_lost": 101}
+    # without a limit to lift, EPERM stays the kernel's answer
+    lifted.clear()
+    monkeypatch.setattr(bpfsys, "raise_memlock", lambda: False)
+    with pytest.raises(bpfsys.BpfError):
+        bpfobject.load(sample())
+
+
+def test_a_map_value_must_have_the_maps_size(monkeypatch):
+    from kvmtrace.sources.live import loader
+    view = loader.MapView({"kt_tgid_filter": 5})
+    monkeypatch.setattr(loader.bpfsys, "map_info", lambda fd: {"type": 2, "key_size": 4,
+                                                              "value_size": 20})
+    written = []
+    monkeypatch.setattr(loader.bpfsys, "update", lambda fd, k, v: written.append((fd, k, v)))
+    with pytest.raises(ValueError, match="a 12-byte value for 20-byte values"):
+        view.put("kt_tgid_filter", 0, bytes(12))
+    view.put("kt_tgid_filter", 0, bytes(20))
+    assert written == [(5, bytes(4), bytes(20))]

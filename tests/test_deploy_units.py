@@ -111,6 +111,8 @@ def test_the_service_runs_a_check_kvmtrace_accepts() -> None:
     # writable inside ProtectSystem=strict, and created when missing
     assert f"-{prom_dir}" in " ".join(svc["ReadWritePaths"]).split()
     assert any(prom_dir in cmd for cmd in svc["ExecStartPre"])
+    # the program cache (progcache.default_dir() for root) stays writable, root's alone
+    assert svc["CacheDirectory"] == ["kvmtrace"] and svc["CacheDirectoryMode"] == ["0700"]
 
 
 def test_the_timer_spreads_a_fleet_and_catches_up() -> None:

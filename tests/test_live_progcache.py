@@ -145,3 +145,29 @@ def test_a_refused_raw_tracepoint_puts_every_tracepoint_on_perf(monkeypatch):
     assert rec.plan().raw_off.startswith("the kernel refused one: ")
     assert report.attached and all(a.startswith("tracepoint:") for a in report.attached)
     assert any(n.startswith("tracepoints: ") and "raw tracepoints off" in n for n in report.notes)
+
+
+def test_one_cached_program_serves_other_tgids(tmp_path, monkeypatch):
+    # The TGIDs live in kt_tgid_filter: a second recorder with another TGID set (the same
+    # slot count) loads the same object, and the filter still keeps only its TGIDs.
+    monkeypatch.setenv(ENV, str(tmp_path / "cache"))
+    record(100)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        chunks: list[pd.DataFrame] = []
+        rec = Recorder(None, tgids=(child.pid, os.getpid()), tracepoints=[GETPPID],
+                       on_chunk=chunks.append)
+        report = rec.attach()
+        try:
+            for _ in range(700):
+                os.getppid()
+            rec.run(duration=0.05)
+        finally:
+            rec.close()
+    finally:
+        child.kill()
+        child.wait()
+    assert any(n.startswith("program: compiled before, loaded from the cache") for n in report.notes)
+    events = pd.concat(chunks, ignore_index=True)
+    assert len(events) == 700 and set(events["tgid"]) == {os.getpid()}
+    assert len(list((tmp_path / "cache").glob("*.bpfobj"))) == 1

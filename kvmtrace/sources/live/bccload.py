@@ -6,6 +6,8 @@ system Python under /usr/lib/python3/dist-packages; it is pure Python over ctype
 unrelated project: kvmtrace never depends on it, and rejects it if found.
 BCC compiles C at run time against ``/lib/modules/$(uname -r)/build`` (or the kernel's
 own /sys/kernel/kheaders.tar.xz with CONFIG_IKHEADERS).
+
+May import: kvmtrace.sources.live.{errors,progcache} (and the standard library).
 """
 from __future__ import annotations
 

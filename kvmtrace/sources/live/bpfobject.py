@@ -18,6 +18,7 @@ May import: kvmtrace.sources.live.bpfsys (and the standard library).
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import struct
@@ -92,7 +93,16 @@ class ProgramObject:
         return obj
 
     def validate(self) -> None:
-        """Every relocation points at a map-load instruction and an existing map."""
+        """Names unique, sizes in range, every relocation at a map-load instruction and an
+        existing map: a damaged object is refused here, never half loaded."""
+        for what, names in (("map", [m.name for m in self.maps]), ("program", [p.name for p in self.progs])):
+            if len(set(names)) != len(names):
+                raise ObjectError(f"a {what} name appears twice")
+        for m in self.maps:
+            if not all(0 <= v < 1 << 32 for v in (m.type, m.key_size, m.value_size, m.max_entries, m.flags)):
+                raise ObjectError(f"map {m.name}: a size or type out of range")
+        if not (0 <= self.kern_version < 1 << 32 and all(0 <= p.prog_type < 1 << 32 for p in self.progs)):
+            raise ObjectError("a program type or kernel version out of range")
         for p in self.progs:
             if len(p.insns) % INSN or not p.insns:
                 raise ObjectError(f"{p.name}: {len(p.insns)} bytes is not whole instructions")
@@ -190,8 +200,8 @@ class LoadedProgram:
             code = bytearray(p.insns)
             for i, m in p.relocs:            # src_reg still says BPF_PSEUDO_MAP_FD/VALUE
                 struct.pack_into("<i", code, i * INSN + 4, self.map_fds[self.obj.maps[m].name])
-            self.prog_fds[name] = bpfsys.prog_load(p.prog_type, bytes(code), self.obj.license,
-                                                   p.name, self.obj.kern_version)
+            self.prog_fds[name] = _memlock_retry(lambda: bpfsys.prog_load(
+                p.prog_type, bytes(code), self.obj.license, p.name, self.obj.kern_version))
         return self.prog_fds[name]
 
     def load_progs(self, names: list[str]) -> dict[str, bpfsys.BpfError]:
@@ -205,7 +215,12 @@ class LoadedProgram:
             except bpfsys.BpfError as exc:
                 return name, exc
         with ThreadPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1, 8))) as pool:
-            return {n: e for n, e in pool.map(one, names) if e is not None}
+            refused = {n: e for n, e in pool.map(one, names) if e is not None}
+        # ENOMEM may be the parallel verifiers' memory at once: those get one more try alone.
+        for name in [n for n, e in refused.items() if e.errno == errno.ENOMEM]:
+            if one(name)[1] is None:
+                del refused[name]
+        return refused
 
     def attach_raw(self, event: str, fn: str) -> None:
         self.links.append(bpfsys.raw_tracepoint_open(event, self.prog_fds[fn]))
@@ -227,7 +242,21 @@ class LoadedProgram:
             _close(perf[0])
         for fd in list(self.prog_fds.values()) + list(self.map_fds.values()):
             _close(fd)
-        self.prog_fds, self.map_fds = {}, {}
+        # Cleared in place: a MapView holding this dict must not keep closed fd numbers,
+        # which the next map created in the process would reuse.
+        self.prog_fds.clear()
+        self.map_fds.clear()
+
+
+def _memlock_retry(call):
+    """call(); on EPERM once more with RLIMIT_MEMLOCK lifted (maps and programs were charged
+    to it before Linux 5.11; BCC does the same, so only the cached path needed this)."""
+    try:
+        return call()
+    except bpfsys.BpfError as exc:
+        if exc.errno != errno.EPERM or not bpfsys.raise_memlock():
+            raise
+    return call()
 
 
 def _close(fd: int) -> None:
@@ -244,8 +273,8 @@ def load(obj: ProgramObject) -> LoadedProgram:
     loaded = LoadedProgram(obj)
     try:
         for m in obj.maps:
-            loaded.map_fds[m.name] = bpfsys.map_create(m.type, m.key_size, m.value_size,
-                                                       m.max_entries, m.flags, m.name)
+            loaded.map_fds[m.name] = _memlock_retry(lambda: bpfsys.map_create(
+                m.type, m.key_size, m.value_size, m.max_entries, m.flags, m.name))
     except BaseException:
         loaded.close()
         raise

@@ -61,6 +61,9 @@ class BpfError(OSError):
         self.what = what
         self.log = log
 
+    def __str__(self) -> str:
+        return self.strerror or ""
+
 
 def _bpf(cmd: int, attr: ctypes.Array, what: str) -> int:
     ret = _syscall(ctypes.c_long(SYS_BPF), ctypes.c_long(cmd), attr, ctypes.c_long(len(attr)))
@@ -116,9 +119,12 @@ def prog_load(prog_type: int, insns: bytes, license: str, name: str = "",
         try:
             return attempt(log)                 # a transient failure: loaded after all
         except BpfError as exc:
-            exc.log = log.value.decode(errors="replace")
-            raise exc from None
-
+            # The first errno is the kernel's verdict: before Linux 6.4 a full log turns
+            # the retry's refusal into ENOSPC, keeping the log's beginning, not its end.
+            text = log.value.decode(errors="replace")
+            if exc.errno == errno.ENOSPC and first.errno != errno.ENOSPC:
+                text += "\n(verifier log truncated)"
+            raise BpfError(first.what, first.errno, text) from None
 
 
 def raw_tracepoint_open(event: str, prog_fd: int) -> int:
@@ -130,8 +136,9 @@ def raw_tracepoint_open(event: str, prog_fd: int) -> int:
 
 def tracepoint_attach(tracepoint_id: int, prog_fd: int, name: str) -> int:
     """A perf event on tracepoint ``tracepoint_id`` (tracefs events/<sys>/<event>/id) running
-    ``prog_fd``; one event (cpu 0, every task) runs the program on every CPU.  Closing the
-    fd detaches."""
+    ``prog_fd``.  One event (cpu 0, every task) is enough: the tracepoint's perf handler
+    runs the attached programs on whichever CPU fires it (perf_trace_run_bpf_submit ->
+    trace_call_bpf, kernel/trace/bpf_trace.c).  Closing the fd detaches."""
     attr = ctypes.create_string_buffer(PERF_ATTR_SIZE)
     struct.pack_into("<IIQQQ", attr, 0, PERF_TYPE_TRACEPOINT, PERF_ATTR_SIZE, tracepoint_id,
                      1, PERF_SAMPLE_RAW)                  # type, size, config, period, sample_type
@@ -161,10 +168,23 @@ def map_info(fd: int) -> dict[str, int | str]:
 
 
 @lru_cache(maxsize=1)
+def raise_memlock() -> bool:
+    """Lift RLIMIT_MEMLOCK (True if it was lifted).  Before Linux 5.11 maps and programs
+    are charged to it (bpf_map_charge_memlock), and a distribution's 64 KiB default refuses
+    the 32 MiB ring buffer with EPERM; libbcc does the same on its EPERM."""
+    import resource
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    except (ValueError, OSError):
+        return False
+    return True
+
+
 def possible_cpus() -> int:
     """How many values a per-CPU map holds: one per possible CPU (kernel/bpf/arraymap.c
     copies num_possible_cpus() values; /sys/devices/system/cpu/possible lists them)."""
-    text = open("/sys/devices/system/cpu/possible").read().strip()
+    with open("/sys/devices/system/cpu/possible") as f:
+        text = f.read().strip()
     count = 0
     for part in text.split(","):
         lo, _, hi = part.partition("-")

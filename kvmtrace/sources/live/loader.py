@@ -11,10 +11,11 @@ Two ways, one interface (``Program``):
 
 Maps are read through their fds the same way in both (``MapView``).
 
-May import: kvmtrace.sources.live.{bpfsys,bpfobject,progcache,bccload,errors}.
+May import: kvmtrace.sources.live.{bpfsys,bpfobject,progcache,bccload}.
 """
 from __future__ import annotations
 
+import errno
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,8 +26,6 @@ from kvmtrace.sources.live.bpfobject import (LoadedProgram, ObjectError, Program
                                              extract, load)
 from kvmtrace.sources.live.progcache import ProgramCache, key
 
-RAW = bpfsys.PROG_TYPE_RAW_TRACEPOINT
-TRACEPOINT = bpfsys.PROG_TYPE_TRACEPOINT
 _KEY_FORMATS = {4: "<I", 8: "<Q"}
 
 
@@ -47,7 +46,7 @@ def refusal(exc: BaseException, what: str) -> LoadFailed:
     if isinstance(exc, bpfsys.BpfError):
         last = [l for l in exc.log.splitlines() if l.strip()][-2:]
         detail = f"{exc}" + (f" (verifier: {' / '.join(last)})" if last else "")
-        return LoadFailed(f"{what}: {detail}", eperm=exc.errno == 1)
+        return LoadFailed(f"{what}: {detail}", eperm=exc.errno == errno.EPERM)
     return LoadFailed(f"{what}: {exc}")
 
 
@@ -64,7 +63,10 @@ class MapView:
         return self._info[name]
 
     def _key(self, name: str, k: int) -> bytes:
-        return struct.pack(_KEY_FORMATS[int(self.info(name)["key_size"])], k)
+        size = int(self.info(name)["key_size"])
+        if size not in _KEY_FORMATS:
+            raise ValueError(f"map {name}: {size}-byte keys are not integers")
+        return struct.pack(_KEY_FORMATS[size], k)
 
     def get(self, name: str, k: int) -> bytes | None:
         """The value at integer key ``k`` (all CPUs' values for a per-CPU map), or None."""
@@ -83,6 +85,11 @@ class MapView:
         return list(struct.unpack(f"<{len(value) // 8}Q", value)) if value else []
 
     def put(self, name: str, k: int, value: bytes) -> None:
+        # The kernel copies value_size bytes from the buffer whatever its length: a value
+        # that drifted from the C struct would be read past its end, silently.
+        size = int(self.info(name)["value_size"])
+        if len(value) != size:
+            raise ValueError(f"map {name}: a {len(value)}-byte value for {size}-byte values")
         bpfsys.update(self.fds[name], self._key(name, k), value)
 
 
@@ -215,8 +222,9 @@ def detach_all(bpf) -> None:
 def compile_and_load(text: str, prog_types: dict[str, int], headers: Path, tracefs: Path,
                      with_kprobes: bool, root: Path = Path("/"),
                      cache: ProgramCache | None = None) -> tuple[Program, list[str]]:
-    """The program of ``text`` with its maps created (programs load as they attach), and
-    notes saying where it came from.  Raises CompileFailed or LoadFailed."""
+    """The program of ``text`` with its maps created and its functions loaded (a function
+    the kernel refuses is refused again at its attach), and notes saying where it came
+    from.  Raises CompileFailed or LoadFailed."""
     notes: list[str] = []
     if not with_kprobes:
         cache = cache if cache is not None else ProgramCache()
@@ -224,8 +232,10 @@ def compile_and_load(text: str, prog_types: dict[str, int], headers: Path, trace
         obj = cache.get(k)
         if cache.note:
             notes.append(cache.note)
-        if obj is not None:
-            return _own(obj, tracefs, f"program: compiled before, loaded from the cache in {cache.dir}"), notes
+        if obj is not None and set(prog_types) <= {p.name for p in obj.progs}:
+            prog = _own(obj, tracefs, f"program: compiled before, loaded from the cache in {cache.dir}")
+            prog.preload(list(prog_types))
+            return prog, notes
     bcc, how = import_bcc()
     notes.append(f"BCC: {how}")
     with captured_stderr() as err:
@@ -237,15 +247,22 @@ def compile_and_load(text: str, prog_types: dict[str, int], headers: Path, trace
         return BccProgram(bpf, "program: compiled and loaded by BCC (kprobes)"), notes
     try:
         obj = extract(bpf, bcc.lib, prog_types)
-    except ObjectError as exc:
-        notes.append(f"program: loaded by BCC ({exc})")
+    except Exception as exc:                  # ObjectError, or BCC's and bpf(2)'s own
+        notes.append(f"program: loaded by BCC (not extracted: {exc})")
         return BccProgram(bpf, "program: compiled and loaded by BCC"), notes
     bpf.cleanup()                              # BCC's maps; kvmtrace creates its own
+    prog = _own(obj, tracefs, "program: compiled by BCC")
+    prog.preload(list(prog_types))
+    if prog.refused:
+        prog.how += " (not cached: the kernel refused " + ", ".join(sorted(prog.refused)) + ")"
+        return prog, notes
+    # Stored only once the kernel accepted every function: a bad extraction is never reused.
     stored = cache.put(k, obj)
     if cache.note:
         notes.append(cache.note)
-    where = f"; cached in {stored}" if stored else ""
-    return _own(obj, tracefs, f"program: compiled by BCC{where}"), notes
+    if stored:
+        prog.how += f"; cached in {stored}"
+    return prog, notes
 
 
 def _own(obj: ProgramObject, tracefs: Path, how: str) -> OwnProgram:

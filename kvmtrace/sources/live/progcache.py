@@ -77,6 +77,8 @@ def key(text: str, cflags: tuple[str, ...], compiler: str, headers: str | os.Pat
         "release": os.uname().release,
         # The headers' directory may be a symlink farm: the files BCC reads that change
         # with a kernel build (the configuration and the version header).
+        "bcc_kernel_source": os.environ.get("BCC_KERNEL_SOURCE", ""),
+        "source": file_identity(root / "lib/modules" / os.uname().release / "source"),
         "headers": [file_identity(hdr)] + [
             file_identity(hdr / p) for p in ("include/generated/autoconf.h",
                                                "include/config/auto.conf",
@@ -91,6 +93,10 @@ def _trusted(path: Path, is_dir: bool) -> str:
         st = os.lstat(path)
     except OSError as exc:
         return f"{path}: {exc.strerror}"
+    return _untrusted_stat(st, path, is_dir)
+
+
+def _untrusted_stat(st: os.stat_result, path: Path, is_dir: bool) -> str:
     if is_dir and not stat.S_ISDIR(st.st_mode) or not is_dir and not stat.S_ISREG(st.st_mode):
         return f"{path} is not a {'directory' if is_dir else 'regular file'}"
     if st.st_uid != os.geteuid():
@@ -126,28 +132,41 @@ class ProgramCache:
         """The cached object, or None (absent, untrusted or damaged: the note says which)."""
         if self.dir is None or not self.dir.is_dir():
             return None
-        path = self._path(k)
-        why = _trusted(self.dir, True) or (_trusted(path, False) if path.exists() else "")
+        why = _trusted(self.dir, True)
         if why:
-            self.note = f"program cache not used: {why}"
+            self.note = f"program cache not used: {why} (chown root {self.dir}; chmod go-w {self.dir})"
             return None
+        path = self._path(k)
         try:
-            data = path.read_bytes()
+            # Checked on the open file, not the path: O_NOFOLLOW refuses a symlink, and the
+            # ownership and mode come from the very inode that is read.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            self.note = f"program cache entry {path} unreadable: {exc.strerror or exc}"
+            self.note = f"program cache entry {path} not used: {exc.strerror or exc}"
             return None
+        with os.fdopen(fd, "rb") as f:
+            why = _untrusted_stat(os.fstat(f.fileno()), path, False)
+            if why:
+                self.note = f"program cache not used: {why}"
+                return None
+            data = f.read()
         try:
             if not data.startswith(MAGIC):
                 raise ObjectError("not a kvmtrace program object")
             digest, _, payload = data[len(MAGIC):].partition(b"\n")
             if hashlib.sha256(payload).hexdigest().encode() != digest:
                 raise ObjectError("checksum mismatch")
-            return ProgramObject.from_bytes(payload)
+            obj = ProgramObject.from_bytes(payload)
         except ObjectError as exc:
             self.note = f"program cache entry {path} ignored: {exc}"
             return None
+        try:
+            os.utime(path)               # recently used: the last to be pruned
+        except OSError:
+            pass
+        return obj
 
     def put(self, k: str, obj: ProgramObject) -> Path | None:
         """Store ``obj``; None (and the note says why) when the cache cannot be written."""
@@ -179,6 +198,11 @@ class ProgramCache:
 
     def _prune(self) -> None:
         assert self.dir is not None
-        entries = sorted(self.dir.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in entries[KEEP:]:
+        entries = []
+        for p in self.dir.glob(f"*{SUFFIX}"):
+            try:
+                entries.append((p.stat().st_mtime, p))
+            except FileNotFoundError:            # pruned by a concurrent run
+                pass
+        for _, old in sorted(entries, reverse=True)[KEEP:]:
             old.unlink(missing_ok=True)

@@ -317,7 +317,6 @@ class Recorder:
             if self.config.tgids:
                 # Before the first probe is attached: until then every event would be skipped.
                 prog.maps.put("kt_tgid_filter", 0, tgid_filter_value(self.config.tgids))
-            prog.preload(list(prog_types(plan)))
             for event in plan.exact_events:
                 prog.attach_raw(event, exact_fn(event))
         except (LoadFailed, OSError) as exc:
@@ -363,6 +362,7 @@ class Recorder:
                 self._reader.close()
             if self._prog is not None:
                 self._prog.close()
+                self._prog = None
 
     def _attach_all(self, plan: ProbePlan, report: AttachReport) -> None:
         assert self._prog is not None
@@ -624,7 +624,7 @@ class Recorder:
 
     def _exact_notes(self) -> list[str]:
         """What the exact mode learnt or had to cut (kt_exact_stat in exact.c)."""
-        if self._plan is None or self._plan.exact is None:
+        if self._plan is None or self._plan.exact is None or self._prog is None:
             return []
         maps = self._prog.maps
         base = maps.u64("kt_exact_stat", 0)
@@ -661,6 +661,7 @@ class Recorder:
                 if self._prog is not None:
                     phases.mark("detach")
                     self._prog.close()
+                    self._prog = None
             return self.meta
 
     def _finish_writing(self) -> None:
