@@ -5,7 +5,8 @@ Workload: a C loop (compiled here with gcc) calling getppid(2) as fast as one co
 a fixed time; a probe on syscalls:sys_enter_getppid, filtered in the kernel to that
 process, emits one 56-byte record per call into a 16 MiB BPF ring buffer.  Drained by:
 
-  bulk      kvmtrace's Recorder: mmap'd ring read as a numpy array, schema frames (no file)
+  bulk      kvmtrace's Recorder: mmap'd ring read as a numpy array, column chunks (no
+            file), as check and watch consume them
   bulk+pq   the same, writing the Parquet trace as `kvmtrace record` does
   callback  BCC's documented way: ring_buffer_poll() with a Python callback per event
             that decodes the event (b["events"].event(data)) and counts it
@@ -99,14 +100,15 @@ def finish(proc: subprocess.Popen) -> tuple[int, float]:
 
 def run_bulk(exe: Path, seconds: float, output: Path | None) -> dict:
     """One recording of the loop; with an output, as `kvmtrace record -o` runs it (no
-    per-chunk callback), else with a counting callback as `check` and `watch` run it."""
+    per-chunk callback), else with a counting callback on the column chunks, as `check`
+    and `watch` run it (sources/chunks.LiveSource: on_columns, no DataFrame)."""
     proc = spawn(exe, seconds)
     kept = [0]
 
-    def count(df):
-        kept[0] += len(df)
+    def count(cols):
+        kept[0] += len(cols)
     rec = Recorder(output, tgids=(proc.pid,), tracepoints=[GETPPID],
-                   on_chunk=None if output is not None else count)
+                   on_columns=None if output is not None else count)
     rec.attach()
     cpu0 = process_cpu_s()
     stop = threading.Event()
@@ -175,11 +177,11 @@ def drain_capacity(exe: Path, n: int, workdir: Path) -> dict:
     bcc, _ = import_bcc()
     pages = 16384                                   # 64 MiB: 1 Mi slots
     out = {}
-    # kvmtrace's consumer: drain + columnar schema frames.
+    # kvmtrace's consumer: drain + column chunks, as check and watch take them.
     proc = spawn(exe, 600, n)
     kept = [0]
     rec = Recorder(None, tgids=(proc.pid,), tracepoints=[GETPPID], ringbuf_pages=pages,
-                   on_chunk=lambda df: kept.__setitem__(0, kept[0] + len(df)))
+                   on_columns=lambda cols: kept.__setitem__(0, kept[0] + len(cols)))
     rec.attach()
     proc.stdin.write("g"); proc.stdin.flush(); fired, _ = finish(proc)
     t0 = time.perf_counter()
