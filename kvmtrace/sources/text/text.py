@@ -151,12 +151,12 @@ class TextReader:
     """Stream a text trace as chunks of schema columns (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike, tgid_map: Optional[dict[int, int]] = None,
-                 strict: bool = False, block_bytes: int = BLOCK_BYTES,
+                 strict: bool = False, block_bytes: Optional[int] = None,
                  scan=None) -> None:
         self.path = str(path)
         self.tgid_map = dict(tgid_map or {})
         self.strict = strict
-        self.block_bytes = block_bytes
+        self.block_bytes = block_bytes or BLOCK_BYTES      # read at call time (tests shrink it)
         self.scan = scan if scan is not None else (D.FAST_SCAN or D.py_scan)
         self.decoder = D.EventDecoder()
         self.skips = SkipTally()
