@@ -156,13 +156,22 @@ def c_baseline(path: Path, tmp: Path) -> float | None:
 
 
 def peak_rss(args: list[str]) -> tuple[float, str]:
-    """Peak RSS (MB) of ``python3 -m kvmtrace ARGS`` in a fresh process, and its last line."""
+    """Peak RSS (MB) of ``python3 -m kvmtrace ARGS`` in a fresh process, and its first line."""
+    rss, line, _ = peak_rss_cpu(args)
+    return rss, line
+
+
+def peak_rss_cpu(args: list[str]) -> tuple[float, str, float]:
+    """Peak RSS (MB), first line of output and CPU seconds (user + system) of
+    ``python3 -m kvmtrace ARGS`` in a fresh process."""
     proc = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "kvmtrace", *args],
                           capture_output=True, text=True, cwd=REPO,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
+    cpu_s = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)",
+                                              proc.stderr))
     last = (proc.stdout.strip().splitlines() or [""])[0]
-    return kb / 1024, last
+    return kb / 1024, last, cpu_s
 
 
 def main() -> None:
@@ -213,8 +222,9 @@ def main() -> None:
                 rss, _ = peak_rss(["convert", str(p), "-o", str(out)])
                 print(f"convert {lines // 1_000_000:>2} M lines: peak RSS {rss:6.0f} MB")
                 out.unlink(missing_ok=True)
-                rss, _ = peak_rss(["show", str(p)])
-                print(f"show    {lines // 1_000_000:>2} M lines: peak RSS {rss:6.0f} MB")
+                rss, _, cpu_s = peak_rss_cpu(["show", str(p)])
+                print(f"show    {lines // 1_000_000:>2} M lines: peak RSS {rss:6.0f} MB  "
+                      f"({cpu_s:.1f} s CPU)")
 
 
 if __name__ == "__main__":
