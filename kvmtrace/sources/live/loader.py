@@ -22,8 +22,8 @@ from pathlib import Path
 
 from kvmtrace.sources.live import bpfsys
 from kvmtrace.sources.live.bccload import CFLAGS, captured_stderr, identity, import_bcc, summarize_error
-from kvmtrace.sources.live.bpfobject import (LoadedProgram, ObjectError, ProgramObject, bcc_tables,
-                                             extract, load)
+from kvmtrace.sources.live.bpfobject import (LoadedProgram, ProgramObject, bcc_tables, extract,
+                                             load)
 from kvmtrace.sources.live.progcache import ProgramCache, key
 
 _KEY_FORMATS = {4: "<I", 8: "<Q"}
