@@ -44,11 +44,18 @@ def _pandas(n: int, allow_import: bool):
     return None
 
 
-def _sorted_factorize(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")         # distinct values by first appearance
+def _by_first_appearance(first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rank, order) of distinct values whose first rows are ``first``: ``order`` lists them
+    by first appearance, ``rank[i]`` is value i's place in it (its code)."""
+    order = np.argsort(first, kind="stable")
     rank = np.empty(len(order), dtype=np.intp)
     rank[order] = np.arange(len(order), dtype=np.intp)
+    return rank, order
+
+
+def _sorted_factorize(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    rank, order = _by_first_appearance(first)
     return rank[inverse.reshape(-1)], uniq[order]
 
 
@@ -63,9 +70,7 @@ def _dense_factorize(keys: np.ndarray, lo, span: int) -> tuple[np.ndarray, np.nd
     ids = lookup[offset]                            # codes in value order
     first = np.full(len(values), n, dtype=np.intp)
     np.minimum.at(first, ids, np.arange(n, dtype=np.intp))
-    order = np.argsort(first, kind="stable")        # distinct values by first appearance
-    rank = np.empty(len(order), dtype=np.intp)
-    rank[order] = np.arange(len(order), dtype=np.intp)
+    rank, order = _by_first_appearance(first)
     return rank[ids], keys[first[order]]
 
 
