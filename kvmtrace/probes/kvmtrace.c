@@ -66,34 +66,19 @@ BPF_TABLE("lru_hash", u32, u32, kt_vcpu_seen, KT_MAX_THREADS);
 /* tid -> task name when the thread first emitted a record. */
 BPF_TABLE("lru_hash", u32, struct kt_comm, kt_comm, KT_MAX_THREADS);
 
-/* Kernel memory reads (exact.c, raw tracepoints: kvmtrace/sources/live/rawtp.py). */
-static __always_inline u64 kt_rd64(u64 addr)
-{
-	u64 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
-	return v;
+/* Kernel memory reads (exact.c, raw tracepoints: kvmtrace/sources/live/rawtp.py):
+ * kt_rd8/16/32/64(addr), 0 where the read faults. */
+#define KT_RD(bits) \
+static __always_inline u##bits kt_rd##bits(u64 addr) \
+{ \
+	u##bits v = 0; \
+	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr); \
+	return v; \
 }
-
-static __always_inline u32 kt_rd32(u64 addr)
-{
-	u32 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
-	return v;
-}
-
-static __always_inline u16 kt_rd16(u64 addr)
-{
-	u16 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
-	return v;
-}
-
-static __always_inline u8 kt_rd8(u64 addr)
-{
-	u8 v = 0;
-	bpf_probe_read_kernel(&v, sizeof(v), (void *)addr);
-	return v;
-}
+KT_RD(64)
+KT_RD(32)
+KT_RD(16)
+KT_RD(8)
 
 /* c ? a : b for raw-tracepoint arguments: both loaded before the choice.  Without the
  * barrier clang selects the address and loads from ctx at a computed offset, which the
