@@ -12,7 +12,7 @@ import pytest
 from cli_support import FIXTURES, run_main
 from kvmtrace.commands.show import read_summary
 from kvmtrace.outputs import summary as summary_mod
-from kvmtrace.outputs.summary import render, summarize
+from kvmtrace.outputs.summary import SUMMARY_COLUMNS, SummaryBuilder, render
 from kvmtrace.schema import Kind, TraceMeta
 from kvmtrace.sources import stream as streams
 from kvmtrace.sources.frame import SelectionError, from_rows, select_events
@@ -49,6 +49,17 @@ def old_show(path, vm=None, vcpu=None, salvage=False, trace=None):
         except SelectionError as exc:
             return warnings, str(exc)
     return warnings, summarize(trace)
+
+
+def summarize(trace) -> dict:
+    """The summary of a whole event table (already filtered), as one chunk: the builder
+    fed the way `show` fed it before streaming."""
+    ev = trace.events
+    builder = SummaryBuilder()
+    comm = ev["comm"].to_numpy(dtype=object)
+    builder.add({k: ev[k].to_numpy() for k in SUMMARY_COLUMNS}, comm)
+    return builder.result(trace.meta, trace.recovery.describe() if trace.recovery else None,
+                          trace.warnings)
 
 
 def filters(path) -> list[tuple]:

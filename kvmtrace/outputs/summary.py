@@ -17,7 +17,6 @@ import pandas as pd
 
 from kvmtrace.schema import KIND_NAMES, Kind
 from kvmtrace.sources.frame import select_events
-from kvmtrace.sources.native import Trace
 
 SUMMARY_COLUMNS = ("ts", "kind", "value", "tgid", "tid", "vcpu")
 _I32 = 1 << 31      # tgid/tid/vcpu are int32 (schema): shifted to unsigned for packed keys
@@ -162,16 +161,6 @@ def _name(comm, i: int) -> str:
         return ""
     name = comm[i]
     return name if isinstance(name, str) else ""
-
-
-def summarize(trace: Trace) -> dict[str, Any]:
-    """The summary of a whole event table (already filtered), as one chunk."""
-    ev = trace.events
-    builder = SummaryBuilder()
-    comm = ev["comm"].to_numpy(dtype=object)
-    builder.add({k: ev[k].to_numpy() for k in SUMMARY_COLUMNS}, comm)
-    return builder.result(trace.meta, trace.recovery.describe() if trace.recovery else None,
-                          trace.warnings)
 
 
 def render(summary: dict[str, Any]) -> str:
